@@ -1,0 +1,36 @@
+"""`cl-detect` entry point.
+
+Each command lives in its own module under `cl_detect.commands` exposing
+`add_arguments(parser)` and `run(args) -> int`; modules are imported only when
+their command runs, so `cl-detect --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "predict": ("cl_detect.commands.predict", "detect objects named by text prompts in images"),
+    "data": ("cl_detect.commands.data", "convert, check, pack or synthesize datasets"),
+    "eval": ("cl_detect.commands.evaluate", "score a COCO-format detections file (COCO or LVIS rules)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cl-detect", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text)
+        command_parser.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(command_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

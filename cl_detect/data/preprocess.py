@@ -1,0 +1,74 @@
+"""Official YOLO-World test-time preprocessing: keep-ratio resize + letterbox.
+
+Load BGR, resize so the longer side equals `size` (INTER_AREA when shrinking,
+INTER_LINEAR when enlarging: small images ARE upscaled), pad with 114 (top =
+pad_h // 2, left = pad_w // 2), convert to RGB and divide by 255.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """How an image was mapped into the network input.
+
+    Args:
+        scale: (scale_w, scale_h) factors applied to the original image.
+        pad_top, pad_left: padding added above and to the left, in pixels.
+        original_hw: (height, width) of the original image.
+    """
+
+    scale: tuple[float, float]
+    pad_top: int
+    pad_left: int
+    original_hw: tuple[int, int]
+
+    def unmap_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Map xyxy boxes from network-input pixels back to original pixels (no clamping)."""
+        offset = boxes.new_tensor([self.pad_left, self.pad_top, self.pad_left, self.pad_top])
+        scale = boxes.new_tensor([self.scale[0], self.scale[1], self.scale[0], self.scale[1]])
+        return (boxes - offset) / scale
+
+
+def load_image_bgr(path: str | Path) -> np.ndarray:
+    """Read an image as an (H, W, 3) uint8 BGR array; a clear error if unreadable."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"cannot read image {path}: missing, unreadable or not an image")
+    return image
+
+
+def keep_ratio_resize(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """Resize so the longer side is `size`; returns the image and (scale_w, scale_h)."""
+    height, width = image.shape[:2]
+    ratio = size / max(height, width)
+    new_w, new_h = int(round(width * ratio)), int(round(height * ratio))
+    if (new_w, new_h) != (width, height):
+        interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
+        image = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    return image, (new_w / width, new_h / height)
+
+
+def letterbox(image_bgr: np.ndarray, size: int = 640) -> tuple[np.ndarray, LetterboxInfo]:
+    """Resize keeping the aspect ratio and pad to `size` x `size` with value 114 (BGR kept)."""
+    original_hw = image_bgr.shape[:2]
+    resized, scale = keep_ratio_resize(image_bgr, size)
+    pad_h, pad_w = size - resized.shape[0], size - resized.shape[1]
+    top, left = pad_h // 2, pad_w // 2
+    padded = cv2.copyMakeBorder(resized, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT,
+                                value=(PAD_VALUE, PAD_VALUE, PAD_VALUE))
+    return padded, LetterboxInfo(scale, top, left, original_hw)
+
+
+def to_tensor(image_bgr: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 BGR -> (3, H, W) float32 RGB in [0, 1]."""
+    rgb = np.ascontiguousarray(image_bgr[:, :, ::-1].transpose(2, 0, 1))
+    return torch.from_numpy(rgb).float().div_(255.0)
