@@ -50,7 +50,8 @@ def keep_ratio_resize(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[f
     """Resize so the longer side is `size`; returns the image and (scale_w, scale_h)."""
     height, width = image.shape[:2]
     ratio = size / max(height, width)
-    new_w, new_h = int(round(width * ratio)), int(round(height * ratio))
+    # mmcv.imrescale rounds half up
+    new_w, new_h = int(width * ratio + 0.5), int(height * ratio + 0.5)
     if (new_w, new_h) != (width, height):
         interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
         image = cv2.resize(image, (new_w, new_h), interpolation=interpolation)

@@ -69,6 +69,8 @@ class DetectionRecord:
         phrase_spans: grounding only: per phrase, the (start, end) character spans in `caption`.
         neg_category_ids: LVIS: categories verified absent from the image.
         not_exhaustive_category_ids: LVIS: categories not exhaustively annotated.
+        ignore_labels: (M,) class of each ignore region (-1 when unknown); kept so a crowd
+            region written back to COCO json still ignores only its own class in evaluation.
     """
 
     image_path: str
@@ -83,11 +85,18 @@ class DetectionRecord:
     phrase_spans: tuple[tuple[tuple[int, int], ...], ...] | None = None
     neg_category_ids: tuple[int, ...] = ()
     not_exhaustive_category_ids: tuple[int, ...] = ()
+    ignore_labels: np.ndarray | None = None
 
     def __post_init__(self):
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         self.ignore_boxes = np.asarray(self.ignore_boxes, dtype=np.float32).reshape(-1, 4)
+        if self.ignore_labels is None:
+            self.ignore_labels = np.full(len(self.ignore_boxes), -1, np.int64)
+        self.ignore_labels = np.asarray(self.ignore_labels, dtype=np.int64).reshape(-1)
+        if len(self.ignore_labels) != len(self.ignore_boxes):
+            raise ValueError(f"{self.image_path}: {len(self.ignore_boxes)} ignore boxes but "
+                             f"{len(self.ignore_labels)} ignore labels")
         if len(self.boxes) != len(self.labels):
             raise ValueError(f"{self.image_path}: {len(self.boxes)} boxes but {len(self.labels)} labels")
 

@@ -1,0 +1,7 @@
+"""Forgetting-mitigation methods; importing this package registers them all."""
+from cl_detect.methods.base import ContinualModel, Method, TaskContext, check_composition
+from cl_detect.methods.registry import create_method, list_methods, register_method
+from cl_detect.methods import finetune  # noqa: F401
+
+__all__ = ["ContinualModel", "Method", "TaskContext", "check_composition", "create_method", "list_methods",
+           "register_method"]

@@ -1,0 +1,97 @@
+"""Readers: every annotation format -> one `DetectionDataset`.
+
+`read_dataset(src)` picks the reader from the file type (and, for json, from
+its content); pass `format=` to force one. Readers keep questionable records
+(boxes outside the image, unknown classes with label -1, missing images) so
+the dataset doctor can report them; they raise `DatasetFormatError` only when
+reading is impossible.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cl_detect.data.errors import DatasetFormatError
+from cl_detect.data.readers._common import load_json, merge_datasets
+from cl_detect.data.readers.coco import find_coco_jsons, read_coco, records_from_coco
+from cl_detect.data.readers.grounding import is_grounding_json, read_grounding, records_from_grounding
+from cl_detect.data.readers.lvis import is_lvis_json, load_lvis_vocabulary, read_lvis, records_from_lvis
+from cl_detect.data.readers.odvg import read_odvg
+from cl_detect.data.readers.voc import read_voc
+from cl_detect.data.readers.yolo import read_yolo
+from cl_detect.data.records import DetectionDataset
+
+FORMATS = ("coco", "lvis", "grounding", "yolo", "voc", "odvg")
+_JSON_READERS = {"coco": records_from_coco, "lvis": records_from_lvis, "grounding": records_from_grounding}
+
+__all__ = ["FORMATS", "read_dataset", "detect_format", "read_coco", "read_lvis", "read_grounding", "read_odvg",
+           "read_voc", "read_yolo", "load_lvis_vocabulary"]
+
+
+def json_format(data) -> str:
+    """'lvis', 'grounding' or 'coco' for a loaded annotation dict."""
+    if not isinstance(data, dict) or "images" not in data:
+        raise DatasetFormatError("json has no 'images' list: not a COCO/LVIS/grounding annotation file")
+    if is_grounding_json(data):
+        return "grounding"
+    return "lvis" if is_lvis_json(data) else "coco"
+
+
+def detect_format(src: str | Path) -> str:
+    """Guess the format of a file or folder.
+
+    Args:
+        src: an annotation file (.json, .jsonl, .yaml) or a dataset folder.
+
+    Returns:
+        One of FORMATS.
+    """
+    src = Path(src)
+    if not src.exists():
+        raise DatasetFormatError(f"{src} does not exist; pass an annotation file or a dataset folder")
+    if src.is_file():
+        suffix = src.suffix.lower()
+        if suffix == ".jsonl":
+            return "odvg"
+        if suffix in (".yaml", ".yml"):
+            return "yolo"
+        if suffix == ".json":
+            return json_format(load_json(src))
+        raise DatasetFormatError(f"{src}: cannot tell the format from the suffix {suffix!r}; pass format=...")
+    if any(src.glob("*.yaml")) or any(src.glob("*/*.yaml")):
+        return "yolo"
+    if (src / "Annotations").is_dir() or any(src.glob("*.xml")) or any(src.glob("annotations/*.xml")):
+        return "voc"
+    if any(src.glob("*.jsonl")):
+        return "odvg"
+    jsons = find_coco_jsons(src, None)
+    return json_format(load_json(jsons[0]))
+
+
+def read_dataset(src: str | Path, format: str | None = None, split: str | None = None, **kwargs) -> DetectionDataset:
+    """Read any supported dataset into records.
+
+    Args:
+        src: annotation file or dataset folder.
+        format: one of FORMATS; None guesses it (`detect_format`).
+        split: the split to read (YOLO train/val/test, VOC ImageSets name, COCO
+            `instances_<split>` in a folder); None reads everything.
+        **kwargs: passed to the reader (`image_root`, `class_names`, `label_map`).
+
+    Returns:
+        The dataset.
+    """
+    src = Path(src)
+    format = format or detect_format(src)
+    if format not in FORMATS:
+        raise DatasetFormatError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    if format == "yolo":
+        return read_yolo(src, split=split, **kwargs)
+    if format == "voc":
+        return read_voc(src, split=split, **kwargs)
+    if format == "odvg":
+        files = sorted(src.glob("*.jsonl")) if src.is_dir() else [src]
+        datasets = [read_odvg(path, **kwargs) for path in files]
+        return datasets[0] if len(datasets) == 1 else merge_datasets(datasets, str(src))
+    files = find_coco_jsons(src, split) if src.is_dir() else [src]
+    datasets = [_JSON_READERS[format](load_json(path), path, kwargs.get("image_root")) for path in files]
+    return datasets[0] if len(datasets) == 1 else merge_datasets(datasets, str(src))

@@ -1,0 +1,65 @@
+"""Helpers shared by the readers: cheap image sizes, json loading, merging splits."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from cl_detect.data.errors import DatasetFormatError
+from cl_detect.data.records import DetectionDataset
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# EXIF orientations 5-8 rotate by 90 degrees: the decoded image has width and height swapped
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as decoders see it (EXIF rotation applied), read from the header only.
+
+    Raises:
+        FileNotFoundError / OSError when the file is missing or not an image.
+    """
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        return height, width
+    return width, height
+
+
+def load_json(path: str | Path):
+    """Load a json file, turning a syntax error into a message that names the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DatasetFormatError(f"{path}: not valid json ({error}); re-export the annotation file") from error
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def merge_datasets(datasets: list[DetectionDataset], source: str) -> DetectionDataset:
+    """Concatenate splits that share one vocabulary (e.g. train + val of one dataset)."""
+    first = datasets[0]
+    for other in datasets[1:]:
+        if other.vocabulary.names != first.vocabulary.names:
+            raise DatasetFormatError(
+                f"{source}: splits {first.source} and {other.source} have different class lists; "
+                f"read them one at a time with split=...")
+    records = [record for dataset in datasets for record in dataset.records]
+    roots = [Path(d.image_root) for d in datasets if d.image_root]
+    image_root = str(_common_folder(roots)) if roots else ""
+    return DetectionDataset(records, first.vocabulary, source=source, image_root=image_root)
+
+
+def _common_folder(paths: list[Path]) -> Path:
+    common = paths[0].resolve()
+    for path in paths[1:]:
+        path = path.resolve()
+        while common != common.parent and not path.is_relative_to(common):
+            common = common.parent
+    return common

@@ -1,0 +1,146 @@
+"""COCO instances json -> DetectionDataset.
+
+Boxes are converted from xywh to xyxy pixels, crowd boxes become
+`ignore_boxes`, and the original category ids (1..90 for COCO) are kept in the
+vocabulary so evaluation can map labels back. Annotations whose category id is
+not in `categories` are kept with label -1 so the doctor can report them.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from cl_detect.data.errors import DatasetFormatError
+from cl_detect.data.readers._common import image_size, load_json, merge_datasets
+from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
+
+
+def vocabulary_from_categories(categories: list[dict]) -> Vocabulary:
+    """Vocabulary in the order of the `categories` list, keeping ids, synonyms and frequency."""
+    names = tuple(str(c["name"]) for c in categories)
+    has_synonyms = any("synonyms" in c for c in categories)
+    synonyms = tuple(tuple(s for s in c.get("synonyms", ()) if s != c["name"]) for c in categories)
+    frequency = tuple(c.get("frequency", "") for c in categories) if any("frequency" in c for c in categories) else ()
+    return Vocabulary(names, synonyms if has_synonyms else (), tuple(int(c["id"]) for c in categories), frequency)
+
+
+def find_image_root(json_path: Path, file_names: list[str], recorded_root: str = "") -> Path:
+    """Guess the folder that image `file_name`s are relative to.
+
+    Tries, in order: a root recorded in the json by `write_coco_json`, the json's
+    folder, `images/` beside it, and the split folder beside an `annotations/`
+    folder (`annotations/instances_val2017.json` -> `../val2017`).
+    """
+    json_dir = json_path.parent
+    split = json_path.stem.split("_")[-1]
+    candidates = [json_dir / recorded_root] if recorded_root else []
+    candidates += [json_dir, json_dir / "images", json_dir / split, json_dir.parent / split,
+                   json_dir.parent / "images" / split, json_dir.parent / "images", json_dir.parent]
+    probes = file_names[:3]
+    for folder in candidates:
+        if any((folder / name).is_file() for name in probes):
+            return folder
+    return candidates[0]
+
+
+def _box_xyxy(annotation: dict, json_path: Path) -> list[float]:
+    bbox = annotation.get("bbox")
+    if bbox is None or len(bbox) != 4:
+        raise DatasetFormatError(
+            f"{json_path}: annotation id {annotation.get('id')} (image {annotation.get('image_id')}) has bbox "
+            f"{bbox!r}; every annotation needs 'bbox': [x, y, width, height]")
+    x, y, w, h = (float(v) for v in bbox)
+    return [x, y, x + w, y + h]
+
+
+def group_annotations(data: dict, json_path: Path) -> dict[int, list[dict]]:
+    """Annotations per image id; an annotation for an image that is not listed cannot be placed."""
+    image_ids = {image["id"] for image in data.get("images", [])}
+    per_image = defaultdict(list)
+    for annotation in data.get("annotations", []):
+        if annotation.get("image_id") not in image_ids:
+            raise DatasetFormatError(
+                f"{json_path}: annotation id {annotation.get('id')} refers to image_id {annotation.get('image_id')} "
+                f"which is not in 'images'; add the image entry or remove the annotation", code="unknown_image_id")
+        per_image[annotation["image_id"]].append(annotation)
+    return per_image
+
+
+def image_record_size(image: dict, path: Path, json_path: Path) -> tuple[int, int]:
+    """(width, height) from the image entry, or from the file header when the entry lacks them."""
+    if "width" in image and "height" in image:
+        return int(image["width"]), int(image["height"])
+    try:
+        return image_size(path)
+    except OSError as error:
+        raise DatasetFormatError(
+            f"{json_path}: image id {image['id']} has no width/height and {path} cannot be opened; "
+            f"add width and height to the image entry") from error
+
+
+def records_from_coco(data: dict, json_path: str | Path, image_root: str | Path | None = None) -> DetectionDataset:
+    """Build records from an already loaded COCO dict (see `read_coco`)."""
+    json_path = Path(json_path)
+    images = data.get("images", [])
+    vocabulary = vocabulary_from_categories(data.get("categories", []))
+    index_of = vocabulary.index_of_category_id()
+    if image_root is None:
+        recorded = (data.get("info") or {}).get("image_root", "")
+        image_root = find_image_root(json_path, [im.get("file_name", "") for im in images], recorded)
+    image_root = Path(image_root)
+    per_image = group_annotations(data, json_path)
+    records = []
+    for image in images:
+        path = image_root / image["file_name"]
+        width, height = image_record_size(image, path, json_path)
+        boxes, labels, ignore, ignore_labels = [], [], [], []
+        for annotation in per_image.get(image["id"], []):
+            box = _box_xyxy(annotation, json_path)
+            label = index_of.get(annotation.get("category_id"), -1)
+            if annotation.get("iscrowd", 0):
+                ignore.append(box)
+                ignore_labels.append(label)
+            else:
+                boxes.append(box)
+                labels.append(label)
+        records.append(DetectionRecord(
+            str(path), width, height, np.array(boxes, np.float32), np.array(labels, np.int64),
+            image_id=int(image["id"]), ignore_boxes=np.array(ignore, np.float32),
+            ignore_labels=np.array(ignore_labels, np.int64),
+            neg_category_ids=tuple(image.get("neg_category_ids", ())),
+            not_exhaustive_category_ids=tuple(image.get("not_exhaustive_category_ids", ()))))
+    return DetectionDataset(records, vocabulary, source=str(json_path), image_root=str(image_root))
+
+
+def find_coco_jsons(folder: Path, split: str | None) -> list[Path]:
+    """Instance jsons under `folder` (two levels deep), for the tiny_coco / COCO layout."""
+    found = sorted(p for pattern in ("*.json", "*/*.json", "*/*/*.json") for p in folder.glob(pattern))
+    instances = [p for p in found if p.stem.startswith("instances_")] or found
+    if split is not None:
+        instances = [p for p in instances if p.stem.split("_")[-1].startswith(split) or p.stem == split]
+    if not instances:
+        raise DatasetFormatError(
+            f"{folder}: no COCO json found{' for split ' + repr(split) if split else ''}; "
+            f"pass the json file itself, e.g. annotations/instances_val2017.json")
+    return instances
+
+
+def read_coco(src: str | Path, split: str | None = None, image_root: str | Path | None = None) -> DetectionDataset:
+    """Read a COCO instances json, or a folder holding `annotations/instances_<split>.json`.
+
+    Args:
+        src: the json file, or a folder (all splits are merged when `split` is None).
+        split: for a folder, which `instances_<split>*.json` to read ('val' matches val2017).
+        image_root: folder the image `file_name`s are relative to (default: guessed, see
+            `find_image_root`).
+
+    Returns:
+        The dataset; crowd boxes are in each record's `ignore_boxes`.
+    """
+    src = Path(src)
+    if src.is_dir():
+        datasets = [read_coco(path, image_root=image_root) for path in find_coco_jsons(src, split)]
+        return datasets[0] if len(datasets) == 1 else merge_datasets(datasets, str(src))
+    return records_from_coco(load_json(src), src, image_root)

@@ -1,0 +1,208 @@
+"""YOLO txt labels + data.yaml (Ultralytics and Roboflow layouts) -> DetectionDataset.
+
+Labels are `class cx cy w h` normalised to [0, 1] (or `class x1 y1 x2 y2 ...`
+polygons, turned into their bounding box); they become xyxy pixels using the
+image size read from the file header. Image folders are found the way users'
+yaml files actually point at them: `path:` + relative entries, Roboflow's
+`../train/images` (relative to a folder one level up), and absolute paths from
+another machine (`/mnt/data/train/images`), which are rewritten relative to
+the yaml's folder. Empty or missing label files mean images without boxes.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from cl_detect.data.errors import DatasetFormatError
+from cl_detect.data.readers._common import image_size, list_images, merge_datasets
+from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
+
+logger = logging.getLogger(__name__)
+
+SPLIT_KEYS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def find_yaml(folder: Path) -> Path:
+    """The dataset yaml in `folder` or one level below (data.yaml, config.yaml, any yaml with `names`)."""
+    found = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*/*.yaml")) + sorted(folder.glob("*.yml"))
+    preferred = [p for p in found if p.name in ("data.yaml", "config.yaml")]
+    for path in preferred + found:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+        if isinstance(config, dict) and "names" in config:
+            return path
+    raise DatasetFormatError(f"{folder}: no yaml with a 'names' entry found; pass the data.yaml path")
+
+
+def vocabulary_from_yaml(config: dict, yaml_path: Path) -> Vocabulary:
+    """Class names from `names` (list, or dict {index: name}); a bare string is refused."""
+    names = config.get("names")
+    if isinstance(names, str):
+        raise DatasetFormatError(
+            f"{yaml_path}: 'names' is the single string {names!r}, which would be read letter by letter "
+            f"({', '.join(names[:6])}...); write names: [{names!r}] (a list, one entry per class)",
+            code="names_as_string")
+    if isinstance(names, dict):
+        indices = sorted(int(k) for k in names)
+        if indices != list(range(len(indices))):
+            raise DatasetFormatError(f"{yaml_path}: 'names' keys {indices[:10]}... are not 0..{len(indices) - 1}; "
+                                     f"YOLO class indices must be contiguous from 0")
+        names = [names[i] if i in names else names[str(i)] for i in indices]
+    if not isinstance(names, list):
+        raise DatasetFormatError(f"{yaml_path}: 'names' must be a list of class names, got {names!r}")
+    if "nc" in config and int(config["nc"]) != len(names):
+        raise DatasetFormatError(f"{yaml_path}: nc is {config['nc']} but 'names' lists {len(names)} classes; "
+                                 f"make them agree", code="class_count_mismatch")
+    return Vocabulary(tuple(str(n) for n in names))
+
+
+def _resolve(entry: str, root: Path, yaml_dir: Path) -> Path | None:
+    """First existing location for a yaml path entry, trying the rewrites users need."""
+    path = Path(entry)
+    if path.is_absolute():
+        # another machine's absolute path: try its trailing parts under the yaml's folder
+        candidates = [path] + [base / Path(*path.parts[i:]) for i in range(1, len(path.parts))
+                               for base in (root, yaml_dir)]
+    else:
+        stripped = Path(*[p for p in path.parts if p not in ("..", ".")] or ["."])
+        candidates = [root / path, yaml_dir / path, yaml_dir.parent / path, root / stripped, yaml_dir / stripped]
+    return next((c.resolve() for c in candidates if c.exists()), None)
+
+
+def split_image_dirs(config: dict, yaml_path: Path, split: str) -> list[Path]:
+    """Image folders (or list files) of one split; conventional folders when the yaml omits it."""
+    yaml_dir = yaml_path.parent
+    root = Path(config["path"]) if config.get("path") else yaml_dir
+    root = root if root.is_absolute() else yaml_dir / root
+    entries = [config[key] for key, value in SPLIT_KEYS.items() if value == split and config.get(key)]
+    if not entries:
+        aliases = [key for key, value in SPLIT_KEYS.items() if value == split]
+        entries = [f"{alias}/images" for alias in aliases] + [f"images/{alias}" for alias in aliases]
+        return [p for p in (_resolve(e, root, yaml_dir) for e in entries) if p is not None][:1]
+    flat = [e for entry in entries for e in (entry if isinstance(entry, list) else [entry])]
+    resolved = []
+    for entry in flat:
+        path = _resolve(str(entry), root, yaml_dir)
+        if path is None:
+            raise DatasetFormatError(
+                f"{yaml_path}: {split} entry {entry!r} does not exist (tried relative to {root}, to the yaml's "
+                f"folder and, for absolute paths, their trailing parts under it); fix the path in the yaml")
+        resolved.append(path)
+    return resolved
+
+
+def label_dir_for(image_dir: Path, yaml_dir: Path) -> Path:
+    """Labels folder: `images` -> `labels` in the path (Ultralytics rule), also under the yaml's folder."""
+    parts = image_dir.parts
+    if "images" in parts:
+        i = len(parts) - 1 - parts[::-1].index("images")
+        tail = Path("labels", *parts[i + 1:])
+        for candidate in (Path(*parts[:i]) / tail, yaml_dir / tail):
+            if candidate.is_dir():
+                return candidate
+    if any(image_dir.glob("*.txt")):
+        return image_dir
+    raise DatasetFormatError(f"{image_dir}: no labels folder found (expected the same path with 'images' "
+                             f"replaced by 'labels'); put the .txt label files there")
+
+
+def parse_label_file(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read one label file -> (xyxy pixel boxes, class indices). Missing file = no boxes."""
+    if not path.is_file():
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    boxes, labels = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise DatasetFormatError(f"{path}:{number}: {line!r} is not numeric; lines are 'class cx cy w h'")
+        if len(values) == 5:
+            cx, cy, w, h = values[1:]
+            box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        elif len(values) >= 7 and len(values) % 2 == 1:
+            xs, ys = values[1::2], values[2::2]
+            box = [min(xs), min(ys), max(xs), max(ys)]
+        else:
+            raise DatasetFormatError(f"{path}:{number}: {line!r} has {len(values)} numbers; expected 5 "
+                                     f"('class cx cy w h', normalised) or a polygon 'class x1 y1 x2 y2 x3 y3 ...'")
+        boxes.append([box[0] * width, box[1] * height, box[2] * width, box[3] * height])
+        labels.append(int(values[0]))
+    return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
+
+
+def _image_paths(source: Path) -> list[Path]:
+    if source.is_dir():
+        return list_images(source)
+    # a .txt file listing images, one per line, relative to the list's folder
+    return [(source.parent / line.strip()).resolve() for line in source.read_text().splitlines() if line.strip()]
+
+
+def read_yolo(src: str | Path, split: str | None = None) -> DetectionDataset:
+    """Read a YOLO dataset described by a data.yaml.
+
+    Args:
+        src: the yaml file, or a folder holding it.
+        split: 'train', 'val'/'valid' or 'test'; None reads every split found.
+
+    Returns:
+        The dataset; image sizes come from the file headers (EXIF rotation applied);
+        an unreadable image is kept with size 0 x 0 for the doctor to report.
+    """
+    src = Path(src)
+    yaml_path = find_yaml(src) if src.is_dir() else src
+    with open(yaml_path, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    vocabulary = vocabulary_from_yaml(config, yaml_path)
+    if split is not None and split not in SPLIT_KEYS:
+        raise DatasetFormatError(f"{yaml_path}: unknown split {split!r}; use one of {sorted(SPLIT_KEYS)}")
+    splits = [SPLIT_KEYS[split]] if split else ["train", "val", "test"]
+    datasets = []
+    for name in splits:
+        image_dirs = split_image_dirs(config, yaml_path, name)
+        if not image_dirs and split:
+            raise DatasetFormatError(f"{yaml_path}: split {split!r} is neither in the yaml nor a {split}/images "
+                                     f"folder beside it; add '{split}: <images folder>' to the yaml")
+        for image_dir in dict.fromkeys(image_dirs):
+            datasets.append(_read_image_dir(image_dir, yaml_path, vocabulary))
+    if not datasets:
+        raise DatasetFormatError(f"{yaml_path}: no train/val/test image folders found; add them to the yaml")
+    dataset = datasets[0] if len(datasets) == 1 else merge_datasets(datasets, str(yaml_path))
+    for image_id, record in enumerate(dataset.records):
+        record.image_id = image_id
+    dataset.source = str(yaml_path)
+    return dataset
+
+
+def orphan_label_files(images: list[Path], label_dir: Path) -> list[Path]:
+    """Label files whose image is absent (their boxes cannot be placed; the doctor reports them)."""
+    stems = {path.stem for path in images}
+    return sorted(p for p in label_dir.glob("*.txt") if p.stem not in stems)
+
+
+def _warn_orphan_labels(images: list[Path], label_dir: Path) -> None:
+    orphans = orphan_label_files(images, label_dir) if label_dir.is_dir() else []
+    if orphans and label_dir != (images[0].parent if images else None):
+        logger.warning("%s: %d label files have no image and are not read (first: %s); "
+                       "run `cl-detect data check` for the list", label_dir, len(orphans), orphans[0].name)
+
+
+def _read_image_dir(image_dir: Path, yaml_path: Path, vocabulary: Vocabulary) -> DetectionDataset:
+    images = _image_paths(image_dir)
+    label_dir = label_dir_for(image_dir if image_dir.is_dir() else image_dir.parent, yaml_path.parent)
+    _warn_orphan_labels(images, label_dir)
+    records = []
+    for path in images:
+        try:
+            width, height = image_size(path)
+        except OSError:
+            width = height = 0
+        boxes, labels = parse_label_file(label_dir / (path.stem + ".txt"), width, height)
+        records.append(DetectionRecord(str(path), width, height, boxes, labels))
+    root = image_dir.parent if image_dir.is_dir() else image_dir
+    return DetectionDataset(records, vocabulary, source=str(image_dir), image_root=str(root))

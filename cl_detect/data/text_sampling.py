@@ -1,0 +1,101 @@
+"""Per-image text prompts for training, like the official RandomLoadText.
+
+Training: the classes present in the (augmented) image are the positives;
+negatives are drawn without replacement from the other classes until there are
+`num_texts` prompts (or the candidates run out); the list is shuffled, the box
+labels are remapped to positions in it, and it is padded with '' to
+`num_texts`. If an image holds more than `num_texts` distinct classes, a random
+`num_texts` of them are kept and the boxes of the others are dropped.
+
+Grounding records bring their own label space (their phrases): the positives
+are the phrases with a box, the negatives the same image's other phrases.
+
+Evaluation: the full vocabulary in label order, so labels need no remapping.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cl_detect.data.records import Vocabulary
+
+PAD_TEXT = ""
+
+
+@dataclass(frozen=True)
+class SampledTexts:
+    """Result of sampling prompts for one image.
+
+    Args:
+        texts: `num_texts` strings; positions >= the real count hold ''.
+        labels: (K',) int64 labels of the kept boxes, as positions in `texts`.
+        keep: (K,) bool mask over the input boxes (False only when positives were capped).
+    """
+
+    texts: list[str]
+    labels: np.ndarray
+    keep: np.ndarray
+
+
+def class_texts_of(vocabulary: Vocabulary) -> list[tuple[str, ...]]:
+    """Per class, the name followed by its synonyms."""
+    synonyms = vocabulary.synonyms or ((),) * len(vocabulary)
+    return [(name, *(s for s in extra if s != name)) for name, extra in zip(vocabulary.names, synonyms)]
+
+
+def unique_phrases(phrases: tuple[str, ...], labels: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """Merge identical phrase strings so a positive never reappears as a negative.
+
+    Args:
+        phrases: a grounding record's phrases (may repeat, e.g. two spans of "a dog").
+        labels: (K,) indices into `phrases`.
+
+    Returns:
+        The unique phrases in first-seen order and the labels remapped to them.
+    """
+    index: dict[str, int] = {}
+    lookup = np.array([index.setdefault(p, len(index)) for p in phrases], np.int64)
+    return tuple(index), (lookup[labels] if len(labels) else labels.astype(np.int64))
+
+
+def sample_texts(labels: np.ndarray, class_texts: list[tuple[str, ...]], rng: np.random.Generator,
+                 num_texts: int = 80, use_synonyms: bool = False) -> SampledTexts:
+    """Sample the prompt list of one training image.
+
+    Args:
+        labels: (K,) class indices of the image's boxes, into `class_texts`.
+        class_texts: per class, its name(s): `class_texts_of(vocabulary)` for
+            detection data, `[(p,) for p in phrases]` for grounding data.
+        rng: randomness source.
+        num_texts: prompts per image after padding (the official 80).
+        use_synonyms: pick a random name among each class's names instead of the first.
+
+    Returns:
+        The padded prompts, the remapped labels and the keep mask over the boxes.
+    """
+    labels = np.asarray(labels, np.int64)
+    positives = np.unique(labels)
+    if len(positives) > num_texts:
+        positives = np.sort(rng.choice(positives, size=num_texts, replace=False))
+    keep = np.isin(labels, positives)
+
+    candidates = np.setdiff1d(np.arange(len(class_texts)), positives)
+    num_negatives = min(num_texts - len(positives), len(candidates))
+    negatives = rng.choice(candidates, size=num_negatives, replace=False) if num_negatives else candidates[:0]
+    chosen = np.concatenate([positives, negatives]).astype(np.int64)
+    rng.shuffle(chosen)
+
+    position = np.full(len(class_texts), -1, np.int64)
+    position[chosen] = np.arange(len(chosen))
+    if use_synonyms:
+        texts = [names[rng.integers(len(names))] for names in (class_texts[c] for c in chosen)]
+    else:
+        texts = [class_texts[c][0] for c in chosen]
+    texts += [PAD_TEXT] * (num_texts - len(texts))
+    return SampledTexts(texts=texts, labels=position[labels[keep]], keep=keep)
+
+
+def eval_texts(vocabulary: Vocabulary) -> list[str]:
+    """Evaluation prompts: every class name in label order (labels stay as they are)."""
+    return list(vocabulary.names)

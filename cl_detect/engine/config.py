@@ -1,0 +1,81 @@
+"""Training settings of one task (`TrainConfig`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    """How one task is trained.
+
+    Args:
+        epochs: passes over the (mixed) training set.
+        batch_size: images per optimizer step per process (before accumulation).
+        image_size: square training input size.
+        lr, weight_decay: base AdamW/SGD settings (official fine-tuning: AdamW 2e-4, 0.05).
+        optimizer: "adamw" or "sgd".
+        schedule: "linear" (official) or "cosine" decay after warmup.
+        final_lr_factor: LR at the end relative to `lr` (official 0.01).
+        warmup_epochs, warmup_min_steps: warmup length = max(epochs x steps, min steps),
+            capped at half the run.
+        ema: keep an EMA of the detector and end with its weights (official).
+        ema_momentum, ema_gamma: official ExpMomentumEMA 1e-4 and 2000.
+        grad_clip: max gradient norm (None = off).
+        accumulate: batches per optimizer step.
+        close_mosaic_epochs: mosaic off for the last N epochs.
+        mosaic: mosaic augmentation on at all.
+        num_texts: prompts per image (positives + negatives, '' padded).
+        cls_loss: "bce" (official) or "focal"; focal_gamma, focal_alpha for focal.
+        class_balanced: repeat-factor sampling of images with rare classes.
+        num_workers: data loader processes.
+        amp: bf16 autocast on CUDA (ignored on CPU).
+        seed: seeds sampling, augmentation and initialisation.
+        checkpoint_every_steps: also checkpoint inside an epoch (0 = only at epoch ends).
+        log_every: steps between log rows.
+        guard_patience: steps without positives (boxes present) before stopping.
+        device: "cuda", "cpu" or "auto".
+    """
+
+    epochs: int = 10
+    batch_size: int = 16
+    image_size: int = 640
+    lr: float = 2e-4
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"
+    schedule: str = "linear"
+    final_lr_factor: float = 0.01
+    warmup_epochs: float = 1.0
+    warmup_min_steps: int = 0
+    ema: bool = True
+    ema_momentum: float = 1e-4
+    ema_gamma: float = 2000.0
+    grad_clip: float | None = 10.0
+    accumulate: int = 1
+    close_mosaic_epochs: int = 0
+    mosaic: bool = True
+    num_texts: int = 80
+    cls_loss: str = "bce"
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    class_balanced: bool = False
+    num_workers: int = 0
+    amp: bool = True
+    seed: int = 0
+    checkpoint_every_steps: int = 0
+    log_every: int = 10
+    guard_patience: int = 50
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
+            raise ValueError("epochs, batch_size and accumulate must be >= 1")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in ("linear", "cosine"):
+            raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+        if self.cls_loss not in ("bce", "focal"):
+            raise ValueError(f"cls_loss must be 'bce' or 'focal', got {self.cls_loss!r}")
+        if not 0 <= self.close_mosaic_epochs <= self.epochs:
+            raise ValueError("close_mosaic_epochs must be between 0 and epochs")
+        if self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (the largest stride), got {self.image_size}")

@@ -1,0 +1,62 @@
+"""Stop training with a clear message when it is going wrong.
+
+The classic silent failure when fine-tuning YOLO-World: the class names in the
+config do not match the annotations or the prompts, no prior is ever assigned,
+and the box and DFL losses sit at exactly zero while training "runs".
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+DATA_CHECK_HINT = ("check the data with `cl-detect data check <dataset> --texts <prompts file>`: "
+                   "class names, prompts and box format (xyxy vs xywh) must agree")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped by a guard."""
+
+
+def check_batch(batch: dict) -> None:
+    """Every GT label must point at a non-empty prompt of its own image."""
+    mask = batch["gt_mask"]
+    if not mask.any():
+        return
+    num_texts = len(batch["texts"][0])
+    labels = batch["gt_labels"][mask]
+    if int(labels.min()) < 0 or int(labels.max()) >= num_texts:
+        raise TrainingError(f"a box label ({int(labels.max())}) is outside the {num_texts} prompts of its image "
+                            f"(images {batch['image_ids']}); vocabulary and model disagree: {DATA_CHECK_HINT}")
+    for image, (texts, image_labels, image_mask) in enumerate(zip(batch["texts"], batch["gt_labels"], mask)):
+        for label in image_labels[image_mask].tolist():
+            if not texts[label].strip():
+                raise TrainingError(f"image {batch['image_ids'][image]}: a box is labelled with the empty padding "
+                                    f"prompt; {DATA_CHECK_HINT}")
+
+
+class LossGuard:
+    """Watches each step's losses.
+
+    Args:
+        patience: consecutive steps with boxes in the batch but no positive
+            assignment (or exactly zero box loss) before training is stopped.
+    """
+
+    def __init__(self, patience: int = 50):
+        self.patience = patience
+        self.stuck_steps = 0
+
+    def __call__(self, losses: dict[str, torch.Tensor], step: int, batch: dict) -> None:
+        value = float(losses["loss"].detach())
+        if not math.isfinite(value):
+            parts = {k: float(v.detach()) for k, v in losses.items() if k.startswith("loss")}
+            raise TrainingError(f"loss is {value} at step {step} (batch image ids {batch['image_ids']}, "
+                                f"parts {parts}); lower the learning rate or check these images' boxes")
+        has_boxes = bool(batch["gt_mask"].any())
+        no_positives = "num_pos" in losses and int(losses["num_pos"]) == 0
+        zero_box = "loss_bbox" in losses and float(losses["loss_bbox"].detach()) == 0.0
+        self.stuck_steps = self.stuck_steps + 1 if has_boxes and (no_positives or zero_box) else 0
+        if self.stuck_steps >= self.patience:
+            raise TrainingError(f"no positive assignments (box and DFL losses at zero) for {self.stuck_steps} "
+                                f"steps although the batches have boxes (step {step}); {DATA_CHECK_HINT}")

@@ -1,0 +1,57 @@
+"""Trainer checkpoints: everything needed to continue a run exactly where it stopped.
+
+Holds the model (the frozen text tower is left out: it never changes), optimizer,
+LR scheduler, EMA, sampler position, guard state, step counters and RNG states.
+Written atomically, so an interruption during the write keeps the previous one.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cl_detect.models._checkpoint_io import atomic_save
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_state(model) -> dict[str, torch.Tensor]:
+    """The model's state without the text tower when it is frozen (it never changes)."""
+    text_trains = any(p.requires_grad for p in model.text_encoder.parameters())
+    return {k: v for k, v in model.state_dict().items() if text_trains or not k.startswith("text_encoder.")}
+
+
+def load_model_state(model, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("text_encoder.")]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def save_trainer_state(path: Path, *, model, optimizer, scheduler, ema, sampler_state: dict, progress: dict,
+                       guard_steps: int, config: dict) -> None:
+    atomic_save({
+        "model": model_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None, "sampler": sampler_state, "progress": progress,
+        "guard_steps": guard_steps, "rng": rng_state(), "config": config,
+    }, path)
+
+
+def load_trainer_state(path: Path) -> dict:
+    # our own files: plain containers, tensors and numpy RNG state (trusted, written by save_trainer_state)
+    return torch.load(path, map_location="cpu", weights_only=False)

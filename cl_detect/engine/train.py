@@ -1,0 +1,170 @@
+"""`train_one_task()`: the whole training loop, in the open.
+
+    losses = model(batch)                 # ContinualModel: detector + methods
+    (losses["loss"] / accumulate).backward()
+    clip, optimizer.step(), scheduler.step(), ema.update()
+
+AdamW/SGD parameter groups (no decay on norms/biases/logit_scale), warmup then
+linear or cosine decay, the official EMA, bf16 autocast on CUDA, gradient
+clipping and accumulation, close-mosaic epochs, guards, JSONL + TensorBoard
+logs, and atomic checkpoints from which `resume=True` continues bit-exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cl_detect.data.loader import build_train_loader
+from cl_detect.data.sampling import MixingSampler
+from cl_detect.engine.config import TrainConfig
+from cl_detect.engine.ema import ModelEMA
+from cl_detect.engine.guards import LossGuard, check_batch
+from cl_detect.engine.optim import build_optimizer, build_scheduler, parameter_groups
+from cl_detect.engine.runlog import RunLogger, peak_memory_mb
+from cl_detect.engine.state import (
+    load_model_state, load_trainer_state, save_trainer_state, set_rng_state)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of `train_one_task`.
+
+    Args:
+        status: "finished" or "interrupted" (stopped by `stop_after_steps`).
+        steps: optimizer steps done in total.
+        wall_time_s: seconds spent in this call.
+        images_per_s: training throughput of this call.
+        peak_memory_mb: peak GPU memory (CUDA) or peak RSS (CPU).
+        last_losses: the last step's loss parts.
+    """
+
+    status: str
+    steps: int
+    wall_time_s: float
+    images_per_s: float
+    peak_memory_mb: float
+    last_losses: dict
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sampler=None, resume: bool = True,
+                   stop_after_steps: int | None = None) -> TrainResult:
+    """Train `model` (a ContinualModel) on `dataset` (TrainDataset or MixedDataset).
+
+    Args:
+        model: detector + text encoder + methods; `model(batch)["loss"]` is minimised.
+        dataset: yields augmented items; must support `set_mosaic(bool)`.
+        config: the training settings.
+        out_dir: logs and `checkpoint.pt` go here.
+        sampler: a resumable sampler (default: shuffling over the dataset, seeded).
+        resume: continue from `out_dir/checkpoint.pt` when it exists.
+        stop_after_steps: stop (checkpointed, status "interrupted") after this many steps.
+    """
+    out_dir, device = Path(out_dir), resolve_device(config.device)
+    checkpoint = out_dir / "checkpoint.pt"
+    model.to(device).train()
+    sampler = sampler or MixingSampler([len(dataset)], seed=config.seed)
+    loader = build_train_loader(dataset, config.batch_size, config.num_workers, sampler=sampler, seed=config.seed)
+    steps_per_epoch = len(sampler.epoch_order(0)) // config.batch_size // config.accumulate
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(sampler.epoch_order(0))} training images is less than one step of "
+                         f"{config.batch_size * config.accumulate}; lower batch_size")
+    total_steps = config.epochs * steps_per_epoch
+    warmup = min(max(round(config.warmup_epochs * steps_per_epoch), config.warmup_min_steps), total_steps // 2)
+    optimizer = build_optimizer(parameter_groups(model.named_trainable_parameters(), config.lr, config.weight_decay),
+                                config.optimizer, config.lr)
+    scheduler = build_scheduler(optimizer, total_steps, warmup, config.schedule, config.final_lr_factor)
+    ema = ModelEMA(model.detector, config.ema_momentum, config.ema_gamma) if config.ema else None
+    guard, logger = LossGuard(config.guard_patience), RunLogger(out_dir)
+    progress = {"epoch": 0, "step": 0, "batches_in_epoch": 0, "status": "running"}
+    if resume and checkpoint.exists():
+        saved = load_trainer_state(checkpoint)
+        load_model_state(model, saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
+        sampler.load_state_dict(saved["sampler"])
+        set_rng_state(saved["rng"])
+        progress, guard.stuck_steps = saved["progress"], saved["guard_steps"]
+    if progress["status"] == "finished":
+        return TrainResult("finished", progress["step"], 0.0, 0.0, peak_memory_mb(device), {})
+
+    def save(status: str) -> None:
+        progress["status"] = status
+        consumed = progress["batches_in_epoch"] * config.batch_size
+        save_trainer_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                           sampler_state=sampler.state_dict(num_consumed=consumed), progress=progress,
+                           guard_steps=guard.stuck_steps, config=dataclasses.asdict(config))
+
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and device.type == "cuda"
+                else nullcontext())
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    start, images_seen, last = time.perf_counter(), 0, {}
+    window_start, window_images = start, 0
+    for epoch in range(progress["epoch"], config.epochs):
+        dataset.set_mosaic(config.mosaic and epoch < config.epochs - config.close_mosaic_epochs)
+        model.hook("before_epoch", epoch)
+        if progress["batches_in_epoch"] == 0:
+            sampler.set_epoch(epoch)
+        bar = tqdm(loader, total=steps_per_epoch * config.accumulate - progress["batches_in_epoch"],
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
+        for batch in bar:
+            check_batch(batch)
+            with autocast:
+                losses = model(batch)
+            guard(losses, progress["step"], batch)
+            (losses["loss"] / config.accumulate).backward()
+            progress["batches_in_epoch"] += 1
+            images_seen += len(batch["images"])
+            window_images += len(batch["images"])
+            if progress["batches_in_epoch"] % config.accumulate:
+                continue
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if ema is not None:
+                ema.update(model.detector)
+            progress["step"] += 1
+            model.hook("after_step", progress["step"])
+            last = {k: float(v.detach()) for k, v in losses.items() if k.startswith("loss")}
+            if progress["step"] % config.log_every == 0:
+                now = time.perf_counter()
+                row = {"step": progress["step"], "epoch": epoch, **last, "lr": optimizer.param_groups[0]["lr"],
+                       "num_pos": int(losses.get("num_pos", 0)), "images_per_s": window_images / (now - window_start),
+                       "memory_mb": peak_memory_mb(device)}
+                logger.log(row, progress["step"])
+                bar.set_postfix(loss=f"{last['loss']:.3f}")
+                window_start, window_images = now, 0
+            if config.checkpoint_every_steps and progress["step"] % config.checkpoint_every_steps == 0:
+                save("running")
+            if stop_after_steps is not None and progress["step"] >= stop_after_steps:
+                save("interrupted")
+                logger.close()
+                return _result("interrupted", progress, start, images_seen, device, last)
+        optimizer.zero_grad(set_to_none=True)  # drop a partial accumulation at the epoch end
+        progress.update(epoch=epoch + 1, batches_in_epoch=0)
+        save("running")
+    if ema is not None:
+        model.detector.load_state_dict(ema.module.state_dict())
+    save("finished")
+    logger.close()
+    return _result("finished", progress, start, images_seen, device, last)
+
+
+def _result(status: str, progress: dict, start: float, images: int, device, last: dict) -> TrainResult:
+    elapsed = time.perf_counter() - start
+    return TrainResult(status, progress["step"], elapsed, images / max(elapsed, 1e-9), peak_memory_mb(device), last)

@@ -1,0 +1,144 @@
+"""Detections in one columnar form, whatever the caller handed over.
+
+Evaluators accept either a COCO results list (dicts with image_id,
+category_id, bbox as xywh, score) or per-image arrays (dicts with image_id,
+boxes as xyxy pixels, scores, labels indexing a `Vocabulary`). Both become a
+`DetectionColumns`, which the fast backend reads directly and which turns back
+into a results list for pycocotools / lvis-api with the very same float values.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cl_detect.data.records import Vocabulary
+
+
+@dataclass
+class DetectionColumns:
+    """All detections of a dataset as parallel arrays.
+
+    Args:
+        image_ids: (N,) int64 image ids of the annotation file.
+        category_ids: (N,) int64 category ids of the annotation file.
+        boxes: (N, 4) float64 xywh in pixels (COCO results convention).
+        scores: (N,) float64 confidences.
+    """
+
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_results(self) -> list[dict]:
+        """Return a fresh COCO results list (the evaluators mutate what they get)."""
+        return [
+            {"image_id": image_id, "category_id": category_id, "bbox": box, "score": score}
+            for image_id, category_id, box, score in zip(
+                self.image_ids.tolist(), self.category_ids.tolist(), self.boxes.tolist(), self.scores.tolist())
+        ]
+
+    def subset(self, keep: np.ndarray) -> "DetectionColumns":
+        """Rows selected by a boolean mask or index array, order preserved."""
+        return DetectionColumns(self.image_ids[keep], self.category_ids[keep], self.boxes[keep], self.scores[keep])
+
+
+def _empty() -> DetectionColumns:
+    return DetectionColumns(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0))
+
+
+def _from_results(results: Sequence[Mapping]) -> DetectionColumns:
+    try:
+        image_ids = np.array([r["image_id"] for r in results], dtype=np.int64)
+        category_ids = np.array([r["category_id"] for r in results], dtype=np.int64)
+        boxes = np.array([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4)
+        scores = np.array([r["score"] for r in results], dtype=np.float64)
+    except KeyError as err:
+        raise ValueError(
+            f"a COCO results entry lacks the key {err}; each entry needs image_id, category_id, "
+            "bbox ([x, y, width, height] in pixels) and score") from None
+    return DetectionColumns(image_ids, category_ids, boxes, scores)
+
+
+def _from_arrays(per_image: Sequence[Mapping], vocabulary: Vocabulary | None) -> DetectionColumns:
+    if vocabulary is None:
+        raise ValueError(
+            "per-image detections carry labels (vocabulary indices); pass vocabulary= so they can be "
+            "mapped to the annotation file's category ids")
+    category_of_label = np.asarray(vocabulary.category_ids, dtype=np.int64)
+    columns = []
+    for item in per_image:
+        # float64 before subtracting, so width = x2 - x1 is what a caller doing
+        # the same conversion in float64 gets
+        xyxy = np.asarray(item["boxes"], dtype=np.float64).reshape(-1, 4)
+        labels = np.asarray(item["labels"], dtype=np.int64).reshape(-1)
+        scores = np.asarray(item["scores"], dtype=np.float64).reshape(-1)
+        if not len(xyxy) == len(labels) == len(scores):
+            raise ValueError(
+                f"image {item['image_id']}: {len(xyxy)} boxes, {len(labels)} labels and {len(scores)} scores")
+        bad = labels[(labels < 0) | (labels >= len(category_of_label))]
+        if len(bad):
+            raise ValueError(
+                f"image {item['image_id']}: label {int(bad[0])} is outside the vocabulary of "
+                f"{len(category_of_label)} classes; labels must index Vocabulary.names")
+        xywh = np.stack([xyxy[:, 0], xyxy[:, 1], xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], axis=1)
+        image_ids = np.full(len(labels), int(item["image_id"]), dtype=np.int64)
+        columns.append(DetectionColumns(image_ids, category_of_label[labels], xywh, scores))
+    if not columns:
+        return _empty()
+    return DetectionColumns(*(np.concatenate([getattr(c, f) for c in columns])
+                              for f in ("image_ids", "category_ids", "boxes", "scores")))
+
+
+def to_columns(detections: Sequence[Mapping] | DetectionColumns,
+               vocabulary: Vocabulary | None = None) -> DetectionColumns:
+    """Convert any accepted detections input to columns.
+
+    Args:
+        detections: a COCO results list, a list of per-image dicts with
+            `image_id`, `boxes` (xyxy), `scores`, `labels`, or columns already.
+        vocabulary: maps per-image `labels` to category ids; unused for results lists.
+
+    Returns:
+        The detections as `DetectionColumns`.
+    """
+    if isinstance(detections, DetectionColumns):
+        return detections
+    detections = list(detections)
+    if not detections:
+        return _empty()
+    if "boxes" in detections[0]:
+        return _from_arrays(detections, vocabulary)
+    return _from_results(detections)
+
+
+def check_ids(columns: DetectionColumns, image_ids: Iterable[int], category_ids: Iterable[int]) -> None:
+    """Raise a ValueError naming the first detection id the ground truth does not know.
+
+    Args:
+        columns: the detections.
+        image_ids: image ids of the ground truth.
+        category_ids: category ids of the ground truth.
+    """
+    known_images = np.fromiter(image_ids, dtype=np.int64)
+    unknown = np.setdiff1d(np.unique(columns.image_ids), known_images)
+    if len(unknown):
+        raise ValueError(
+            f"detections reference image_id {int(unknown[0])} ({len(unknown)} unknown image ids in all), "
+            f"which the ground truth ({len(known_images)} images) does not contain; score detections against "
+            "the annotation file they were predicted for, and use its image ids")
+    known_categories = np.fromiter(category_ids, dtype=np.int64)
+    unknown = np.setdiff1d(np.unique(columns.category_ids), known_categories)
+    if len(unknown):
+        raise ValueError(
+            f"detections reference category_id {int(unknown[0])} ({len(unknown)} unknown category ids in all), "
+            f"which is not among the ground truth's {len(known_categories)} categories; if these are label "
+            "indices, pass per-image arrays with vocabulary= (mapped through Vocabulary.category_ids) or map "
+            "them yourself")
+    if len(columns) and not np.all(np.isfinite(columns.scores)):
+        raise ValueError("detections contain non-finite scores (NaN or inf); the ranking would be undefined")

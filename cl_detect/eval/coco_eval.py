@@ -1,0 +1,211 @@
+"""COCO bbox evaluation: pycocotools' statistics, or the same numbers faster.
+
+`evaluate_coco(gt, detections)` returns AP, AP50, AP75, APs/m/l, AR at 1, 10
+and max_dets detections, and AP per category, computed by pycocotools'
+COCOeval ('bbox') or by the vectorised `fast` backend, which gives identical
+numbers (tests/test_eval_coco.py). The summary is read from the precision and
+recall arrays like COCOeval.summarize does, with one difference: every AP uses
+the largest maxDets, where pycocotools hard-codes 100 for the overall AP
+(the two agree at the COCO default of 100).
+
+A category without ground truth has AP -1 (pycocotools' convention) and is
+left out of every mean; no ground truth at all gives -1 overall. Detections on
+images that do have ground truth but nothing detected still count, so empty
+detections score 0.0.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval, Params
+
+from cl_detect.data.records import Vocabulary
+from cl_detect.eval._detections import DetectionColumns, check_ids, to_columns
+
+BACKENDS = ("pycocotools", "fast")
+AREA_NAMES = ("all", "small", "medium", "large")
+
+
+def load_coco_gt(gt: str | Path | dict | COCO) -> COCO:
+    """Return a pycocotools COCO object from a path, a dataset dict or a COCO object.
+
+    Args:
+        gt: annotation file, its parsed dict (copied, not modified) or a COCO object.
+
+    Returns:
+        The COCO ground truth, built without pycocotools' progress prints.
+    """
+    if isinstance(gt, COCO):
+        return gt
+    dataset = json.loads(Path(gt).read_text()) if isinstance(gt, (str, Path)) else copy.deepcopy(dict(gt))
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def coco_params(coco_gt: COCO, max_dets: int = 100) -> Params:
+    """pycocotools bbox parameters with maxDets [1, 10, max_dets] over all GT images and categories."""
+    if max_dets < 10:
+        raise ValueError(f"max_dets must be at least 10 (maxDets are [1, 10, max_dets]), got {max_dets}")
+    params = Params(iouType="bbox")
+    params.imgIds = sorted(coco_gt.getImgIds())
+    params.catIds = sorted(coco_gt.getCatIds())
+    params.maxDets = [1, 10, int(max_dets)]
+    return params
+
+
+def load_results(coco_gt: COCO, results: list[dict]) -> COCO:
+    """pycocotools' loadRes, also for an empty list (loadRes fails on one)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        if results:
+            return coco_gt.loadRes(results)
+        coco_dt = COCO()
+        coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
+                           "categories": copy.deepcopy(coco_gt.dataset["categories"]), "annotations": []}
+        coco_dt.createIndex()
+    return coco_dt
+
+
+def run_pycocotools(coco_gt: COCO, detections: DetectionColumns, params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval evaluate + accumulate with its prints captured; returns (precision, recall)."""
+    coco_dt = load_results(coco_gt, detections.to_results())
+    evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+    evaluator.params = copy.deepcopy(params)  # COCOeval rewrites its params in place
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return evaluator.eval["precision"], evaluator.eval["recall"]
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    valid = values[values > -1]
+    return float(np.mean(valid)) if len(valid) else -1.0
+
+
+def summarize(precision: np.ndarray, recall: np.ndarray, params: Params) -> dict[str, float]:
+    """COCO summary statistics from accumulated arrays, as COCOeval.summarize computes them.
+
+    Args:
+        precision: (T, R, K, A, M) from accumulate.
+        recall: (T, K, A, M) from accumulate.
+        params: the parameters they were computed with.
+
+    Returns:
+        AP, AP50, AP75, APs, APm, APl (at the largest maxDets), AR@m for each
+        maxDets m, and ARs, ARm, ARl.
+    """
+    iou_thrs = np.asarray(params.iouThrs)
+    max_dets = sorted(params.maxDets)
+
+    def ap(iou=None, area="all"):
+        s = precision if iou is None else precision[np.where(iou == iou_thrs)[0]]
+        return _mean_valid(s[:, :, :, [AREA_NAMES.index(area)], [len(max_dets) - 1]])
+
+    def ar(m, area="all"):
+        return _mean_valid(recall[:, :, [AREA_NAMES.index(area)], [m]])
+
+    stats = {"AP": ap(), "AP50": ap(0.5), "AP75": ap(0.75),
+             "APs": ap(area="small"), "APm": ap(area="medium"), "APl": ap(area="large")}
+    for m, max_det in enumerate(max_dets):
+        stats[f"AR{max_det}"] = ar(m)
+    for area in ("small", "medium", "large"):
+        stats[f"AR{area[0]}"] = ar(len(max_dets) - 1, area)
+    return stats
+
+
+def per_category_ap(precision: np.ndarray) -> np.ndarray:
+    """(K,) AP@[.5:.95] per category, area 'all', largest maxDets; -1 without ground truth."""
+    return np.array([_mean_valid(precision[:, :, k, 0, -1]) for k in range(precision.shape[2])])
+
+
+class CocoEvaluator:
+    """Scores detections against one COCO ground truth.
+
+    Collect detections with `add()` (e.g. batch by batch during inference) and
+    call `compute()`, or call `evaluate(detections)` once.
+
+    Args:
+        gt: annotation file, dataset dict or pycocotools COCO object.
+        max_dets: detections kept per image and category, COCO protocol 100.
+        backend: "pycocotools" (COCOeval) or "fast" (identical statistics, vectorised).
+        vocabulary: maps per-image `labels` to category ids (needed only for per-image arrays).
+    """
+
+    def __init__(self, gt: str | Path | dict | COCO, max_dets: int = 100, backend: str = "pycocotools",
+                 vocabulary: Vocabulary | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        self.coco_gt = load_coco_gt(gt)
+        self.params = coco_params(self.coco_gt, max_dets)
+        self.backend = backend
+        self.vocabulary = vocabulary
+        self._parts: list[DetectionColumns] = []
+
+    def reset(self) -> None:
+        self._parts = []
+
+    def add(self, detections: Sequence[Mapping] | DetectionColumns) -> None:
+        """Add detections: a COCO results list or per-image dicts (image_id, boxes xyxy, scores, labels)."""
+        columns = to_columns(detections, self.vocabulary)
+        check_ids(columns, self.params.imgIds, self.params.catIds)
+        self._parts.append(columns)
+
+    def compute(self) -> dict:
+        """Statistics of everything added so far.
+
+        Returns:
+            A dict with protocol, backend, AP, AP50, AP75, APs, APm, APl, AR
+            values, `per_category_ap` (by name) and `per_category_ap_by_id`
+            (-1 for categories without ground truth), and num_detections.
+        """
+        parts = self._parts or [to_columns([])]
+        columns = DetectionColumns(*(np.concatenate([getattr(p, f) for p in parts])
+                                     for f in ("image_ids", "category_ids", "boxes", "scores")))
+        if self.backend == "fast":
+            from cl_detect.eval.fast_coco import evaluate_bbox
+            precision, recall = evaluate_bbox(self.coco_gt, columns, self.params)
+        else:
+            precision, recall = run_pycocotools(self.coco_gt, columns, self.params)
+        category_ap = per_category_ap(precision)
+        names = [self.coco_gt.cats[c]["name"] for c in self.params.catIds]
+        return {
+            "protocol": f"coco-{self.params.maxDets[-1]}dets",
+            "backend": self.backend,
+            **summarize(precision, recall, self.params),
+            "per_category_ap": {name: float(v) for name, v in zip(names, category_ap)},
+            "per_category_ap_by_id": {int(c): float(v) for c, v in zip(self.params.catIds, category_ap)},
+            "num_detections": len(columns),
+        }
+
+    def evaluate(self, detections: Sequence[Mapping] | DetectionColumns) -> dict:
+        """Score one complete set of detections (see `compute` for the result)."""
+        self.reset()
+        self.add(detections)
+        return self.compute()
+
+
+def evaluate_coco(gt: str | Path | dict | COCO, detections: Sequence[Mapping] | DetectionColumns,
+                  max_dets: int = 100, backend: str = "pycocotools", vocabulary: Vocabulary | None = None) -> dict:
+    """Score detections with the COCO bbox protocol.
+
+    Args:
+        gt: annotation file, dataset dict or pycocotools COCO object.
+        detections: a COCO results list (image_id, category_id, bbox xywh,
+            score) or per-image dicts (image_id, boxes xyxy, scores, labels).
+        max_dets: detections per image and category (COCO: 100).
+        backend: "pycocotools" or "fast".
+        vocabulary: maps per-image labels to category ids.
+
+    Returns:
+        See `CocoEvaluator.compute`.
+    """
+    return CocoEvaluator(gt, max_dets=max_dets, backend=backend, vocabulary=vocabulary).evaluate(detections)

@@ -1,0 +1,178 @@
+"""LVIS bbox evaluation with the lvis-api's federated rules.
+
+Two protocols, named in the result's "protocol" field:
+
+- "lvis-300dets" (the lvis-api default): at most `max_dets` detections per
+  image (highest scores), AP over all categories with APr/APc/APf by
+  frequency group.
+- "fixed-ap-10000" (Dave et al. 2021, "Evaluating Large-Vocabulary Object
+  Detectors: The Devil is in the Details"): no per-image cap; instead the
+  `dets_per_category` highest-scoring detections of each category over the
+  whole dataset are kept (capped here, before the lvis-api sees them), then
+  LVISEval runs with max_dets=-1.
+
+Federated rules (lvis-api): a detection counts only on images where its
+category is annotated as present or listed in `neg_category_ids`; unmatched
+detections of a category in `not_exhaustive_category_ids` are ignored.
+
+The lvis package is imported inside the functions: importing it loads cv2
+and matplotlib. lvis 0.5.3 calls `np.float`, removed in NumPy 1.24; `lvis_numpy_compat()`
+gives lvis.eval a NumPy view where `float` is the builtin (the float64 alias it
+always was), changing nothing else.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import types
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cl_detect.data.records import Vocabulary
+from cl_detect.eval._detections import DetectionColumns, check_ids, to_columns
+
+if TYPE_CHECKING:
+    from lvis import LVIS, LVISResults
+
+FIXED_AP_DETS_PER_CATEGORY = 10_000
+
+
+class _NumpyWithFloat(types.ModuleType):
+    float = float
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@contextlib.contextmanager
+def lvis_numpy_compat() -> Iterator[None]:
+    """Run lvis-api code on NumPy >= 1.24 (it uses the removed `np.float`); its logging muted."""
+    import lvis.eval as lvis_eval_module
+
+    original = lvis_eval_module.np
+    if not hasattr(np, "float"):
+        lvis_eval_module.np = _NumpyWithFloat("numpy")
+    logger = logging.getLogger("lvis")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # lvis calls the deprecated Logger.warn on every results list
+            warnings.filterwarnings("ignore", message="The 'warn' method is deprecated", category=DeprecationWarning)
+            yield
+    finally:
+        lvis_eval_module.np = original
+        logger.setLevel(level)
+
+
+def load_lvis_gt(gt: str | Path | dict | LVIS) -> LVIS:
+    """Return an lvis-api LVIS object from a path, a dataset dict (copied) or an LVIS object."""
+    from lvis import LVIS
+
+    if isinstance(gt, LVIS):
+        return gt
+    if isinstance(gt, (str, Path)):
+        dataset = json.loads(Path(gt).read_text())
+    else:
+        dataset = copy.deepcopy(dict(gt))
+    # LVIS() only reads files; build the same object from the dict
+    lvis_gt = LVIS.__new__(LVIS)
+    lvis_gt.logger = logging.getLogger("lvis.lvis")
+    lvis_gt.dataset = dataset
+    with lvis_numpy_compat():
+        lvis_gt._create_index()
+    return lvis_gt
+
+
+def cap_detections_per_category(detections: DetectionColumns, limit: int = FIXED_AP_DETS_PER_CATEGORY
+                                ) -> DetectionColumns:
+    """Keep the `limit` highest-scoring detections of each category over the whole dataset.
+
+    Ties at the cut are broken by input order; survivors keep their input order.
+
+    Args:
+        detections: all detections of the dataset.
+        limit: detections kept per category (Fixed AP: 10,000).
+
+    Returns:
+        The kept detections.
+    """
+    order = np.argsort(-detections.scores, kind="stable")
+    order = order[np.argsort(detections.category_ids[order], kind="stable")]
+    sorted_categories = detections.category_ids[order]
+    rank = np.arange(len(order)) - np.searchsorted(sorted_categories, sorted_categories, side="left")
+    keep = np.sort(order[rank < limit])
+    return detections.subset(keep)
+
+
+def _lvis_results(lvis_gt: LVIS, results: list[dict], max_dets: int) -> LVISResults:
+    from lvis import LVISResults
+
+    if results:
+        return LVISResults(lvis_gt, results, max_dets=max_dets)
+    # LVISResults fails on an empty list; an empty result set still scores 0 AP
+    empty = LVISResults.__new__(LVISResults)
+    empty.logger = logging.getLogger("lvis.results")
+    empty.dataset = copy.deepcopy(lvis_gt.dataset)
+    empty.dataset["annotations"] = []
+    empty._create_index()
+    return empty
+
+
+def evaluate_lvis(gt: str | Path | dict | LVIS, detections: Sequence[Mapping] | DetectionColumns,
+                  max_dets: int = 300, fixed_ap: bool = False, vocabulary: Vocabulary | None = None,
+                  dets_per_category: int = FIXED_AP_DETS_PER_CATEGORY) -> dict:
+    """Score detections with the LVIS federated protocol.
+
+    Args:
+        gt: LVIS annotation file, dataset dict or lvis-api LVIS object.
+        detections: a COCO-style results list (image_id, category_id, bbox
+            xywh, score) or per-image dicts (image_id, boxes xyxy, scores,
+            labels) with `vocabulary` mapping labels to LVIS category ids.
+        max_dets: detections per image (lvis-api: 300); ignored with fixed_ap.
+        fixed_ap: use Fixed AP (no per-image cap, top `dets_per_category` per category).
+        vocabulary: maps per-image labels to category ids.
+        dets_per_category: the Fixed AP cap per category (10,000 in the protocol).
+
+    Returns:
+        A dict with protocol, AP, AP50, AP75, APs, APm, APl, APr, APc, APf,
+        AR, ARs, ARm, ARl (-1 where nothing could be scored),
+        `per_category_ap` (by name), `per_category_ap_by_id`, num_detections.
+    """
+    from lvis import LVISEval
+
+    lvis_gt = load_lvis_gt(gt)
+    columns = to_columns(detections, vocabulary)
+    check_ids(columns, lvis_gt.imgs.keys(), lvis_gt.cats.keys())
+    if fixed_ap:
+        columns = cap_detections_per_category(columns, dets_per_category)
+        max_dets, protocol = -1, f"fixed-ap-{dets_per_category}"
+    else:
+        protocol = f"lvis-{max_dets}dets"
+    with lvis_numpy_compat():
+        evaluator = LVISEval(lvis_gt, _lvis_results(lvis_gt, columns.to_results(), max_dets), iou_type="bbox")
+        evaluator.params.max_dets = max_dets
+        evaluator.run()
+    results = evaluator.get_results()
+    stats = {key: float(results[key]) for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")}
+    for area in ("", "s", "m", "l"):
+        stats[f"AR{area}"] = float(results[f"AR{area}@{max_dets}"])
+    precision = evaluator.eval["precision"]  # (T, R, K, A)
+    category_ap = []
+    for k in range(precision.shape[2]):
+        values = precision[:, :, k, 0]
+        category_ap.append(float(np.mean(values[values > -1])) if np.any(values > -1) else -1.0)
+    cat_ids = evaluator.params.cat_ids
+    return {
+        "protocol": protocol,
+        **stats,
+        "per_category_ap": {lvis_gt.cats[c]["name"]: v for c, v in zip(cat_ids, category_ap)},
+        "per_category_ap_by_id": {int(c): v for c, v in zip(cat_ids, category_ap)},
+        "num_detections": len(columns),
+    }

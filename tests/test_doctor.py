@@ -1,0 +1,238 @@
+"""The dataset doctor: real data passes; each planted fault gives its specific finding code."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _data_builders import load, tiny_coco_images, tiny_coco_json
+
+from cl_detect.data.doctor import check_dataset
+from cl_detect.data.errors import DatasetError
+from cl_detect.data.readers import read_dataset
+from cl_detect.data.records import DetectionDataset, Vocabulary
+
+
+@pytest.mark.parametrize("src, kwargs", [
+    ("raccoon", {}), ("tiny_coco", {}), ("coco128_yolo", {}), ("aquarium/dataset/aquarium_pretrain", {}),
+    ("pothole/data/raw/data.yaml", {}), ("lvis_val_100/data/lvis_val_100.json", {"check_images": False})])
+def test_real_datasets_have_no_errors(shared_data, src, kwargs):
+    report = check_dataset(shared_data / src, **kwargs)
+    assert report.ok, report.format_text()
+    assert report.num_images > 0 and report.num_boxes > 0
+
+
+def test_real_data_warnings_are_the_known_ones(shared_data):
+    # coco128: 2 label files without images; aquarium: 2 zero-size boxes in its test split
+    assert {f.code for f in check_dataset(shared_data / "coco128_yolo").warnings} == {"orphan_label_file",
+                                                                                      "unused_class"}
+    aquarium = check_dataset(shared_data / "aquarium/dataset/aquarium_pretrain", split="test", check_images=False)
+    assert [f.code for f in aquarium.warnings] == ["zero_area_box", "zero_area_box"]
+
+
+def _coco_copy(shared_data: Path, tmp_path: Path, edit, n_images: int = 4, copy_images: bool = False) -> Path:
+    """First n tiny_coco val images in a new json (edited by `edit(data)`); images symlinked or copied."""
+    data = load(tiny_coco_json(shared_data))
+    data["images"] = data["images"][:n_images]
+    ids = {image["id"] for image in data["images"]}
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
+    image_dir = tmp_path / "val2017"
+    image_dir.mkdir()
+    for image in data["images"]:
+        source = tiny_coco_images(shared_data) / image["file_name"]
+        if copy_images:
+            shutil.copy(source, image_dir / image["file_name"])
+        else:
+            (image_dir / image["file_name"]).symlink_to(source)
+    edit(data)
+    (tmp_path / "annotations").mkdir()
+    path = tmp_path / "annotations" / "instances_val2017.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _codes(report, severity: str = "error") -> set[str]:
+    return {f.code for f in report.findings if f.severity == severity}
+
+
+def test_clean_copy_passes(shared_data, tmp_path):
+    report = check_dataset(_coco_copy(shared_data, tmp_path, lambda data: None))
+    assert _codes(report) == set()
+
+
+def test_text_prompt_count_mismatch(shared_data, tmp_path):
+    texts = tmp_path / "prompts.txt"
+    texts.write_text("raccoon\ndog\n")
+    report = check_dataset(shared_data / "raccoon", texts=texts, check_images=False)
+    assert _codes(report) == {"text_prompt_mismatch"}
+    assert "2 prompts" in report.errors[0].message and str(texts) in report.errors[0].message
+
+
+def test_text_prompt_names_mismatch_and_order(shared_data):
+    names = list(read_dataset(shared_data / "aquarium/dataset/aquarium_pretrain", split="test").vocabulary.names)
+    swapped = [names[1], names[0], *names[2:]]
+    report = check_dataset(shared_data / "aquarium/dataset/aquarium_pretrain", split="test", texts=swapped,
+                           check_images=False)
+    assert _codes(report) == {"text_prompt_mismatch"} and "different order" in report.errors[0].message
+    fine = check_dataset(shared_data / "aquarium/dataset/aquarium_pretrain", split="test",
+                         texts=[[n.upper()] for n in names], check_images=False)
+    assert fine.ok
+
+
+def test_vocabulary_read_letter_by_letter(shared_data):
+    dataset = read_dataset(shared_data / "raccoon")
+    broken = DetectionDataset(dataset.records, Vocabulary(tuple("head")), source="config.py")
+    report = check_dataset(broken, check_images=False)
+    assert "names_as_string" in _codes(report)
+    assert "['head']" in next(f.fix for f in report.errors if f.code == "names_as_string")
+
+
+def test_yaml_names_single_string(shared_data, tmp_path):
+    (tmp_path / "valid/images").mkdir(parents=True)
+    (tmp_path / "valid/labels").mkdir(parents=True)
+    (tmp_path / "data.yaml").write_text("val: valid/images\nnc: 1\nnames: head\n")
+    report = check_dataset(tmp_path / "data.yaml", split="val")
+    assert _codes(report) == {"names_as_string"} and "data.yaml" in report.errors[0].message
+
+
+def test_texts_read_letter_by_letter(shared_data):
+    report = check_dataset(shared_data / "raccoon", texts=list("raccoon"), check_images=False)
+    assert "names_as_string" in _codes(report)
+
+
+def _xywh_to_xyxy(data: dict) -> None:
+    for annotation in data["annotations"]:
+        x, y, w, h = annotation["bbox"]
+        annotation["bbox"] = [x, y, x + w, y + h]  # a COCO file that wrongly holds xyxy
+
+
+def test_xyxy_read_as_xywh(shared_data, tmp_path):
+    report = check_dataset(_coco_copy(shared_data, tmp_path, _xywh_to_xyxy, n_images=10), check_images=False)
+    assert "boxes_look_like_xyxy" in _codes(report)
+    assert "box_outside_image" not in _codes(report)  # reported once as a pattern, not per box
+
+
+def test_xywh_read_as_xyxy(shared_data, tmp_path):
+    # ODVG boxes are xyxy; this file was written with COCO's xywh
+    data = load(tiny_coco_json(shared_data))
+    images = {image["id"]: image for image in data["images"][:10]}
+    lines = []
+    for image_id, image in images.items():
+        boxes = [a["bbox"] for a in data["annotations"] if a["image_id"] == image_id and not a["iscrowd"]]
+        lines.append(json.dumps({"filename": image["file_name"], "width": image["width"], "height": image["height"],
+                                 "detection": {"instances": [{"bbox": b, "label": 0, "category": "thing"}
+                                                             for b in boxes]}}))
+    (tmp_path / "train.jsonl").write_text("\n".join(lines))
+    report = check_dataset(tmp_path / "train.jsonl", image_root=tiny_coco_images(shared_data))
+    assert _codes(report) == {"boxes_look_like_xywh"}
+
+
+def _edit_first_box(data: dict, bbox: list[float]) -> None:
+    first = next(a for a in data["annotations"] if not a["iscrowd"])
+    first["bbox"] = bbox
+
+
+def test_box_outside_image(shared_data, tmp_path):
+    report = check_dataset(_coco_copy(shared_data, tmp_path, lambda d: _edit_first_box(d, [900, 20, 50, 50])))
+    assert _codes(report) == {"box_outside_image"} and "entirely outside" in report.errors[0].message
+
+
+def test_zero_area_box(shared_data, tmp_path):
+    report = check_dataset(_coco_copy(shared_data, tmp_path, lambda d: _edit_first_box(d, [10, 20, 0, 30])))
+    assert _codes(report) == {"zero_area_box"}  # 1 of ~30 boxes: above the 1 % share, an error
+
+
+def test_single_inverted_box(shared_data, tmp_path):
+    report = check_dataset(_coco_copy(shared_data, tmp_path, lambda d: _edit_first_box(d, [100, 20, -40, 30])))
+    assert _codes(report) == {"inverted_box"}
+
+
+def test_category_id_out_of_range(shared_data, tmp_path):
+    report = check_dataset(_coco_copy(shared_data, tmp_path,
+                                      lambda d: d["annotations"][0].update(category_id=999)))
+    assert _codes(report) == {"label_out_of_range"} and "not in the categories" in report.errors[0].message
+
+
+def test_yolo_class_index_out_of_range(shared_data, tmp_path):
+    (tmp_path / "valid/images").mkdir(parents=True)
+    (tmp_path / "valid/labels").mkdir(parents=True)
+    source = shared_data / "aquarium/dataset/aquarium_pretrain/valid/images"
+    image = sorted(source.iterdir())[0]
+    (tmp_path / "valid/images" / image.name).symlink_to(image)
+    (tmp_path / "valid/labels" / (image.stem + ".txt")).write_text("0 0.5 0.5 0.2 0.2\n7 0.3 0.3 0.1 0.1\n")
+    (tmp_path / "data.yaml").write_text("val: valid/images\nnames: [fish, jellyfish, penguin, puffin, shark, "
+                                        "starfish, stingray]\n")
+    report = check_dataset(tmp_path / "data.yaml")
+    assert _codes(report) == {"label_out_of_range"} and "only 7 classes" in report.errors[0].message
+
+
+def test_duplicated_class_names_and_unused_classes(shared_data, tmp_path):
+    def rename(data):
+        data["categories"][1]["name"] = data["categories"][0]["name"]
+
+    report = check_dataset(_coco_copy(shared_data, tmp_path, rename))
+    assert _codes(report) == {"duplicate_class_name"}
+    assert "unused_class" in _codes(report, "warning")
+
+
+def test_missing_image(shared_data, tmp_path):
+    path = _coco_copy(shared_data, tmp_path, lambda d: None)
+    victim = sorted((tmp_path / "val2017").iterdir())[0]
+    victim.unlink()
+    report = check_dataset(path)
+    assert _codes(report) == {"image_missing"} and victim.name in report.errors[0].message
+
+
+def test_unreadable_image(shared_data, tmp_path):
+    path = _coco_copy(shared_data, tmp_path, lambda d: None, copy_images=True)
+    victim = sorted((tmp_path / "val2017").iterdir())[0]
+    victim.write_bytes(b"<html>404 not found</html>")
+    assert _codes(check_dataset(path)) == {"image_unreadable"}
+
+
+def test_truncated_image(shared_data, tmp_path):
+    path = _coco_copy(shared_data, tmp_path, lambda d: None, copy_images=True)
+    victim = sorted((tmp_path / "val2017").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    report = check_dataset(path)
+    assert _codes(report) == {"image_truncated"} and victim.name in report.errors[0].message
+
+
+def test_image_size_differs_from_annotation(shared_data, tmp_path):
+    report = check_dataset(_coco_copy(shared_data, tmp_path, lambda d: d["images"][0].update(width=1280)))
+    assert "image_size_mismatch" in _codes(report)
+    assert "annotated as 1280x" in next(f.message for f in report.errors if f.code == "image_size_mismatch")
+
+
+def test_empty_dataset_and_no_boxes(shared_data, tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    assert _codes(check_dataset(empty)) == {"empty_dataset"}
+    report = check_dataset(_coco_copy(shared_data, tmp_path, lambda d: d.update(annotations=[])))
+    assert _codes(report) == {"no_boxes"}
+
+
+def test_orphan_label_file_warning(shared_data, tmp_path):
+    report = check_dataset(shared_data / "coco128_yolo", check_images=False)
+    orphans = [f for f in report.warnings if f.code == "orphan_label_file"]
+    assert sorted(Path(f.message.split(":")[0]).name for f in orphans) == ["000000000656.txt", "000000000659.txt"]
+
+
+def test_report_text_and_raise_on_errors(shared_data, tmp_path):
+    report = check_dataset(_coco_copy(shared_data, tmp_path, lambda d: _edit_first_box(d, [900, 20, 50, 50])))
+    text = report.format_text()
+    assert "[box_outside_image]" in text and "fix:" in text and text.rstrip().endswith("FAILED: 1 errors, 1 warnings")
+    with pytest.raises(DatasetError, match="box_outside_image"):
+        report.raise_on_errors()
+    check_dataset(shared_data / "raccoon", check_images=False).raise_on_errors()  # no errors: no raise
+
+
+def test_many_findings_are_summarised(shared_data):
+    dataset = read_dataset(shared_data / "raccoon")
+    for record in dataset.records[:20]:
+        record.boxes = record.boxes + np.float32(5000)
+    report = check_dataset(dataset, check_images=False)
+    assert len([f for f in report.errors if f.code == "box_outside_image"]) == 20
+    assert "... and 17 more like this" in report.format_text(max_per_code=3)

@@ -1,0 +1,176 @@
+"""COCO evaluator parity: cl_detect (both backends) vs raw pycocotools, input forms, errors."""
+import contextlib
+import copy
+import io
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from cl_detect.cli import main
+from cl_detect.data.records import Vocabulary
+from cl_detect.eval._detections import to_columns
+from cl_detect.eval.coco_eval import coco_params, evaluate_coco, load_coco_gt, run_pycocotools
+from cl_detect.eval.fast_coco import evaluate_bbox
+
+STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
+@pytest.fixture(scope="module")
+def coco_val(shared_data):
+    return str(shared_data / "tiny_coco" / "tiny_coco" / "annotations" / "instances_val2017.json")
+
+
+def jittered_detections(dataset: dict, seed: int = 0) -> list[dict]:
+    """GT boxes jittered (3 per box, 10% wrong class), plus 15 random false positives per image."""
+    rng = np.random.default_rng(seed)
+    cat_ids = [c["id"] for c in dataset["categories"]]
+    detections = []
+    for ann in dataset["annotations"]:
+        x, y, w, h = ann["bbox"]
+        for _ in range(3):
+            j = rng.normal(0, 0.1, 4) * [w, h, w, h]
+            cat = ann["category_id"] if rng.random() < 0.9 else int(rng.choice(cat_ids))
+            detections.append({"image_id": ann["image_id"], "category_id": cat, "score": float(rng.random()),
+                               "bbox": [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)]})
+    for image in dataset["images"]:
+        for _ in range(15):
+            detections.append({"image_id": image["id"], "category_id": int(rng.choice(cat_ids)),
+                               "score": float(rng.random()), "bbox": [*rng.uniform(0, 300, 2), *rng.uniform(4, 250, 2)]})
+    return detections
+
+
+def raw_pycocotools(gt_path: str, detections: list[dict]) -> COCOeval:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(gt_path)
+        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(detections)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "fast"])
+def test_tiny_coco_val_matches_raw_pycocotools(coco_val, backend):
+    dataset = json.load(open(coco_val))
+    detections = jittered_detections(dataset)
+    raw = raw_pycocotools(coco_val, detections)
+    ours = evaluate_coco(coco_val, detections, backend=backend)
+    assert ours["protocol"] == "coco-100dets"
+    assert 0.05 < ours["AP"] < 0.95  # a meaningful, non-degenerate score
+    np.testing.assert_allclose([ours[k] for k in STAT_NAMES], raw.stats, rtol=0, atol=1e-12)
+    # per-category AP from the same precision array, -1 for the categories without GT in val
+    precision = raw.eval["precision"]
+    for k, cat_id in enumerate(raw.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        expected = np.mean(values[values > -1]) if np.any(values > -1) else -1.0
+        assert abs(ours["per_category_ap_by_id"][cat_id] - expected) <= 1e-12
+    assert ours["per_category_ap"]["person"] == ours["per_category_ap_by_id"][1]
+    assert sum(v == -1.0 for v in ours["per_category_ap_by_id"].values()) == 80 - 48
+
+
+def random_crowd_set(seed: int, num_images: int = 40, num_cats: int = 5):
+    """Random GT with crowd boxes, duplicate boxes (IoU ties), an annotation id 0, coarse (tied) scores."""
+    rng = np.random.default_rng(seed)
+    images = [{"id": 7 * i + 3} for i in range(num_images)]
+    cats = [{"id": 2 * c + 1, "name": f"c{c}"} for c in range(num_cats)]
+    anns = []
+    for image in images:
+        for _ in range(rng.poisson(6)):
+            w, h = rng.choice([5.0, 20.0, 50.0, 150.0]) * rng.uniform(0.5, 1.5, 2)
+            box = [float(v) for v in (*rng.uniform(0, 300, 2), w, h)]
+            anns.append({"id": len(anns), "image_id": image["id"], "category_id": int(rng.choice(cats)["id"]),
+                         "bbox": box, "area": box[2] * box[3] * float(rng.uniform(0.4, 1.0)),
+                         "iscrowd": int(rng.random() < 0.1)})
+            if rng.random() < 0.1:
+                anns.append({**anns[-1], "id": len(anns), "iscrowd": 0})
+    detections = []
+    for image in images:
+        own = [a for a in anns if a["image_id"] == image["id"]]
+        for _ in range(120):
+            if own and rng.random() < 0.5:
+                ann = own[rng.integers(len(own))]
+                x, y, w, h = ann["bbox"]
+                box = [x, y, w, h] if rng.random() < 0.1 else [
+                    x + rng.normal(0, 0.15) * w, y + rng.normal(0, 0.15) * h,
+                    max(w * rng.uniform(0.7, 1.3), 0.5), max(h * rng.uniform(0.7, 1.3), 0.5)]
+                cat = ann["category_id"] if rng.random() < 0.85 else int(rng.choice(cats)["id"])
+            else:
+                box = [*rng.uniform(0, 300, 2), *(rng.choice([5.0, 20.0, 50.0, 150.0]) * rng.uniform(0.5, 1.5, 2))]
+                cat = int(rng.choice(cats)["id"])
+            detections.append({"image_id": image["id"], "category_id": cat, "bbox": [float(v) for v in box],
+                               "score": float(np.round(rng.random(), 2))})
+    return {"images": images, "categories": cats, "annotations": anns}, detections
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("max_dets", [10, 100])
+def test_fast_backend_arrays_identical_on_random_sets_with_crowd(seed, max_dets):
+    gt, detections = random_crowd_set(seed)
+    assert any(a["iscrowd"] for a in gt["annotations"])
+    coco = load_coco_gt(gt)
+    params = coco_params(coco, max_dets)
+    columns = to_columns(detections)
+    ref_precision, ref_recall = run_pycocotools(coco, columns, params)
+    precision, recall = evaluate_bbox(coco, columns, params)
+    assert (ref_precision > -1).sum() > 1000
+    assert np.abs(precision - ref_precision).max() <= 1e-12
+    assert np.abs(recall - ref_recall).max() <= 1e-12
+
+
+def test_per_image_arrays_equal_results_list(coco_val):
+    dataset = json.load(open(coco_val))
+    vocabulary = Vocabulary(names=tuple(c["name"] for c in dataset["categories"]),
+                            category_ids=tuple(c["id"] for c in dataset["categories"]))
+    label_of = vocabulary.index_of_category_id()
+    rng = np.random.default_rng(3)
+    per_image, results = [], []
+    for image in dataset["images"]:
+        anns = [a for a in dataset["annotations"] if a["image_id"] == image["id"]]
+        gt_xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]).reshape(-1, 4)
+        corner = rng.uniform(0, 400, (10, 2))
+        xyxy = np.concatenate([gt_xyxy + rng.normal(0, 3, gt_xyxy.shape),
+                               np.concatenate([corner, corner + rng.uniform(2, 200, (10, 2))], axis=1)])
+        xyxy = xyxy.astype(np.float32)  # detector output dtype; converted in float64 on both paths
+        labels = np.array([label_of[a["category_id"]] for a in anns] + list(rng.integers(0, 80, 10)))
+        scores = rng.random(len(labels)).astype(np.float32)
+        per_image.append({"image_id": image["id"], "boxes": xyxy, "scores": scores, "labels": labels})
+        for box, score, label in zip(xyxy, scores, labels):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            results.append({"image_id": image["id"], "category_id": vocabulary.category_ids[label],
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+    from_arrays = evaluate_coco(coco_val, per_image, vocabulary=vocabulary)
+    from_list = evaluate_coco(coco_val, results)
+    assert from_arrays["num_detections"] == len(dataset["annotations"]) + 50 * 10
+    assert from_arrays == from_list
+    assert from_arrays["AP50"] > 0.3  # labels really were mapped to the right category ids
+
+
+def test_empty_detections_score_zero(coco_val):
+    for backend in ("pycocotools", "fast"):
+        stats = evaluate_coco(coco_val, [], backend=backend)
+        assert stats["AP"] == 0.0 and stats["AR100"] == 0.0, backend
+
+
+def test_unknown_ids_are_named(coco_val):
+    with pytest.raises(ValueError, match="image_id 123456789"):
+        evaluate_coco(coco_val, [{"image_id": 123456789, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}])
+    image_id = json.load(open(coco_val))["images"][0]["id"]
+    with pytest.raises(ValueError, match="category_id 0 .*vocabulary="):
+        evaluate_coco(coco_val, [{"image_id": image_id, "category_id": 0, "bbox": [0, 0, 5, 5], "score": 0.5}])
+    with pytest.raises(ValueError, match="vocabulary="):
+        evaluate_coco(coco_val, [{"image_id": image_id, "boxes": np.zeros((1, 4)), "scores": [1.0], "labels": [0]}])
+
+
+def test_cli_eval_prints_json(coco_val, tmp_path, capsys):
+    dataset = json.load(open(coco_val))
+    detections = jittered_detections(dataset, seed=1)
+    dets_path = tmp_path / "dets.json"
+    dets_path.write_text(json.dumps(detections))
+    assert main(["eval", "--gt", coco_val, "--dets", str(dets_path), "--backend", "fast"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["backend"] == "fast" and "per_category_ap" not in printed
+    assert abs(printed["AP"] - raw_pycocotools(coco_val, detections).stats[0]) <= 1e-12
+    assert main(["eval", "--gt", coco_val, "--dets", str(dets_path), "--fixed-ap"]) == 2
