@@ -15,6 +15,10 @@ import torch
 
 PAD_VALUE = 114
 
+# OpenCV's thread pool and fork() do not mix: a DataLoader worker forked while a pool
+# thread holds its lock deadlocks on its first cv2 call. Parallelism comes from workers.
+cv2.setNumThreads(0)
+
 
 @dataclass(frozen=True)
 class LetterboxInfo:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from cl_detect.data.loader import build_train_loader
 from cl_detect.data.sampling import MixingSampler
 from cl_detect.engine.config import TrainConfig
+from cl_detect.engine.distributed import DataParallelForward, is_distributed, is_main_process, shard_sampler, world_size
 from cl_detect.engine.ema import ModelEMA
 from cl_detect.engine.guards import LossGuard, check_batch
 from cl_detect.engine.optim import build_optimizer, build_scheduler, parameter_groups
@@ -74,7 +75,10 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
     out_dir, device = Path(out_dir), resolve_device(config.device)
     checkpoint = out_dir / "checkpoint.pt"
     model.to(device).train()
-    sampler = sampler or MixingSampler([len(dataset)], seed=config.seed)
+    # under torchrun each rank takes its slice of every epoch's draws (see engine/distributed.py)
+    sampler = shard_sampler(sampler or MixingSampler([len(dataset)], seed=config.seed))
+    if is_distributed():
+        model.criterion.world_size = world_size()
     loader = build_train_loader(dataset, config.batch_size, config.num_workers, sampler=sampler, seed=config.seed)
     steps_per_epoch = len(sampler.epoch_order(0)) // config.batch_size // config.accumulate
     if steps_per_epoch == 0:
@@ -86,7 +90,8 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
                                 config.optimizer, config.lr)
     scheduler = build_scheduler(optimizer, total_steps, warmup, config.schedule, config.final_lr_factor)
     ema = ModelEMA(model.detector, config.ema_momentum, config.ema_gamma) if config.ema else None
-    guard, logger = LossGuard(config.guard_patience), RunLogger(out_dir)
+    guard, logger = LossGuard(config.guard_patience), RunLogger(out_dir, enabled=is_main_process())
+    forward = DataParallelForward(model)
     progress = {"epoch": 0, "step": 0, "batches_in_epoch": 0, "status": "running"}
     if resume and checkpoint.exists():
         saved = load_trainer_state(checkpoint)
@@ -103,6 +108,8 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
 
     def save(status: str) -> None:
         progress["status"] = status
+        if not is_main_process():
+            return
         consumed = progress["batches_in_epoch"] * config.batch_size
         save_trainer_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                            sampler_state=sampler.state_dict(num_consumed=consumed), progress=progress,
@@ -122,10 +129,13 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
         for batch in bar:
             check_batch(batch)
-            with autocast:
-                losses = model(batch)
-            guard(losses, progress["step"], batch)
-            (losses["loss"] / config.accumulate).backward()
+            # DDP: all-reduce gradients only on the micro-batch that completes a step
+            syncing = (progress["batches_in_epoch"] + 1) % config.accumulate == 0
+            with nullcontext() if syncing else forward.no_sync():
+                with autocast:
+                    losses = forward(batch)
+                guard(losses, progress["step"], batch)
+                (losses["loss"] / config.accumulate).backward()
             progress["batches_in_epoch"] += 1
             images_seen += len(batch["images"])
             window_images += len(batch["images"])
@@ -135,6 +145,7 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            step_lr = optimizer.param_groups[0]["lr"]  # the LR this step used, logged below
             scheduler.step()
             if ema is not None:
                 ema.update(model.detector)
@@ -143,7 +154,7 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
             last = {k: float(v.detach()) for k, v in losses.items() if k.startswith("loss")}
             if progress["step"] % config.log_every == 0:
                 now = time.perf_counter()
-                row = {"step": progress["step"], "epoch": epoch, **last, "lr": optimizer.param_groups[0]["lr"],
+                row = {"step": progress["step"], "epoch": epoch, **last, "lr": step_lr,
                        "num_pos": int(losses.get("num_pos", 0)), "images_per_s": window_images / (now - window_start),
                        "memory_mb": peak_memory_mb(device)}
                 logger.log(row, progress["step"])

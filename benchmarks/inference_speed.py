@@ -1,0 +1,131 @@
+"""Inference speed of each YOLO-World v2 size: images/s and latency per batch.
+
+    python benchmarks/inference_speed.py --sizes s m l x --batches 1 32 --dtypes fp32 bf16
+    python benchmarks/inference_speed.py --ultralytics   # GPU: also time Ultralytics' YOLO-World
+
+Measures the detector forward (random weights are fine for timing) on
+preprocessed 640x640 inputs with 80 prompts; bf16 uses autocast. Results are
+written as JSON under benchmarks/results/ with the device, versions and date.
+On a GPU, `--ultralytics` times Ultralytics' YOLO-World v2 of the same size in the
+same run (install ultralytics in that environment only) and records the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from cl_detect import create_detector
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def environment(device: torch.device) -> dict:
+    """Device, versions and date recorded with every result."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": name, "device_type": device.type, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_forward(run, device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Seconds per call of `run()` after `warmup` calls."""
+    for _ in range(warmup):
+        run()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        run()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_ours(size: str, batch: int, dtype: str, device: torch.device, image_size: int, num_texts: int,
+                 warmup: int, iters: int) -> dict:
+    detector = create_detector(f"yolo_world_v2_{size}").to(device).eval()
+    images = torch.rand(batch, 3, image_size, image_size, device=device)
+    text = torch.nn.functional.normalize(torch.randn(1, num_texts, detector.config.text_dim, device=device), dim=-1)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+    def run():
+        with torch.no_grad(), autocast:
+            detector(images, text)
+
+    times = time_forward(run, device, warmup, iters)
+    median = statistics.median(times)
+    return {"impl": "cl_detect", "size": size, "batch": batch, "dtype": dtype, "image_size": image_size,
+            "num_texts": num_texts, "latency_ms_median": median * 1e3, "latency_ms_min": min(times) * 1e3,
+            "images_per_s": batch / median, "iters": iters}
+
+
+def measure_ultralytics(size: str, batch: int, device: torch.device, image_size: int, num_texts: int,
+                        warmup: int, iters: int) -> dict:
+    """Ultralytics' YOLO-World v2 forward of the same size (random weights, bf16 autocast)."""
+    from ultralytics.nn.tasks import WorldModel  # only in the benchmark environment
+    model = WorldModel(f"yolov8{size}-worldv2.yaml", verbose=False).to(device).eval()
+    # WorldModel holds placeholder text features for its nc (80) classes; set_classes would need CLIP weights
+    model.txt_feats = torch.randn(1, num_texts, 512, device=device)
+    model.model[-1].nc = num_texts
+    images = torch.rand(batch, 3, image_size, image_size, device=device)
+
+    def run():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            model(images)
+
+    times = time_forward(run, device, warmup, iters)
+    median = statistics.median(times)
+    return {"impl": "ultralytics", "size": size, "batch": batch, "dtype": "bf16", "image_size": image_size,
+            "num_texts": num_texts, "latency_ms_median": median * 1e3, "images_per_s": batch / median}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["s", "m", "l", "x"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--image-size", type=int, default=640)
+    parser.add_argument("--num-texts", type=int, default=80)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ultralytics", action="store_true", help="also time Ultralytics' YOLO-World (GPU)")
+    parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/inference_<device>.json)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    rows = []
+    for size in args.sizes:
+        for batch in args.batches:
+            for dtype in args.dtypes:
+                row = measure_ours(size, batch, dtype, device, args.image_size, args.num_texts, args.warmup, args.iters)
+                if args.ultralytics and dtype == "bf16":
+                    theirs = measure_ultralytics(size, batch, device, args.image_size, args.num_texts,
+                                                 args.warmup, args.iters)
+                    rows.append(theirs)
+                    row["ratio_vs_ultralytics"] = row["images_per_s"] / theirs["images_per_s"]
+                rows.append(row)
+                print(f"{size} bs{batch:<3} {dtype}: {row['images_per_s']:8.2f} img/s, "
+                      f"{row['latency_ms_median']:9.1f} ms/batch" +
+                      (f", {row['ratio_vs_ultralytics']:.2f}x ultralytics" if "ratio_vs_ultralytics" in row else ""))
+    out = Path(args.out) if args.out else RESULTS / f"inference_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "inference_speed", "command": "python benchmarks/inference_speed.py "
+                               + " ".join(argv or []), **environment(device), "results": rows}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""Assemble one task's training set: the task's data plus what methods mix in.
+
+Methods (replay, mix) return `(DetectionDataset, ratio)` pairs from
+`train_datasets()`; a ratio is the share of each epoch's draws taken from that
+dataset. The task keeps the rest, and the epoch is sized so that every task image
+is still drawn once per epoch.
+"""
+from __future__ import annotations
+
+from torch.utils.data import Dataset, Sampler
+
+from cl_detect.data.loader import TrainDataset
+from cl_detect.data.records import DetectionDataset
+from cl_detect.data.sampling import MixedDataset, MixingSampler, RepeatFactorSampler, repeat_factors
+from cl_detect.data.transforms import AugmentConfig
+from cl_detect.engine.config import TrainConfig
+
+
+def augment_config(config: TrainConfig) -> AugmentConfig:
+    """The training augmentation implied by a TrainConfig (official recipe at its size)."""
+    return AugmentConfig(image_size=config.image_size, mosaic=config.mosaic)
+
+
+def build_task_training_set(task_dataset: DetectionDataset, extras: list[tuple[DetectionDataset, float]],
+                            config: TrainConfig) -> tuple[Dataset, Sampler]:
+    """Training dataset and resumable sampler for one task.
+
+    Args:
+        task_dataset: the task's own training data.
+        extras: (dataset, share of draws) pairs contributed by methods.
+        config: training settings (size, prompts per image, seed, class balancing).
+    """
+    augment = augment_config(config)
+    task_set = TrainDataset(task_dataset, augment, num_texts=config.num_texts, seed=config.seed)
+    extras = [(d, r) for d, r in extras if r > 0 and len(d)]
+    if not extras:
+        if config.class_balanced:
+            return task_set, RepeatFactorSampler(repeat_factors(task_dataset), seed=config.seed)
+        return task_set, MixingSampler([len(task_set)], seed=config.seed)
+    extra_share = sum(r for _, r in extras)
+    if extra_share >= 1:
+        raise ValueError(f"mixed-in data takes {extra_share:.2f} of every epoch; the shares must sum below 1")
+    parts = [task_set] + [TrainDataset(d, augment, num_texts=config.num_texts, seed=config.seed + 1 + i)
+                          for i, (d, _) in enumerate(extras)]
+    ratios = [1 - extra_share] + [r for _, r in extras]
+    samples = round(len(task_set) / (1 - extra_share))
+    sampler = MixingSampler([len(p) for p in parts], ratios, samples_per_epoch=samples, seed=config.seed)
+    return MixedDataset(parts), sampler

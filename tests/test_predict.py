@@ -1,0 +1,88 @@
+"""Inference: preprocessing geometry, un-letterboxing, batching and the predict CLI."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cl_detect import create_detector, save_official_checkpoint
+from cl_detect.cli import main
+from cl_detect.data.preprocess import LetterboxInfo, letterbox
+from cl_detect.models.predict import make_priors, postprocess
+
+
+def _confident(detector):
+    """A fresh head starts with a 5-objects prior (scores far below 0.001); zero it so there is output."""
+    for contrast in detector.head.cls_contrasts:
+        contrast.bias.data.zero_()
+    return detector
+
+
+def test_letterbox_geometry_follows_the_official_pipeline():
+    image = np.zeros((100, 200, 3), np.uint8)
+    padded, info = letterbox(image, 640)
+    assert padded.shape == (640, 640, 3)
+    assert info.scale == (3.2, 3.2) and (info.pad_top, info.pad_left) == (160, 0)
+    assert (padded[:160] == 114).all() and (padded[480:] == 114).all() and (padded[160:480] == 0).all()
+    # odd padding: top gets pad // 2
+    _, info = letterbox(np.zeros((101, 200, 3), np.uint8), 640)
+    assert info.pad_top == (640 - int(101 * 3.2 + 0.5)) // 2
+
+
+def test_priors_are_cell_centres_row_major():
+    points, strides = make_priors([(2, 3), (1, 1)], (8, 16))
+    assert points[:4].tolist() == [[4, 4], [12, 4], [20, 4], [4, 12]]
+    assert points[-1].tolist() == [8, 8] and strides.tolist() == [8] * 6 + [16]
+
+
+def test_postprocess_maps_boxes_back_and_keeps_per_class_duplicates():
+    # two priors predicting the same box with two classes: class-aware NMS keeps both
+    logits = [torch.full((1, 2, 1, 2), -10.0)]
+    logits[0][0, 0, 0, 0] = 5.0
+    logits[0][0, 1, 0, 0] = 4.0
+    boxes = [torch.zeros(1, 4, 1, 2)]
+    boxes[0][0, :, 0, 0] = torch.tensor([1.0, 1.0, 1.0, 1.0])  # 16 px each side at stride 16
+    info = LetterboxInfo(scale=(0.5, 0.5), pad_top=4, pad_left=0, original_hw=(100, 100))
+    det = postprocess(logits, boxes, (16,), [info])[0]
+    assert det.labels[:2].tolist() == [0, 1]
+    expected = torch.tensor([(8 - 16) / 0.5, (8 - 16 - 4) / 0.5, (8 + 16) / 0.5, (8 + 16 - 4) / 0.5])
+    expected = torch.stack([expected[0].clamp(0, 100), expected[1].clamp(0, 100), expected[2], expected[3]])
+    torch.testing.assert_close(det.boxes[0], expected)
+    assert det.scores[0] == torch.sigmoid(torch.tensor(5.0))
+
+
+def test_predict_is_batch_invariant_and_within_bounds(tmp_path):
+    torch.manual_seed(0)
+    detector = _confident(create_detector("yolo_world_v2_t", text_dim=16))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (60, 90, 3), dtype=np.uint8), rng.integers(0, 255, (80, 40, 3), dtype=np.uint8)]
+    text = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    together = detector.predict(images, text, image_size=64, batch_size=2)
+    alone = [detector.predict(image, text, image_size=64)[0] for image in images]
+    for a, b, image in zip(together, alone, images):
+        torch.testing.assert_close(a.scores, b.scores)
+        assert 0 < len(a) <= 300 and (a.scores[:-1] >= a.scores[1:]).all()
+        assert a.boxes[:, 0::2].max() <= image.shape[1] and a.boxes[:, 1::2].max() <= image.shape[0]
+        assert a.boxes.min() >= 0
+
+
+@pytest.mark.slow
+def test_predict_cli_draws_boxes(tmp_path, capsys):
+    from cl_detect.models.text_encoders import create_text_encoder
+    text_encoder = create_text_encoder("clip")  # random CLIP text tower: no download
+    detector = _confident(create_detector("yolo_world_v2_t"))
+    weights = tmp_path / "model.pth"
+    save_official_checkpoint(detector, weights, text_encoder=text_encoder)
+    image = tmp_path / "in.jpg"
+    cv2.imwrite(str(image), np.full((48, 64, 3), 200, np.uint8))
+    out = tmp_path / "vis.png"
+    assert main(["predict", "--weights", str(weights), "--texts", "person,dog", str(image), "--out", str(out),
+                 "--image-size", "64", "--score-thr", "0.0"]) == 0
+    drawn = cv2.imread(str(out))
+    assert drawn.shape == (48, 64, 3) and (drawn != 200).any()  # boxes were drawn
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["out"] == str(out) and row["detections"]
+    assert {d["label"] for d in row["detections"]} <= {"person", "dog"}
+    with pytest.raises(SystemExit, match="empty prompt"):
+        main(["predict", "--weights", str(weights), "--texts", "person,,dog", str(image), "--out", str(out)])
