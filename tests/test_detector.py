@@ -87,3 +87,18 @@ def test_training_step_gives_gradients_everywhere():
     loss.backward()
     without_grad = [n for n, p in detector.named_parameters() if p.grad is None]
     assert without_grad == []
+
+
+def test_fused_detector_matches_unfused():
+    from cl_detect.models.fuse import fused_copy
+    detector = create_detector("yolo_world_v2_t", text_dim=16).train()
+    detector(torch.rand(4, 3, 64, 64), torch.randn(4, 3, 16))  # non-trivial BN running statistics
+    detector.eval()
+    fused = fused_copy(detector)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.backbone.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.backbone.modules())  # original untouched
+    images, text = torch.rand(2, 3, 64, 96), torch.randn(1, 3, 16)
+    with torch.no_grad():
+        a, b = detector(images, text), fused(images, text)
+    for x, y in zip(a.cls_logits + a.bbox_preds, b.cls_logits + b.bbox_preds):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)

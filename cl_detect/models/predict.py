@@ -16,6 +16,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from cl_detect.data.preprocess import LetterboxInfo, letterbox, load_image_bgr, to_tensor
+from cl_detect.models.fuse import fused_copy
 
 
 @dataclass
@@ -95,7 +96,7 @@ def _as_bgr(image) -> np.ndarray:
 @torch.no_grad()
 def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 640, batch_size: int = 16,
             score_thr: float = 0.001, nms_pre: int = 30000, iou_thr: float = 0.7, max_per_img: int = 300,
-            bf16: bool = True) -> list[Detections]:
+            bf16: bool = True, fuse: bool = True) -> list[Detections]:
     """Detect the objects named by `text_embeddings` in raw images.
 
     Args:
@@ -106,13 +107,14 @@ def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 6
         batch_size: images per forward pass.
         score_thr, nms_pre, iou_thr, max_per_img: official post-processing settings.
         bf16: use bf16 autocast on CUDA (ignored on CPU).
+        fuse: run a copy with BatchNorm folded into the convolutions (same outputs to ~1e-5, faster).
 
     Returns:
         One `Detections` per image, boxes in original pixels.
     """
     if not isinstance(images, (list, tuple)):
         images = [images]
-    detector.eval()
+    detector = fused_copy(detector) if fuse else detector.eval()
     device = next(detector.parameters()).device
     text = text_embeddings if text_embeddings.dim() == 3 else text_embeddings[None]
     text = text.to(device)
