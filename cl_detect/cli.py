@@ -14,6 +14,10 @@ COMMANDS = {
     "predict": ("cl_detect.commands.predict", "detect objects named by text prompts in images"),
     "data": ("cl_detect.commands.data", "convert, check, pack or synthesize datasets"),
     "eval": ("cl_detect.commands.evaluate", "score a COCO-format detections file (COCO or LVIS rules)"),
+    "run": ("cl_detect.commands.run", "run a continual protocol for methods and seeds (one JSON per run)"),
+    "table": ("cl_detect.commands.table", "one comparison table (md, latex, csv) from result files"),
+    "plot": ("cl_detect.commands.plot", "heatmaps, Pareto scatter and per-task curves from result files"),
+    "analyze": ("cl_detect.commands.analyze", "error analysis by object size and a confusion matrix"),
 }
 
 

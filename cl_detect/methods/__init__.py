@@ -2,6 +2,10 @@
 from cl_detect.methods.base import ContinualModel, Method, TaskContext, check_composition
 from cl_detect.methods.registry import create_method, list_methods, register_method
 from cl_detect.methods import finetune  # noqa: F401
+from cl_detect.methods import lora  # noqa: F401
+from cl_detect.methods import distill, ewc, wise  # noqa: F401
+from cl_detect.methods import mix, replay  # noqa: F401
+from cl_detect.methods import specialist, zeroshot  # noqa: F401
 
 __all__ = ["ContinualModel", "Method", "TaskContext", "check_composition", "create_method", "list_methods",
            "register_method"]

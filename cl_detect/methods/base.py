@@ -54,6 +54,7 @@ class Method(nn.Module):
 
     name = "method"
     is_trainer = False  # decides which parameters train
+    skips_training = False  # zero-shot baseline: tasks are evaluated but never trained
     incompatible_with: tuple[str, ...] = ()
 
     def __init__(self, config):
@@ -124,6 +125,9 @@ class ContinualModel(nn.Module):
     def __init__(self, detector: nn.Module, text_encoder: nn.Module, methods: list[Method],
                  criterion: YOLOWorldLoss | None = None):
         super().__init__()
+        if not any(m.is_trainer for m in methods):
+            from cl_detect.methods.registry import create_method
+            methods = [create_method("finetune")] + list(methods)  # regularisers alone: full fine-tuning
         check_composition(methods)
         self.detector = detector
         self.text_encoder = text_encoder

@@ -1,0 +1,145 @@
+"""Training step speed and peak memory per detector size and method.
+
+    python benchmarks/train_speed.py --sizes t s --image-size 640 --batch 2 --methods finetune distill lora
+
+One step = text embedding (frozen tower, cached), forward, the official loss,
+backward and an AdamW step, on random images with 8 random boxes each and 80
+prompts per image. Prints images/s and peak memory per (size, method) and, for
+each method, the step-time and memory ratios against `finetune` (issue targets:
+distill step <= 1.25x, lora memory <= 0.6x). Results go to benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from cl_detect import create_detector
+from cl_detect.methods import ContinualModel, TaskContext, create_method
+from cl_detect.models.text_encoders import TextEncoder
+from cl_detect.engine.runlog import peak_memory_mb
+
+from inference_speed import RESULTS, environment, sync
+
+
+class TableTextEncoder(TextEncoder):
+    """A frozen lookup table standing in for CLIP: timing excludes the text tower, as in
+    training with a frozen, cached tower."""
+
+    def __init__(self, dim: int = 512):
+        super().__init__(dim)
+        self.table = torch.nn.Embedding(4096, dim)
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        index = torch.tensor([hash(t) % 4096 for t in texts], device=self.table.weight.device)
+        return self.table(index)
+
+
+def make_batch(batch: int, image_size: int, num_texts: int, device: torch.device, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    centre = torch.rand(batch, 8, 2, generator=generator) * image_size * 0.8 + image_size * 0.1
+    half = torch.rand(batch, 8, 2, generator=generator) * image_size * 0.1 + 8
+    boxes = torch.cat([centre - half, centre + half], -1).clamp(0, image_size)
+    return {"images": torch.rand(batch, 3, image_size, image_size, generator=generator).to(device),
+            "texts": [[f"class {i}" for i in range(num_texts)] for _ in range(batch)],
+            "gt_boxes": boxes.to(device), "gt_labels": torch.randint(0, num_texts, (batch, 8), generator=generator).to(device),
+            "gt_mask": torch.ones(batch, 8, dtype=torch.bool, device=device), "image_ids": torch.arange(batch), "meta": []}
+
+
+def measure(size: str, method_names: list[str], batch: dict, device: torch.device, iters: int, warmup: int,
+            bf16: bool) -> dict:
+    detector = create_detector(f"yolo_world_v2_{size}")
+    methods = [create_method(name) for name in method_names]
+    model = ContinualModel(detector, TableTextEncoder(detector.config.text_dim), methods).to(device).train()
+    model.hook("before_task", TaskContext(index=0, name="bench", vocabulary=tuple(batch["texts"][0])))
+    params = [p for _, p, _ in model.named_trainable_parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+
+    def step():
+        with autocast:
+            loss = model(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    trainable, total = model.parameter_counts()
+    median = statistics.median(times)
+    return {"size": size, "method": "+".join(method_names), "batch": len(batch["images"]),
+            "image_size": batch["images"].shape[-1], "step_ms_median": median * 1e3,
+            "images_per_s": len(batch["images"]) / median, "peak_memory_mb": peak_memory_mb(device),
+            "trainable_params": trainable, "total_params": total}
+
+
+def _measure_args(args: tuple) -> dict:
+    size, names, batch_args, device_name, iters, warmup, bf16 = args
+    device = torch.device(device_name)
+    return measure(size, names, make_batch(*batch_args, device), device, iters, warmup, bf16)
+
+
+def measure_isolated(*args) -> dict:
+    """`measure` in a fresh process, so the CPU peak RSS belongs to this (size, method) alone."""
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure_args, (args,))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["t", "s"])
+    parser.add_argument("--methods", nargs="+", default=["finetune"], help="'+' joins a composition")
+    parser.add_argument("--image-size", type=int, default=640)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--num-texts", type=int, default=80)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    rows = []
+    for size in args.sizes:
+        baseline = None
+        for method in args.methods:
+            row = measure_isolated(size, method.split("+"), (args.batch, args.image_size, args.num_texts),
+                                   args.device, args.iters, args.warmup, not args.no_bf16)
+            if method == "finetune":
+                baseline = row
+            if baseline is not None and row is not baseline:
+                row["step_time_vs_finetune"] = row["step_ms_median"] / baseline["step_ms_median"]
+                row["memory_vs_finetune"] = row["peak_memory_mb"] / baseline["peak_memory_mb"]
+            rows.append(row)
+            extra = (f", {row['step_time_vs_finetune']:.2f}x step, {row['memory_vs_finetune']:.2f}x memory"
+                     if "step_time_vs_finetune" in row else "")
+            print(f"{size} {row['method']:<16} {row['images_per_s']:8.2f} img/s  {row['step_ms_median']:9.1f} ms/step"
+                  f"  peak {row['peak_memory_mb']:8.0f} MB  trainable {row['trainable_params']:,}{extra}")
+    out = Path(args.out) if args.out else RESULTS / f"train_speed_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    note = ("each row runs in a fresh process; CPU peak memory is that process's peak RSS (incl. ~0.4 GB "
+            "for the Python/torch runtime)") if device.type == "cpu" else "each row runs in a fresh process"
+    out.write_text(json.dumps({"benchmark": "train_speed", "command": "python benchmarks/train_speed.py "
+                               + " ".join(argv or []), **environment(device), "note": note, "results": rows},
+                              indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

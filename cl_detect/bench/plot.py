@@ -1,0 +1,182 @@
+"""Figures from result files (PNG, matplotlib Agg backend, no display needed).
+
+- `<protocol>_<method>_accuracy.png`: accuracy-matrix heatmap per method, mean
+  over seeds; rows = after which task (row "base" = before training), columns
+  = evaluated task; AP in %.
+- `<protocol>_pareto.png`: retention vs in-domain Pareto scatter, one point per
+  method (x = in-domain Avg, y = mean retention ratio over the retention sets,
+  error bars = std over seeds); methods with WiSE sweep rows (`wise_alpha`)
+  also get the curve of their interpolation weights. Written only for
+  protocols with retention sets.
+- `<protocol>_task_curves.png`: per task, its AP after every step of the
+  sequence (step 0 = base model), one line per method, band = ± std.
+Failed runs are left out of every figure.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cl_detect.bench.results import RunResult  # noqa: E402
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9+.=-]+", "_", text).strip("_")
+
+
+def _nan_stats(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        std = np.nanstd(stack, axis=0, ddof=1) if len(stack) > 1 else np.zeros(stack.shape[1:])
+        return np.nanmean(stack, axis=0), np.nan_to_num(std)
+
+
+def _by_protocol_method(results: Sequence[RunResult]) -> dict[tuple[str, str], list[RunResult]]:
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for result in results:
+        if result.finished:
+            groups.setdefault((result.protocol, result.method), []).append(result)
+    return groups
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_heatmaps(results: Sequence[RunResult], out_dir: str | Path) -> list[Path]:
+    """One heatmap of the mean accuracy matrix per (protocol, method).
+
+    Args:
+        results: loaded runs (failed ones are skipped).
+        out_dir: folder for the PNG files.
+
+    Returns:
+        The written files.
+    """
+    out_dir = Path(out_dir)
+    written = []
+    for (protocol, method), runs in _by_protocol_method(results).items():
+        mean, _ = _nan_stats(np.stack([r.accuracy for r in runs]) * 100)
+        tasks = runs[0].tasks
+        fig, ax = plt.subplots(figsize=(1.2 * len(tasks) + 2.5, 0.9 * len(tasks) + 2))
+        image = ax.imshow(np.ma.masked_invalid(mean), cmap="viridis", vmin=0, vmax=max(1.0, np.nanmax(mean)))
+        for (i, j), value in np.ndenumerate(mean):
+            text = "n/a" if np.isnan(value) else f"{value:.1f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if np.isnan(value) or value < 0.6 * np.nanmax(mean) else "black")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+        ax.set_yticks(range(len(tasks) + 1), ["base"] + tasks)
+        ax.set_xlabel("evaluated on task")
+        ax.set_ylabel("after training task")
+        ax.set_title(f"{protocol}: {method} (AP %, {len(runs)} seed{'s' * (len(runs) > 1)})", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        written.append(_save(fig, out_dir / f"{_slug(protocol)}_{_slug(method)}_accuracy.png"))
+    return written
+
+
+def _mean_retention(summary: dict, sets: list[str]) -> float:
+    ratios = [summary.get(f"retention_{s}", np.nan) for s in sets]
+    ratios = [r for r in ratios if np.isfinite(r)]
+    return float(np.mean(ratios)) if ratios else np.nan
+
+
+def plot_pareto(results: Sequence[RunResult], out_dir: str | Path) -> list[Path]:
+    """Retention-vs-in-domain scatter per protocol, with WiSE sweeps as curves.
+
+    Args:
+        results: loaded runs (failed ones are skipped).
+        out_dir: folder for the PNG files.
+
+    Returns:
+        The written files (none for protocols without retention sets).
+    """
+    out_dir = Path(out_dir)
+    groups = _by_protocol_method(results)
+    written = []
+    for protocol in dict.fromkeys(p for p, _ in groups):
+        methods = {m: runs for (p, m), runs in groups.items() if p == protocol}
+        if not any(r.retention_sets for runs in methods.values() for r in runs):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        colors = plt.get_cmap("tab10")
+        for index, (method, runs) in enumerate(methods.items()):
+            color = colors(index % 10)
+            points = np.array([(r.summary()["in_domain_avg"], _mean_retention(r.summary(), r.retention_sets))
+                               for r in runs]) * 100
+            mean, std = _nan_stats(points)
+            if np.isfinite(mean).all():
+                ax.errorbar(mean[0], mean[1], xerr=std[0], yerr=std[1], fmt="o", color=color, capsize=3,
+                            label=method)
+                ax.annotate(method, (mean[0], mean[1]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            sweeps = [r.wise_points() for r in runs if r.wise_points()]
+            alphas = sorted(set.intersection(*(set(a for a, _, _ in s) for s in sweeps))) if sweeps else []
+            if alphas:
+                curve = np.array([[np.mean([x for a, x, _ in s if a == alpha]) for s in sweeps] for alpha in alphas])
+                ratio = np.array([[np.mean([y for a, _, y in s if a == alpha]) for s in sweeps] for alpha in alphas])
+                xs, ys = curve.mean(axis=1) * 100, ratio.mean(axis=1) * 100
+                ax.plot(xs, ys, "--", marker=".", color=color, label=f"{method} (WiSE α)")
+                for alpha, x, y in zip(alphas, xs, ys):
+                    ax.annotate(f"{alpha:g}", (x, y), textcoords="offset points", xytext=(3, -8), fontsize=6,
+                                color=color)
+        ax.set_xlabel("in-domain Avg AP (%)")
+        ax.set_ylabel("retention ratio, mean over retention sets (%)")
+        ax.set_title(f"{protocol}: retention vs in-domain (upper right is better)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        written.append(_save(fig, out_dir / f"{_slug(protocol)}_pareto.png"))
+    return written
+
+
+def plot_task_curves(results: Sequence[RunResult], out_dir: str | Path) -> list[Path]:
+    """Per protocol, one panel per task: its AP over the task sequence, one line per method.
+
+    Args:
+        results: loaded runs (failed ones are skipped).
+        out_dir: folder for the PNG files.
+
+    Returns:
+        The written files.
+    """
+    out_dir = Path(out_dir)
+    groups = _by_protocol_method(results)
+    written = []
+    for protocol in dict.fromkeys(p for p, _ in groups):
+        methods = {m: runs for (p, m), runs in groups.items() if p == protocol}
+        tasks = next(iter(methods.values()))[0].tasks
+        steps = np.arange(len(tasks) + 1)
+        fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), sharey=True, squeeze=False)
+        for method, runs in methods.items():
+            mean, std = _nan_stats(np.stack([r.accuracy for r in runs]) * 100)
+            for j, ax in enumerate(axes[0]):
+                line, = ax.plot(steps, mean[:, j], marker="o", markersize=3, label=method)
+                ax.fill_between(steps, mean[:, j] - std[:, j], mean[:, j] + std[:, j], color=line.get_color(),
+                                alpha=0.15)
+        for j, ax in enumerate(axes[0]):
+            ax.axvline(j + 1, color="grey", linestyle=":", linewidth=1)  # the step that trains this task
+            ax.set_title(tasks[j], fontsize=9)
+            ax.set_xticks(steps, ["base"] + [f"T{i}" for i in steps[1:]], fontsize=7)
+            ax.set_xlabel("after step")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("AP (%)")
+        axes[0][-1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{protocol}: per-task AP over the sequence", fontsize=10)
+        written.append(_save(fig, out_dir / f"{_slug(protocol)}_task_curves.png"))
+    return written
+
+
+def plot_all(results: Sequence[RunResult], out_dir: str | Path) -> list[Path]:
+    """Write every figure for these results into `out_dir` (created if needed)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return (plot_accuracy_heatmaps(results, out_dir) + plot_pareto(results, out_dir)
+            + plot_task_curves(results, out_dir))

@@ -1,0 +1,237 @@
+"""Load and validate the JSON result files the runner writes, one per (protocol, method, seed).
+
+A result file holds the run's status and, when it finished, the accuracy matrix
+(T+1, T) and retention matrix (T+1, S), both with row 0 = the base model before
+any training (see `cl_detect.eval.continual`). Tables and plots never trust a
+stored summary: `summarize()` recomputes every metric from the matrices.
+
+Matrices may contain NaN where an evaluation does not apply (the closed-set
+`specialist` has no head for a vocabulary it was not trained on). The summary
+then follows the formulas over the defined entries only: forgetting's max runs
+over the rows where a[l][j] is defined, zero-shot transfer averages the defined
+a[i][j]; a metric with no defined entry is NaN.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cl_detect.eval.continual import continual_summary
+
+STATUSES = ("finished", "failed")
+_ALWAYS = ("protocol", "method", "seed", "status")
+_WHEN_FINISHED = ("tasks", "retention_sets", "accuracy_matrix", "retention_matrix")
+
+
+class ResultError(ValueError):
+    """A result file that cannot be read; the message names the file."""
+
+
+@dataclass
+class RunResult:
+    """One (protocol, method, seed) run as read from its JSON file.
+
+    Args:
+        source: file the result was read from.
+        protocol, method, seed, status, error: identity and outcome of the run.
+        tasks, retention_sets: names, in matrix column order.
+        accuracy: (T+1, T) AP in [0, 1], row 0 = before training (empty for failed runs).
+        retention: (T+1, S) AP on the retention sets, row 0 = before training.
+        rows: the typed result rows (method, seed, train_task, eval_set, metric, value[, wise_alpha]).
+        wall_time_s, peak_memory_mb, trainable_params, total_params: run cost (NaN / 0 when absent).
+        data: the whole JSON object, for fields this module does not interpret.
+    """
+
+    source: str
+    protocol: str
+    method: str
+    seed: int
+    status: str
+    error: str | None = None
+    tasks: list[str] = field(default_factory=list)
+    retention_sets: list[str] = field(default_factory=list)
+    accuracy: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    retention: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    rows: list[dict] = field(default_factory=list)
+    wall_time_s: float = math.nan
+    peak_memory_mb: float = math.nan
+    trainable_params: int = 0
+    total_params: int = 0
+    data: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @property
+    def error_line(self) -> str:
+        """First line of the error text (what tables show for a failed run)."""
+        lines = (self.error or "").strip().splitlines()
+        return lines[0] if lines else "no error text recorded"
+
+    def summary(self) -> dict[str, float]:
+        """The continual metrics recomputed from the matrices (see `summarize`)."""
+        return summarize(self.accuracy, self.retention, self.retention_sets)
+
+    def wise_points(self) -> list[tuple[float, float, float]]:
+        """(alpha, in-domain Avg, mean retention ratio) per WiSE interpolation weight.
+
+        Read from rows carrying `wise_alpha` that were evaluated after the last
+        task; the ratio divides by the base model's AP (retention row 0).
+        """
+        last = self.tasks[-1] if self.tasks else None
+        by_alpha: dict[float, dict[str, float]] = {}
+        for row in self.rows:
+            if row.get("wise_alpha") is None or row.get("train_task") != last:
+                continue
+            by_alpha.setdefault(float(row["wise_alpha"]), {})[row["eval_set"]] = float(row["value"])
+        points = []
+        for alpha, values in sorted(by_alpha.items()):
+            in_domain = [values[t] for t in self.tasks if t in values]
+            ratios = [values[s] / self.retention[0, i] for i, s in enumerate(self.retention_sets)
+                      if s in values and self.retention[0, i] > 0]
+            if in_domain and ratios:
+                points.append((alpha, float(np.mean(in_domain)), float(np.mean(ratios))))
+        return points
+
+
+def _nan_forgetting(acc: np.ndarray) -> float:
+    num_tasks = acc.shape[1]
+    if num_tasks < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        best = np.nanmax(acc[1:num_tasks, :num_tasks - 1], axis=0)
+        return float(np.nanmean(best - acc[num_tasks, :num_tasks - 1]))
+
+
+def _nan_zero_shot(acc: np.ndarray) -> float:
+    num_tasks = acc.shape[1]
+    if num_tasks < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_task = [np.nanmean(acc[1:j, j - 1]) for j in range(2, num_tasks + 1)]
+        return float(np.nanmean(per_task))
+
+
+def summarize(accuracy: np.ndarray, retention: np.ndarray, retention_sets: Sequence[str]) -> dict[str, float]:
+    """Continual metrics of one run via `cl_detect.eval.continual.continual_summary`.
+
+    Args:
+        accuracy: (T+1, T) accuracy matrix, row 0 = before training.
+        retention: (T+1, S) retention matrix.
+        retention_sets: S names.
+
+    Returns:
+        in_domain_avg, forgetting, bwt, zero_shot_transfer, retention_<set>, final_<set>
+        (and ZCOCO / ZLVIS); NaN-aware where the matrix has not-applicable entries.
+    """
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    summary = continual_summary(accuracy, np.asarray(retention, dtype=np.float64).reshape(len(accuracy), -1),
+                                list(retention_sets))
+    if np.isnan(accuracy).any():
+        summary["forgetting"] = _nan_forgetting(accuracy)
+        summary["zero_shot_transfer"] = _nan_zero_shot(accuracy)
+    return summary
+
+
+def _matrix(data: dict, key: str, shape: tuple[int, int], source: str) -> np.ndarray:
+    try:
+        # null marks a not-applicable evaluation; json has no NaN literal in strict writers
+        matrix = np.array([[math.nan if v is None else v for v in row] for row in data[key]], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ResultError(f"{source}: {key} must be a list of lists of numbers ({err})") from None
+    matrix = matrix.reshape(shape) if matrix.size == 0 else matrix
+    if matrix.shape != shape:
+        raise ResultError(f"{source}: {key} has shape {matrix.shape}, expected {shape} "
+                          f"(row 0 = before training, then one row per task)")
+    return matrix
+
+
+def validate_result(data: dict, source: str) -> RunResult:
+    """Check one loaded result object and turn it into a `RunResult`.
+
+    Args:
+        data: the parsed JSON object.
+        source: its file name, used in every error message.
+
+    Returns:
+        The result.
+
+    Raises:
+        ResultError: a missing field, an unknown status or a matrix of the wrong shape.
+    """
+    if not isinstance(data, dict):
+        raise ResultError(f"{source}: a result file holds one JSON object, got {type(data).__name__}")
+    missing = [k for k in _ALWAYS if k not in data]
+    if data.get("status") == "finished":
+        missing += [k for k in _WHEN_FINISHED if k not in data]
+    if missing:
+        raise ResultError(f"{source}: missing field(s) {', '.join(missing)}")
+    if data["status"] not in STATUSES:
+        raise ResultError(f"{source}: status must be one of {STATUSES}, got {data['status']!r}")
+    result = RunResult(source=source, protocol=str(data["protocol"]), method=str(data["method"]),
+                       seed=int(data["seed"]), status=data["status"], error=data.get("error"),
+                       rows=list(data.get("rows") or []), data=data,
+                       wall_time_s=float(data.get("wall_time_s") or math.nan),
+                       peak_memory_mb=float(data.get("peak_memory_mb") or math.nan),
+                       trainable_params=int(data.get("trainable_params") or 0),
+                       total_params=int(data.get("total_params") or 0))
+    if not result.finished:
+        return result
+    result.tasks = [str(t) for t in data["tasks"]]
+    result.retention_sets = [str(s) for s in data["retention_sets"]]
+    if not result.tasks:
+        raise ResultError(f"{source}: a finished run needs at least one task")
+    num_tasks = len(result.tasks)
+    result.accuracy = _matrix(data, "accuracy_matrix", (num_tasks + 1, num_tasks), source)
+    result.retention = _matrix(data, "retention_matrix", (num_tasks + 1, len(result.retention_sets)), source)
+    return result
+
+
+def _looks_like_result(data) -> bool:
+    return isinstance(data, dict) and "status" in data and "method" in data
+
+
+def load_results(paths: Sequence[str | Path]) -> list[RunResult]:
+    """Read result files; a folder contributes every result JSON below it.
+
+    Files named explicitly must be results; inside folders, JSON files that are
+    not results (resolved configs, logs) are skipped.
+
+    Args:
+        paths: files and/or folders.
+
+    Returns:
+        Results sorted by (protocol, method, seed).
+
+    Raises:
+        ResultError: an unreadable file, a bad result, or nothing found at all.
+    """
+    results = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files, explicit = sorted(path.rglob("*.json")), False
+        elif path.exists():
+            files, explicit = [path], True
+        else:
+            raise ResultError(f"{path}: no such file or folder")
+        for file in files:
+            try:
+                data = json.loads(file.read_text())
+            except json.JSONDecodeError as err:
+                if explicit:
+                    raise ResultError(f"{file}: not valid JSON ({err})") from None
+                continue
+            if explicit or _looks_like_result(data):
+                results.append(validate_result(data, str(file)))
+    if not results:
+        raise ResultError(f"no result files found in {', '.join(map(str, paths))}")
+    return sorted(results, key=lambda r: (r.protocol, r.method, r.seed))

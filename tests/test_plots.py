@@ -1,0 +1,32 @@
+"""Figures: heatmaps per method, Pareto scatter with WiSE curves, per-task curves."""
+from _result_builders import result_dict, standard_results, write_results
+from cl_detect.bench.plot import plot_all
+from cl_detect.bench.results import load_results
+from cl_detect.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_all_writes_pngs(tmp_path):
+    results = load_results([write_results(tmp_path / "runs", standard_results())[0].parent])
+    written = plot_all(results, tmp_path / "figures")
+    names = sorted(p.name for p in written)
+    # 2 finished methods -> 2 heatmaps; the failed run draws nothing; 1 pareto, 1 curves
+    assert names == ["synthetic_finetune_accuracy.png", "synthetic_lora+distill_accuracy.png",
+                     "synthetic_pareto.png", "synthetic_task_curves.png"]
+    for path in written:
+        assert path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_wise_points_from_rows(tmp_path):
+    results = load_results(write_results(tmp_path, standard_results()))
+    lora = next(r for r in results if r.method == "lora+distill")
+    assert lora.wise_points() == [(0.5, 0.475, 0.98), (1.0, 0.525, 0.94)]
+
+
+def test_no_retention_sets_skips_pareto(tmp_path):
+    result = result_dict("finetune", 0, (0.3, 0.7), 0.2, protocol="plain")
+    result["retention_sets"], result["retention_matrix"] = [], [[], [], []]
+    assert main(["plot", str(write_results(tmp_path, [result])[0]), "--out", str(tmp_path / "fig")]) == 0
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["plain_finetune_accuracy.png",
+                                                                    "plain_task_curves.png"]

@@ -1,0 +1,113 @@
+"""Result loading and the comparison table in md / latex / csv."""
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from _result_builders import result_dict, standard_results, write_results
+from cl_detect.bench.results import ResultError, load_results
+from cl_detect.bench.table import format_table
+from cl_detect.cli import main
+
+
+@pytest.fixture
+def results(tmp_path):
+    return load_results([write_results(tmp_path / "runs", standard_results())[0].parent])
+
+
+def _md_row(text: str, method: str) -> list[str]:
+    line = next(l for l in text.splitlines() if l.startswith(f"| {method} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_markdown_means_std_and_ci(results):
+    text = format_table(results, "md")
+    header = _md_row(text, "Method")
+    row = _md_row(text, "finetune")
+    assert row[header.index("n")] == "3"
+    in_domain = np.array([np.mean([0.20 + 0.01 * s, 0.70]) for s in range(3)]) * 100
+    low, high = stats.t.interval(0.95, 2, loc=in_domain.mean(), scale=in_domain.std(ddof=1) / np.sqrt(3))
+    expected = f"{in_domain.mean():.1f} ± {in_domain.std(ddof=1):.1f} [{low:.1f}, {high:.1f}]"
+    assert row[header.index("In-domain Avg")].replace("**", "") == expected
+    # forgetting of task 1: max(a[1][1]) - a[2][1] = 0.60 - (0.20 + 0.01 s)
+    forgetting = np.array([0.60 - (0.20 + 0.01 * s) for s in range(3)]) * 100
+    assert row[header.index("F")].startswith(f"{forgetting.mean():.1f} ± {forgetting.std(ddof=1):.1f}")
+    ratio = np.array([(0.10 + 0.02 * s) / 0.5 for s in range(3)]) * 100
+    assert row[header.index("R coco")].startswith(f"{ratio.mean():.1f} ±")
+    assert row[header.index("Trainable")] == "1.50M"
+
+
+def test_best_marked_per_column(results):
+    text = format_table(results, "md")
+    header = _md_row(text, "Method")
+    finetune, lora = _md_row(text, "finetune"), _md_row(text, "lora+distill")
+    # lora+distill forgets less and retains more; finetune has the higher in-domain Avg
+    assert lora[header.index("F")].startswith("**") and not finetune[header.index("F")].startswith("**")
+    assert lora[header.index("R coco")].startswith("**")
+    assert finetune[header.index("In-domain Avg")].startswith("**")
+
+
+def test_failed_runs_listed_not_averaged(results):
+    text = format_table(results, "md")
+    assert "| distill |" not in text
+    assert "- distill (seed 0): RuntimeError: CUDA out of memory" in text
+    assert "Traceback" not in text
+
+
+def test_latex_booktabs(results):
+    text = format_table(results, "latex")
+    for command in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}"):
+        assert command in text
+    assert "lora+distill &" in text and "\\textbf{" in text and "$\\pm$" in text
+    assert "% failed run (not averaged): distill seed 0" in text
+
+
+def test_csv_plain_numbers(results):
+    rows = list(csv.DictReader(io.StringIO(format_table(results, "csv"))))
+    finetune = next(r for r in rows if r["method"] == "finetune")
+    values = np.array([np.mean([0.20 + 0.01 * s, 0.70]) for s in range(3)])
+    assert float(finetune["in_domain_avg_mean"]) == pytest.approx(values.mean(), abs=1e-6)
+    assert float(finetune["in_domain_avg_std"]) == pytest.approx(values.std(ddof=1), abs=1e-6)
+    low, _ = stats.t.interval(0.95, 2, loc=values.mean(), scale=values.std(ddof=1) / np.sqrt(3))
+    assert float(finetune["in_domain_avg_ci_low"]) == pytest.approx(low, abs=1e-6)
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert failed["method"] == "distill" and failed["in_domain_avg_mean"] == ""
+
+
+def test_single_seed_has_no_spread(tmp_path):
+    results = load_results(write_results(tmp_path, [result_dict("finetune", 0, (0.3, 0.7), 0.2)]))
+    row = _md_row(format_table(results, "md"), "finetune")
+    assert row[2] == "50.0" and "±" not in " ".join(row)
+
+
+def test_not_applicable_entries_shown_as_dash(tmp_path):
+    specialist = result_dict("specialist", 0, (0.3, 0.7), 0.2)
+    specialist["accuracy_matrix"][1][1] = None  # task 2 not learned yet: no head for its vocabulary
+    specialist["retention_matrix"][1][0] = specialist["retention_matrix"][2][0] = None
+    text = format_table(load_results(write_results(tmp_path, [specialist])), "md")
+    header, row = _md_row(text, "Method"), _md_row(text, "specialist")
+    assert row[header.index("R coco")] == "–" and row[header.index("coco AP")] == "–"
+    assert row[header.index("F")] == "30.0"  # 0.60 - 0.30 from the defined entries
+
+
+def test_bad_result_names_the_file(tmp_path):
+    bad = result_dict("finetune", 0, (0.3, 0.7), 0.2)
+    bad["accuracy_matrix"] = bad["accuracy_matrix"][1:]
+    path = write_results(tmp_path, [bad])[0]
+    with pytest.raises(ResultError, match=f"{path.name}.*accuracy_matrix has shape"):
+        load_results([path])
+    del bad["status"]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ResultError, match="missing field"):
+        load_results([path])
+
+
+def test_cli_writes_table(tmp_path):
+    folder = write_results(tmp_path / "runs", standard_results())[0].parent
+    out = tmp_path / "table.tex"
+    assert main(["table", str(folder), "--format", "latex", "--out", str(out)]) == 0
+    assert "\\toprule" in out.read_text()
+    assert main(["table", str(tmp_path / "missing")]) == 2
