@@ -2,7 +2,7 @@
 from cl_detect.methods.base import ContinualModel, Method, TaskContext, check_composition
 from cl_detect.methods.registry import create_method, list_methods, register_method
 from cl_detect.methods import finetune  # noqa: F401
-from cl_detect.methods import lora  # noqa: F401
+from cl_detect.methods import lora, prompt, reparam  # noqa: F401
 from cl_detect.methods import distill, ewc, wise  # noqa: F401
 from cl_detect.methods import mix, replay  # noqa: F401
 from cl_detect.methods import specialist, zeroshot  # noqa: F401

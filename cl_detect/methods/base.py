@@ -162,8 +162,9 @@ class ContinualModel(nn.Module):
         return rows
 
     def parameter_counts(self) -> tuple[int, int]:
-        """(trainable, total) parameter counts, each parameter counted once."""
-        params = {id(p): p for p in self.parameters()}.values()
+        """(trainable, total) parameter counts of the deployed model, each parameter counted once
+        (frozen teachers kept by methods for training are left out)."""
+        params = {id(p): p for n, p in self.named_parameters() if ".teacher." not in n}.values()
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
     def train(self, mode: bool = True):
@@ -182,9 +183,15 @@ class ContinualModel(nn.Module):
         return self
 
     def hook(self, name: str, *args) -> None:
-        """Call hook `name` of every method in order."""
+        """Call hook `name` of every method in order.
+
+        After `before_task` the trainer marks the trainable parameters again: methods
+        may create parameters for the new task (prompts, adapters, class heads).
+        """
         for method in self.methods:
             getattr(method, name)(self, *args)
+        if name == "before_task":
+            self.mark_trainable()
 
     def embed_texts(self, texts: list[list[str]]) -> torch.Tensor:
         """Per-image prompt lists (B x N) -> (B, N, D) embeddings."""

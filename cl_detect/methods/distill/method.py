@@ -1,0 +1,156 @@
+"""`distill`: keep the fine-tuned detector close to a frozen teacher.
+
+The teacher is a deep copy of the detector taken before the first task (or
+refreshed at every task start with `teacher="previous_task"`). It is frozen,
+stays in eval mode when the model trains, and runs under `no_grad` (bf16
+autocast on CUDA) on the batch's own preprocessed images. Three losses:
+
+- `loss_distill_cls`: Bernoulli KL between teacher and student class
+  probabilities for the teacher's vocabulary (a general vocabulary such as the
+  COCO or LVIS names, embedded once); optionally only at teacher-confident
+  locations plus sampled negatives.
+- `loss_distill_feat`: MSE between channel-normalised neck features per level.
+- `loss_distill_dfl`: KL between DFL bin distributions at teacher-confident locations.
+
+With a general vocabulary the student runs a second pass with those prompts
+(the neck is text-conditioned, so its features for the task's prompts are not
+comparable); without one, the main pass is reused and the teacher sees the
+batch's prompts. The teacher's weights are part of the method's `state_dict`,
+so checkpoints hold it and a resumed run distils from the same teacher.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cl_detect.methods.base import ContinualModel, Method, TaskContext
+from cl_detect.methods.distill._losses import (
+    class_logit_loss, confident_locations, dfl_loss, feature_loss, flatten_levels, sample_negatives)
+from cl_detect.methods.distill._reference import ReferenceImages
+from cl_detect.methods.distill.config import DistillConfig
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy with every parameter frozen, in eval mode."""
+    teacher = copy.deepcopy(module)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def read_vocabulary_file(path: str | Path) -> list[str]:
+    """Names from a text file, one per line (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"distill vocabulary file {path} does not exist")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"distill vocabulary file {path} holds no names")
+    return names
+
+
+class DistillMethod(Method):
+    """Distillation regulariser; see the module docstring."""
+
+    def __init__(self, config: DistillConfig):
+        super().__init__(config)
+        self.teacher: nn.Module | None = None
+        self.vocabulary: list[str] = []
+        self.vocabulary_embeddings: torch.Tensor | None = None  # (V, D), the teacher's text
+        self.reference = ReferenceImages(config.reference_images) if config.reference_images else None
+
+    def setup(self, model: ContinualModel) -> None:
+        self.teacher = frozen_copy(model.detector)
+        if self.config.vocabulary_is_file:
+            self.set_vocabulary(model, read_vocabulary_file(self.config.vocabulary))
+        elif isinstance(self.config.vocabulary, list):
+            self.set_vocabulary(model, self.config.vocabulary)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # BatchNorm statistics and dropout of the teacher never change
+        return self
+
+    def set_vocabulary(self, model: ContinualModel, names: list[str]) -> None:
+        """Embed the teacher's vocabulary once with the (frozen) text encoder."""
+        if list(names) == self.vocabulary:
+            return
+        with torch.no_grad():
+            self.vocabulary_embeddings = model.text_encoder(list(names)).detach().float().cpu()
+        self.vocabulary = list(names)
+
+    def refresh_teacher(self, detector: nn.Module) -> None:
+        """Make the teacher an exact copy of `detector` (weights and buffers)."""
+        state = detector.state_dict()
+        if self.teacher is not None and self.teacher.state_dict().keys() == state.keys():
+            self.teacher.load_state_dict(state)
+        else:  # the detector changed structure (e.g. adapters injected after distill was set up)
+            device = next(detector.parameters()).device
+            self.teacher = frozen_copy(detector).to(device)
+
+    def before_task(self, model: ContinualModel, task: TaskContext) -> None:
+        # task 0 too: a harness may load pretrained weights after assembling the model
+        if task.index == 0 or self.config.teacher == "previous_task":
+            self.refresh_teacher(model.detector)
+        if isinstance(self.config.vocabulary, str) and not self.config.vocabulary_is_file:
+            self.set_vocabulary(model, self._retention_vocabulary(task))
+
+    def _retention_vocabulary(self, task: TaskContext) -> list[str]:
+        name = self.config.vocabulary
+        given = task.extras.get("general_vocabulary")
+        if given is None:
+            raise ValueError(f"distill vocabulary {name!r} names a retention set, but the task context has no "
+                             f"extras['general_vocabulary']; pass names or a file instead")
+        if isinstance(given, dict):
+            if name not in given:
+                raise ValueError(f"distill vocabulary {name!r} is not among the retention sets {sorted(given)}")
+            return list(given[name])
+        return list(given)
+
+    def get_extra_state(self) -> dict:
+        return {"vocabulary": self.vocabulary, "embeddings": self.vocabulary_embeddings}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.vocabulary = list(state["vocabulary"])
+        self.vocabulary_embeddings = state["embeddings"]
+
+    def extra_losses(self, model: ContinualModel, batch: dict, output, text: torch.Tensor) -> dict:
+        config = self.config
+        if isinstance(config.vocabulary, str) and self.vocabulary_embeddings is None:
+            raise RuntimeError(f"distill vocabulary {config.vocabulary!r} is resolved in before_task; "
+                               f"call model.hook('before_task', task) before training")
+        device = output.cls_logits[0].device
+        images = batch["images"].to(device, non_blocking=True)
+        num_current = len(images)
+        if self.vocabulary_embeddings is not None:
+            distill_text = self.vocabulary_embeddings.to(device)[None]
+            if self.reference is not None:
+                extra = self.reference.draw(config.reference_per_step, images.shape[-1]).to(device)
+                images = torch.cat([images, extra.to(images.dtype)])
+            student = model.detector(images, distill_text)
+        else:
+            distill_text, student = text, output
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+        with torch.no_grad(), autocast:
+            teacher = self.teacher(images, distill_text.detach())
+        teacher_logits = flatten_levels(teacher.cls_logits)
+        confident = confident_locations(teacher_logits, config.confidence_threshold)
+        losses = {}
+        if config.cls_weight:
+            mask = (confident | sample_negatives(confident, config.num_negatives)
+                    if config.cls_confident_only else None)
+            student_logits = flatten_levels(student.cls_logits)
+            losses["loss_distill_cls"] = config.cls_weight * class_logit_loss(student_logits, teacher_logits, mask)
+        if config.feat_weight:
+            losses["loss_distill_feat"] = config.feat_weight * feature_loss(student.neck_feats, teacher.neck_feats)
+        if config.dfl_weight:
+            # boxes only on the batch's own images: reference images serve class scores and features
+            current = [d[:num_current] for d in student.bbox_dists]
+            losses["loss_distill_dfl"] = config.dfl_weight * dfl_loss(
+                current, [d[:num_current] for d in teacher.bbox_dists], confident[:num_current],
+                model.detector.config.reg_max, config.dfl_temperature)
+        return losses

@@ -1,0 +1,153 @@
+"""`wise`: WiSE-FT weight-space ensembling after each task.
+
+At setup (and again at the first task start, in case pretrained weights were
+loaded after the model was assembled) the detector's state — parameters and
+buffers, BatchNorm statistics included — is stored on the CPU as the anchor.
+After a task the detector becomes
+
+    theta = (1 - alpha) * theta_anchor + alpha * theta_finetuned,
+
+exactly the anchor at alpha 0 and exactly the fine-tuned weights at alpha 1.
+Integer buffers (BatchNorm batch counters) cannot be interpolated and take the
+nearer end's value. The anchor is part of the method's `state_dict`, so
+checkpoints hold it (one extra copy of the detector).
+
+Interpolation is per tensor name, so a detector whose names changed since the
+anchor was stored (e.g. LoRA injected after `wise` was set up) is rejected with
+an error; with LoRA, list it before `wise` so both ends have the same names
+(note that interpolating LoRA factors A and B is not linear in their product).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from cl_detect.methods.base import ContinualModel, Method, TaskContext
+from cl_detect.methods.wise.config import WiseConfig
+
+State = dict[str, torch.Tensor]
+
+
+def snapshot(module: nn.Module) -> State:
+    """A detached CPU copy of a module's full state (parameters and persistent buffers)."""
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in module.state_dict().items()}
+
+
+def interpolate_states(anchor: State, finetuned: State, alpha: float) -> State:
+    """(1 - alpha) * anchor + alpha * finetuned, name by name.
+
+    Args:
+        anchor: the state at alpha 0.
+        finetuned: the state at alpha 1; must have the same names and shapes.
+        alpha: coefficient in [0, 1].
+
+    Returns:
+        The interpolated state (float tensors keep their dtype; integer tensors
+        take the value of the nearer end).
+    """
+    if anchor.keys() != finetuned.keys():
+        missing, new = sorted(anchor.keys() - finetuned.keys()), sorted(finetuned.keys() - anchor.keys())
+        raise ValueError(
+            f"wise: the detector's tensor names differ from the stored anchor (missing {missing[:3]}, new "
+            f"{new[:3]}); this happens when adapters (LoRA) are injected after wise was set up: list lora "
+            f"before wise, or merge the adapters before interpolating")
+    mixed = {}
+    for name, start in anchor.items():
+        end = finetuned[name]
+        if start.shape != end.shape:
+            raise ValueError(f"wise: {name} has shape {tuple(end.shape)}, the anchor {tuple(start.shape)}")
+        if start.is_floating_point():
+            end = end.to(start.device)
+            mixed[name] = ((1 - alpha) * start.float() + alpha * end.float()).to(start.dtype)
+        else:
+            mixed[name] = (start if alpha < 0.5 else end).clone()
+    return mixed
+
+
+def wise_method(model: ContinualModel) -> "WiseMethod":
+    method = model.method("wise")
+    if method is None:
+        raise ValueError("the model has no wise method; add 'wise' to the run's methods")
+    return method
+
+
+def interpolate(model: ContinualModel, alpha: float, finetuned: State | None = None) -> None:
+    """Load (1 - alpha) * anchor + alpha * finetuned into `model.detector`.
+
+    Args:
+        model: a ContinualModel that lists `wise` (it holds the anchor).
+        alpha: coefficient in [0, 1].
+        finetuned: the fine-tuned state; default: the detector's current weights.
+    """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    finetuned = snapshot(model.detector) if finetuned is None else finetuned
+    model.detector.load_state_dict(interpolate_states(wise_method(model).anchor, finetuned, alpha))
+
+
+def wise_sweep(model: ContinualModel, alphas: list[float], evaluate_fn: Callable[[ContinualModel], dict]
+               ) -> list[dict]:
+    """Evaluate the interpolated detector at each coefficient; the detector is restored afterwards.
+
+    Args:
+        model: a ContinualModel that lists `wise`, holding the fine-tuned weights.
+        alphas: coefficients in [0, 1].
+        evaluate_fn: scores the model (e.g. every task test set and retention set).
+
+    Returns:
+        One row per coefficient, in order: {"alpha": a, "metrics": evaluate_fn(model)}.
+    """
+    finetuned = snapshot(model.detector)
+    rows = []
+    try:
+        for alpha in alphas:
+            interpolate(model, alpha, finetuned)
+            rows.append({"alpha": float(alpha), "metrics": evaluate_fn(model)})
+    finally:
+        model.detector.load_state_dict(finetuned)
+    return rows
+
+
+def _json_value(value):
+    # evaluator statistics may hold numpy scalars/arrays or tensors
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+class WiseMethod(Method):
+    """WiSE-FT post-processing; see the module docstring."""
+
+    def __init__(self, config: WiseConfig):
+        super().__init__(config)
+        self.anchor: State = {}
+        self.sweep_results: dict[str, list[dict]] = {}  # task name -> sweep rows
+
+    def setup(self, model: ContinualModel) -> None:
+        self.anchor = snapshot(model.detector)
+
+    def before_task(self, model: ContinualModel, task: TaskContext) -> None:
+        if task.index == 0 or self.config.anchor == "previous_task":
+            self.anchor = snapshot(model.detector)
+
+    def after_task(self, model: ContinualModel, task: TaskContext) -> None:
+        evaluate_fn = task.extras.get("evaluate_fn")
+        if self.config.sweep and evaluate_fn is not None:
+            # plain json types: the rows go into checkpoints, which load with weights_only=True
+            rows = json.loads(json.dumps(wise_sweep(model, self.config.sweep, evaluate_fn), default=_json_value))
+            self.sweep_results[task.name] = rows
+            if task.out_dir is not None:
+                path = Path(task.out_dir) / "wise_sweep.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"task": task.name, "applied_alpha": self.config.alpha, "rows": rows},
+                                           indent=2))
+        interpolate(model, self.config.alpha)
+
+    def get_extra_state(self) -> dict:
+        return {"anchor": self.anchor, "sweep_results": self.sweep_results}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.anchor = {name: tensor.cpu() for name, tensor in state["anchor"].items()}
+        self.sweep_results = dict(state["sweep_results"])

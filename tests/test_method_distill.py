@@ -1,0 +1,176 @@
+"""The `distill` method: frozen teacher, zero-at-identity losses, gradients, vocabularies, checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _drawn_boxes import write_dataset
+from _regulariser_fixtures import GENERAL, perturb, random_batch, tiny_continual, train_steps
+from cl_detect.engine.state import load_model_state, model_state
+from cl_detect.methods import TaskContext, create_method, list_methods
+from cl_detect.methods.distill._losses import sample_negatives
+
+DISTILL_KEYS = ("loss_distill_cls", "loss_distill_feat", "loss_distill_dfl")
+# threshold 0: every location is "confident", so the DFL term is active on a random tiny detector
+EVERYWHERE = {"confidence_threshold": 0.0}
+
+
+def _distill_model(**options):
+    return tiny_continual([("finetune", {}), ("distill", {**EVERYWHERE, **options})])
+
+
+def _calibrated(model):
+    """Zero the contrastive biases (the 5-objects prior makes every probability ~1e-5) and
+    re-copy the teacher, so class probabilities, and their KL, are of order one."""
+    with torch.no_grad():
+        for contrast in model.detector.head.cls_contrasts:
+            contrast.bias.zero_()
+    model.hook("before_task", TaskContext(0, "t0", ("a",)))
+    return model
+
+
+def test_teacher_frozen_and_stays_in_eval_mode():
+    model = _distill_model(vocabulary=GENERAL)
+    teacher = model.method("distill").teacher
+    model.train()
+    assert model.detector.training and not teacher.training
+    assert not any(m.training for m in teacher.modules())
+    assert all(not p.requires_grad for p in teacher.parameters())
+    trainable = {name for name, _, _ in model.named_trainable_parameters()}
+    assert trainable and not any(name.startswith("methods.") for name in trainable)
+
+
+@pytest.mark.parametrize("vocabulary", [None, GENERAL])
+def test_losses_zero_when_student_equals_teacher_and_positive_after_perturbation(vocabulary):
+    # eval: the student's BatchNorm then uses the same (running) statistics as the teacher's
+    model = _calibrated(_distill_model(vocabulary=vocabulary)).eval()
+    batch = random_batch()
+    with torch.no_grad():
+        losses = model(batch)
+    for key in DISTILL_KEYS:
+        assert losses[key].item() == 0.0, key
+    perturb(model.detector.head)
+    perturb(model.detector.neck, seed=2)
+    with torch.no_grad():
+        losses = model(batch)
+    for key in DISTILL_KEYS:
+        assert losses[key].item() > 1e-4, key
+    assert torch.isclose(losses["loss"], sum(losses[k] for k in losses if k.startswith("loss_")))
+
+
+def test_gradients_reach_only_trainable_student_parameters():
+    model = tiny_continual([("finetune", {"parts": "head"}), ("distill", {**EVERYWHERE, "vocabulary": GENERAL})])
+    perturb(model.detector.head)
+    model.train()
+    losses = model(random_batch())
+    sum(losses[k] for k in DISTILL_KEYS).backward()
+    teacher = model.method("distill").teacher
+    assert all(p.grad is None for p in teacher.parameters())
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            assert param.grad is None, name
+    head_grads = [p.grad for p in model.detector.head.parameters() if p.grad is not None]
+    assert head_grads and any(g.abs().sum() > 0 for g in head_grads)
+    assert all(p.grad is None for p in model.detector.backbone.parameters())
+
+
+def test_training_steps_lower_the_total_loss():
+    model = _distill_model(vocabulary=GENERAL)
+    history = train_steps(model, random_batch(), steps=10)
+    assert history[-1] < history[0]
+
+
+def test_base_teacher_kept_and_previous_task_teacher_refreshed():
+    for policy, refreshed in (("base", False), ("previous_task", True)):
+        model = _distill_model(teacher=policy)
+        model.hook("before_task", TaskContext(0, "t0", ("a",)))
+        perturb(model.detector)
+        model.hook("before_task", TaskContext(1, "t1", ("b",)))
+        teacher, student = model.method("distill").teacher.state_dict(), model.detector.state_dict()
+        same = all(torch.equal(teacher[k], student[k]) for k in student)
+        assert same is refreshed, policy
+
+
+def test_vocabulary_from_file_and_from_retention_set(tmp_path):
+    path = tmp_path / "names.txt"
+    path.write_text("\n".join(GENERAL) + "\n\n")
+    from_file = _distill_model(vocabulary=str(path)).method("distill")
+    assert from_file.vocabulary == GENERAL and from_file.vocabulary_embeddings.shape == (len(GENERAL), 32)
+    model = _distill_model(vocabulary="coco")
+    with pytest.raises(RuntimeError, match="before_task"):
+        model(random_batch())
+    with pytest.raises(ValueError, match="general_vocabulary"):
+        model.hook("before_task", TaskContext(0, "t0", ("a",)))
+    with pytest.raises(ValueError, match="retention sets"):
+        model.hook("before_task", TaskContext(0, "t0", ("a",), extras={"general_vocabulary": {"lvis": ["x"]}}))
+    model.hook("before_task", TaskContext(0, "t0", ("a",), extras={"general_vocabulary": {"coco": GENERAL[:3]}}))
+    method = model.method("distill")
+    assert method.vocabulary == GENERAL[:3]
+    assert torch.allclose(method.vocabulary_embeddings, model.text_encoder(GENERAL[:3]))
+    assert "loss_distill_cls" in model(random_batch())
+
+
+def test_reference_images_join_the_distillation_pass(tmp_path):
+    write_dataset(tmp_path, num_images=3)
+    model = _distill_model(vocabulary=GENERAL, reference_images=str(tmp_path), reference_per_step=3).eval()
+    sizes = []
+    model.method("distill").teacher.register_forward_hook(lambda module, args, out: sizes.append(len(args[0])))
+    batch = random_batch()
+    with torch.no_grad():
+        losses = model(batch)
+    assert sizes == [len(batch["images"]) + 3]
+    assert all(losses[k].item() == 0.0 for k in DISTILL_KEYS)
+
+
+def test_negative_sampling_and_confident_only_mask():
+    confident = torch.zeros(2, 50, dtype=torch.bool)
+    confident[0, :5] = True
+    negatives = sample_negatives(confident, 7)
+    assert negatives.sum(1).tolist() == [7, 7] and not (negatives & confident).any()
+    model = _distill_model(vocabulary=GENERAL, cls_confident_only=True, num_negatives=4,
+                           confidence_threshold=0.99).eval()
+    perturb(model.detector.head)
+    with torch.no_grad():
+        losses = model(random_batch())
+    assert losses["loss_distill_cls"] > 0 and losses["loss_distill_dfl"] == 0  # no confident location
+
+
+def test_teacher_and_vocabulary_round_trip_through_checkpoint_state():
+    model = _distill_model(vocabulary=GENERAL, teacher="previous_task")
+    perturb(model.detector)
+    model.hook("before_task", TaskContext(1, "t1", ("b",)))  # teacher = perturbed weights
+    state = model_state(model)
+    assert any(k.startswith("methods.1.teacher.") for k in state)
+    restored = tiny_continual([("finetune", {}), ("distill", {**EVERYWHERE, "teacher": "previous_task"})], seed=3)
+    load_model_state(restored, state)
+    source, target = model.method("distill"), restored.method("distill")
+    for key, value in source.teacher.state_dict().items():
+        assert torch.equal(value, target.teacher.state_dict()[key]), key
+    assert target.vocabulary == GENERAL
+    assert torch.equal(target.vocabulary_embeddings, source.vocabulary_embeddings)
+    batch = random_batch()
+    model.eval(), restored.eval()
+    with torch.no_grad():
+        assert torch.equal(model(batch)["loss_distill_cls"], restored(batch)["loss_distill_cls"])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="teacher"):
+        create_method("distill", {"teacher": "ema"})
+    with pytest.raises(ValueError, match="all distillation weights"):
+        create_method("distill", {"cls_weight": 0, "feat_weight": 0, "dfl_weight": 0})
+    with pytest.raises(ValueError, match="needs a vocabulary"):
+        create_method("distill", {"reference_images": "/tmp"})
+    with pytest.raises(ValueError, match="confidence_threshold"):
+        create_method("distill", {"confidence_threshold": 1.0})
+
+
+@pytest.mark.parametrize("trainer", ["finetune", "lora"])
+def test_composes_with_trainers(trainer):
+    if trainer not in list_methods():
+        pytest.skip(f"{trainer} is not registered")
+    model = tiny_continual([(trainer, {}), ("distill", {**EVERYWHERE, "vocabulary": GENERAL})])
+    losses = model.train()(random_batch())
+    losses["loss"].backward()
+    assert all(k in losses for k in DISTILL_KEYS)
+    assert any(p.grad is not None for _, p, _ in model.named_trainable_parameters())

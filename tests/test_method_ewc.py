@@ -1,0 +1,123 @@
+"""The `ewc` method: penalty and its gradient, Fisher estimation from task data, accumulation, checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _drawn_boxes import write_dataset
+from _regulariser_fixtures import perturb, random_batch, tiny_continual, train_steps
+from cl_detect.engine.state import load_model_state, model_state
+from cl_detect.methods import TaskContext, create_method, list_methods
+
+STRENGTH = 3.0
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("ewc_task"), num_images=4)
+
+
+def _ewc_model(parts: str = "head", **options):
+    return tiny_continual([("finetune", {"parts": parts}),
+                           ("ewc", {"strength": STRENGTH, "image_size": 64, "fisher_batches": 2, **options})])
+
+
+def _random_fisher(model, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(p.shape, generator=generator) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_penalty_zero_at_anchor_and_gradient_is_strength_fisher_delta():
+    model = _ewc_model()
+    method = model.method("ewc")
+    assert method.penalty(model).item() == 0.0  # nothing consolidated yet
+    fisher = _random_fisher(model)
+    method.consolidate(model, fisher)
+    assert method.penalty(model).item() == 0.0
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in fisher}
+    perturb(model.detector.head)
+    penalty = method.penalty(model)
+    penalty.backward()
+    expected = sum((fisher[n] * (p.detach() - anchor[n]) ** 2).sum() for n, p in model.named_parameters()
+                   if n in fisher) * STRENGTH / 2
+    torch.testing.assert_close(penalty.detach(), expected)
+    for name, param in model.named_parameters():
+        if name in fisher:
+            torch.testing.assert_close(param.grad, STRENGTH * fisher[name] * (param.detach() - anchor[name]))
+        else:
+            assert param.grad is None, name
+
+
+def test_after_task_estimates_fisher_for_trainable_parameters_only(task_data):
+    model = _ewc_model().train()
+    bn_before = {k: v.clone() for k, v in model.detector.state_dict().items() if "running" in k}
+    model.hook("after_task", TaskContext(0, "t0", task_data.vocabulary.names, train_dataset=task_data))
+    fisher = model.method("ewc").fisher
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(fisher) == trainable and all(n.startswith("detector.head.") for n in fisher)
+    assert all((f >= 0).all() for f in fisher.values()) and any(f.sum() > 0 for f in fisher.values())
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, model.detector.state_dict()[k]) for k, v in bn_before.items())
+    assert model(random_batch())["loss_ewc"].item() == 0.0  # at the anchor right after the task
+
+
+def test_fisher_accumulates_over_tasks_with_decay():
+    model = _ewc_model(decay=0.5)
+    method = model.method("ewc")
+    first, second = _random_fisher(model, 0), _random_fisher(model, 1)
+    method.consolidate(model, first)
+    perturb(model.detector.head)
+    method.consolidate(model, second)
+    for name in first:
+        torch.testing.assert_close(method.fisher[name], 0.5 * first[name] + second[name])
+        assert torch.equal(method.anchor[name], dict(model.named_parameters())[name].detach())
+    assert method.tasks_consolidated == 2
+
+
+def test_training_steps_lower_the_total_loss_with_penalty():
+    model = _ewc_model(parts="all")
+    model.method("ewc").consolidate(model, _random_fisher(model))
+    perturb(model.detector.head, scale=0.02)
+    history = train_steps(model, random_batch(), steps=10)
+    assert model(random_batch())["loss_ewc"].item() > 0
+    assert history[-1] < history[0]
+
+
+def test_state_round_trips_through_checkpoint_state(task_data):
+    model = _ewc_model()
+    model.hook("after_task", TaskContext(0, "t0", task_data.vocabulary.names, train_dataset=task_data))
+    restored = _ewc_model()
+    perturb(restored.detector.head, seed=4)
+    load_model_state(restored, model_state(model))
+    source, target = model.method("ewc"), restored.method("ewc")
+    assert source.fisher.keys() == target.fisher.keys() and target.tasks_consolidated == 1
+    assert all(torch.equal(source.fisher[n], target.fisher[n]) for n in source.fisher)
+    assert all(torch.equal(source.anchor[n], target.anchor[n]) for n in source.anchor)
+    assert target.penalty(restored).item() == 0.0
+
+
+def test_missing_task_data_and_bad_config_are_rejected():
+    model = _ewc_model()
+    with pytest.raises(ValueError, match="train_dataset"):
+        model.hook("after_task", TaskContext(0, "t0", ("a",)))
+    with pytest.raises(ValueError, match="strength"):
+        create_method("ewc", {"strength": -1})
+    with pytest.raises(ValueError, match="image_size"):
+        create_method("ewc", {"image_size": 50})
+
+
+@pytest.mark.parametrize("trainer", ["finetune", "lora"])
+def test_composes_with_trainers_and_other_regularisers(trainer, task_data):
+    if trainer not in list_methods():
+        pytest.skip(f"{trainer} is not registered")
+    model = tiny_continual([(trainer, {}), ("distill", {}), ("ewc", {"image_size": 64, "fisher_batches": 1}),
+                            ("wise", {"alpha": 1.0})])
+    model.hook("before_task", TaskContext(0, "t0", ("a",)))
+    train_steps(model, random_batch(), steps=1)
+    model.hook("after_task", TaskContext(0, "t0", task_data.vocabulary.names, train_dataset=task_data))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(model.method("ewc").fisher) == trainable
+    perturb(model.detector, scale=0.01)
+    losses = model.train()(random_batch())
+    losses["loss"].backward()
+    assert losses["loss_ewc"] > 0 and {"loss_distill_cls", "loss_distill_feat"} <= set(losses)
