@@ -6,8 +6,9 @@
 Measures the detector forward (random weights are fine for timing) on
 preprocessed 640x640 inputs with 80 prompts; bf16 uses autocast. Results are
 written as JSON under benchmarks/results/ with the device, versions and date.
-On a GPU, `--ultralytics` times Ultralytics' YOLO-World v2 of the same size in the
-same run (install ultralytics in that environment only) and records the ratio.
+`--ultralytics` times Ultralytics' YOLO-World v2 of the same size in the same run and
+records the ratio (install it beside, not into, the project: benchmarks/ultralytics_env.sh,
+then PYTHONPATH=benchmarks/.ultralytics).
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from pathlib import Path
 import torch
 
 from cl_detect import create_detector
+from cl_detect.models.fuse import fuse_detector
 
 RESULTS = Path(__file__).parent / "results"
+ULTRALYTICS_SIZES = ("s", "m", "l", "x")
 
 
 def environment(device: torch.device) -> dict:
@@ -54,8 +57,10 @@ def time_forward(run, device: torch.device, warmup: int, iters: int) -> list[flo
 
 
 def measure_ours(size: str, batch: int, dtype: str, device: torch.device, image_size: int, num_texts: int,
-                 warmup: int, iters: int) -> dict:
+                 warmup: int, iters: int, fuse: bool = True) -> dict:
     detector = create_detector(f"yolo_world_v2_{size}").to(device).eval()
+    if fuse:  # inference path of predict()/evaluation: BatchNorm folded into the convolutions
+        fuse_detector(detector)
     images = torch.rand(batch, 3, image_size, image_size, device=device)
     text = torch.nn.functional.normalize(torch.randn(1, num_texts, detector.config.text_dim, device=device), dim=-1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
@@ -66,28 +71,29 @@ def measure_ours(size: str, batch: int, dtype: str, device: torch.device, image_
 
     times = time_forward(run, device, warmup, iters)
     median = statistics.median(times)
-    return {"impl": "cl_detect", "size": size, "batch": batch, "dtype": dtype, "image_size": image_size,
+    return {"impl": "cl_detect", "fused": fuse, "size": size, "batch": batch, "dtype": dtype, "image_size": image_size,
             "num_texts": num_texts, "latency_ms_median": median * 1e3, "latency_ms_min": min(times) * 1e3,
             "images_per_s": batch / median, "iters": iters}
 
 
-def measure_ultralytics(size: str, batch: int, device: torch.device, image_size: int, num_texts: int,
+def measure_ultralytics(size: str, batch: int, dtype: str, device: torch.device, image_size: int, num_texts: int,
                         warmup: int, iters: int) -> dict:
-    """Ultralytics' YOLO-World v2 forward of the same size (random weights, bf16 autocast)."""
+    """Ultralytics' YOLO-World v2 forward of the same size (random weights), same dtype as ours."""
     from ultralytics.nn.tasks import WorldModel  # only in the benchmark environment
     model = WorldModel(f"yolov8{size}-worldv2.yaml", verbose=False).to(device).eval()
     # WorldModel holds placeholder text features for its nc (80) classes; set_classes would need CLIP weights
     model.txt_feats = torch.randn(1, num_texts, 512, device=device)
     model.model[-1].nc = num_texts
     images = torch.rand(batch, 3, image_size, image_size, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
     def run():
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.no_grad(), autocast:
             model(images)
 
     times = time_forward(run, device, warmup, iters)
     median = statistics.median(times)
-    return {"impl": "ultralytics", "size": size, "batch": batch, "dtype": "bf16", "image_size": image_size,
+    return {"impl": "ultralytics", "size": size, "batch": batch, "dtype": dtype, "image_size": image_size,
             "num_texts": num_texts, "latency_ms_median": median * 1e3, "images_per_s": batch / median}
 
 
@@ -101,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--ultralytics", action="store_true", help="also time Ultralytics' YOLO-World (GPU)")
+    parser.add_argument("--ultralytics", action="store_true", help="also time Ultralytics' YOLO-World")
+    parser.add_argument("--no-fuse", action="store_true", help="time our detector without Conv-BN fusion")
     parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/inference_<device>.json)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -109,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         for batch in args.batches:
             for dtype in args.dtypes:
-                row = measure_ours(size, batch, dtype, device, args.image_size, args.num_texts, args.warmup, args.iters)
-                if args.ultralytics and dtype == "bf16":
-                    theirs = measure_ultralytics(size, batch, device, args.image_size, args.num_texts,
+                row = measure_ours(size, batch, dtype, device, args.image_size, args.num_texts, args.warmup, args.iters,
+                                   fuse=not args.no_fuse)
+                if args.ultralytics and size in ULTRALYTICS_SIZES:
+                    theirs = measure_ultralytics(size, batch, dtype, device, args.image_size, args.num_texts,
                                                  args.warmup, args.iters)
                     rows.append(theirs)
                     row["ratio_vs_ultralytics"] = row["images_per_s"] / theirs["images_per_s"]

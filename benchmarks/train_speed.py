@@ -87,10 +87,53 @@ def measure(size: str, method_names: list[str], batch: dict, device: torch.devic
             "trainable_params": trainable, "total_params": total}
 
 
+def measure_ultralytics(size: str, batch: dict, device: torch.device, iters: int, warmup: int, bf16: bool) -> dict:
+    """Ultralytics' YOLO-World v2 of the same size: forward, its v8 detection loss, backward, AdamW."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import WorldModel
+    model = WorldModel(f"yolov8{size}-worldv2.yaml", verbose=False).to(device).train()
+    model.args = get_cfg()  # default loss gains, as its trainer sets them
+    images = batch["images"]
+    size_px = images.shape[-1]
+    mask = batch["gt_mask"]
+    boxes = batch["gt_boxes"][mask] / size_px
+    xywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1)
+    theirs = {"img": images, "batch_idx": mask.nonzero()[:, 0].float(), "cls": batch["gt_labels"][mask].float()[:, None],
+              "bboxes": xywh, "txt_feats": torch.nn.functional.normalize(
+                  torch.randn(len(images), len(batch["texts"][0]), 512, device=device), dim=-1)}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+
+    def step():
+        with autocast:
+            loss, _ = model.loss(theirs)
+        loss.sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"size": size, "method": "ultralytics", "batch": len(images), "image_size": size_px,
+            "step_ms_median": median * 1e3, "images_per_s": len(images) / median,
+            "peak_memory_mb": peak_memory_mb(device), "trainable_params": sum(p.numel() for p in model.parameters()),
+            "total_params": sum(p.numel() for p in model.parameters())}
+
+
 def _measure_args(args: tuple) -> dict:
     size, names, batch_args, device_name, iters, warmup, bf16 = args
     device = torch.device(device_name)
-    return measure(size, names, make_batch(*batch_args, device), device, iters, warmup, bf16)
+    batch = make_batch(*batch_args, device)
+    if names == ["ultralytics"]:
+        return measure_ultralytics(size, batch, device, iters, warmup, bf16)
+    return measure(size, names, batch, device, iters, warmup, bf16)
 
 
 def measure_isolated(*args) -> dict:
@@ -103,7 +146,9 @@ def measure_isolated(*args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["t", "s"])
-    parser.add_argument("--methods", nargs="+", default=["finetune"], help="'+' joins a composition")
+    parser.add_argument("--methods", nargs="+", default=["finetune"],
+                        help="'+' joins a composition; 'ultralytics' times Ultralytics' YOLO-World step "
+                             "(PYTHONPATH=benchmarks/.ultralytics, see ultralytics_env.sh)")
     parser.add_argument("--image-size", type=int, default=640)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--num-texts", type=int, default=80)
@@ -122,12 +167,16 @@ def main(argv: list[str] | None = None) -> int:
                                    args.device, args.iters, args.warmup, not args.no_bf16)
             if method == "finetune":
                 baseline = row
-            if baseline is not None and row is not baseline:
+            if baseline is not None and row is not baseline and method == "ultralytics":
+                row["finetune_speed_vs_ultralytics"] = baseline["images_per_s"] / row["images_per_s"]
+            elif baseline is not None and row is not baseline:
                 row["step_time_vs_finetune"] = row["step_ms_median"] / baseline["step_ms_median"]
                 row["memory_vs_finetune"] = row["peak_memory_mb"] / baseline["peak_memory_mb"]
             rows.append(row)
             extra = (f", {row['step_time_vs_finetune']:.2f}x step, {row['memory_vs_finetune']:.2f}x memory"
                      if "step_time_vs_finetune" in row else "")
+            if "finetune_speed_vs_ultralytics" in row:
+                extra = f", our finetune step is {row['finetune_speed_vs_ultralytics']:.2f}x as fast"
             print(f"{size} {row['method']:<16} {row['images_per_s']:8.2f} img/s  {row['step_ms_median']:9.1f} ms/step"
                   f"  peak {row['peak_memory_mb']:8.0f} MB  trainable {row['trainable_params']:,}{extra}")
     out = Path(args.out) if args.out else RESULTS / f"train_speed_{device.type}.json"

@@ -32,8 +32,9 @@ _DEEPEN_BY_STAGE1_BLOCKS = {1: 0.33, 2: 0.67, 3: 1.0}
 class FixedTextEmbeddings(nn.Module):
     """Class embeddings of a prompt-tuned checkpoint used as the text encoder.
 
-    Calling it with a vocabulary returns the stored (N, D) embeddings, normalised;
-    the vocabulary must have the N classes the embeddings were tuned for.
+    Calling it with a vocabulary returns the stored (N, D) embeddings as they are:
+    the official prompt-tuned model feeds them to the neck un-normalised (the head
+    normalises them itself). The vocabulary must have the N classes they were tuned for.
     """
 
     def __init__(self, embeddings: torch.Tensor):
@@ -45,7 +46,7 @@ class FixedTextEmbeddings(nn.Module):
         if len(texts) != len(self.embeddings):
             raise ValueError(f"this prompt-tuned checkpoint holds {len(self.embeddings)} class embeddings, "
                              f"got {len(texts)} texts; pass its class names in the order it was tuned with")
-        return torch.nn.functional.normalize(self.embeddings, dim=-1)
+        return self.embeddings.clone()
 
 
 def official_to_cl_detect(key: str) -> str | None:

@@ -84,7 +84,7 @@ class LoraMethod(Method):
         count = 0
         for name, param in model.named_parameters():
             # only the student's adapters: a teacher copied after injection (distill) has them too
-            if name.startswith(("detector.", "text_encoder.")) and any(mark in name for mark in marks):
+            if name.startswith(_OWN) and any(mark in name for mark in marks):
                 param.requires_grad_(True)
                 count += param.numel()
         logger.info("lora: adapter %s trains %d parameters", self.active_adapter, count)
