@@ -38,7 +38,8 @@ def jittered_detections(dataset: dict, seed: int = 0) -> list[dict]:
     for image in dataset["images"]:
         for _ in range(15):
             detections.append({"image_id": image["id"], "category_id": int(rng.choice(cat_ids)),
-                               "score": float(rng.random()), "bbox": [*rng.uniform(0, 300, 2), *rng.uniform(4, 250, 2)]})
+                               "score": float(rng.random()),
+                               "bbox": [*rng.uniform(0, 300, 2), *rng.uniform(4, 250, 2)]})
     return detections
 
 

@@ -34,7 +34,8 @@ def federated_detections(dataset: dict, seed: int = 0) -> list[dict]:
         # beyond 300 per image, so the per-image cap and Fixed AP differ
         for _ in range(320 if index % 10 == 0 else 5):
             detections.append({"image_id": image["id"], "category_id": int(rng.choice(used)),
-                               "score": float(rng.random() * 0.6), "bbox": [*rng.uniform(0, 300, 2), *rng.uniform(5, 200, 2)]})
+                               "score": float(rng.random() * 0.6),
+                               "bbox": [*rng.uniform(0, 300, 2), *rng.uniform(5, 200, 2)]})
     return detections
 
 

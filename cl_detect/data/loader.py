@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -168,12 +167,7 @@ def collate_detection(batch: list[dict]) -> dict:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: seed `numpy` and `random` from torch's per-worker seed.
-
-    Also limits OpenCV to one thread per worker: the workers already use the
-    cores, and OpenCV's own thread pool on top of them oversubscribes the CPU.
-    """
-    cv2.setNumThreads(1)
+    """DataLoader `worker_init_fn`: seed `numpy` and `random` from torch's per-worker seed."""
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
