@@ -8,6 +8,8 @@ and the batches do not depend on the number of workers. A sampler's state is
 """
 from __future__ import annotations
 
+import abc
+
 import math
 from typing import Iterator, NamedTuple, Sequence
 
@@ -25,7 +27,7 @@ class DrawKey(NamedTuple):
     position: int
 
 
-class _ResumableSampler(Sampler):
+class _ResumableSampler(Sampler, abc.ABC):
     """Shared epoch / position bookkeeping; subclasses give one epoch's index order."""
 
     def __init__(self, seed: int):
@@ -33,8 +35,9 @@ class _ResumableSampler(Sampler):
         self.epoch = 0
         self.position = 0
 
+    @abc.abstractmethod
     def epoch_order(self, epoch: int) -> np.ndarray:
-        raise NotImplementedError
+        """The draw order of `epoch` (indices into the dataset)."""
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its beginning at the next iteration."""

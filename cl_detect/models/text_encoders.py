@@ -19,6 +19,8 @@ cached per vocabulary, so a fixed class list costs one tower pass per run.
 """
 from __future__ import annotations
 
+import abc
+
 import logging
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from cl_detect.models import _clip_keys
 logger = logging.getLogger(__name__)
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(nn.Module, abc.ABC):
     """Base class: `forward(texts)` -> (N, dim) float32, L2-normalised along dim.
 
     Subclasses implement `encode(texts)` (raw, un-normalised embeddings). Results
@@ -50,9 +52,9 @@ class TextEncoder(nn.Module):
         self._cache: dict[tuple, torch.Tensor] = {}
         self._cache_weights_version: tuple[int, int] | None = None
 
+    @abc.abstractmethod
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Raw (N, D) embeddings of `texts`, before normalisation."""
-        raise NotImplementedError
 
     def clear_cache(self) -> None:
         """Forget all cached vocabularies."""
