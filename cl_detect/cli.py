@@ -14,6 +14,8 @@ COMMANDS = {
     "predict": ("cl_detect.commands.predict", "detect objects named by text prompts in images"),
     "data": ("cl_detect.commands.data", "convert, check, pack or synthesize datasets"),
     "eval": ("cl_detect.commands.evaluate", "score a COCO-format detections file (COCO or LVIS rules)"),
+    "pretrain": ("cl_detect.commands.pretrain", "open-vocabulary pretraining of a detector from a YAML config"),
+    "finetune": ("cl_detect.commands.finetune", "fine-tune a checkpoint on one task from a YAML config"),
     "run": ("cl_detect.commands.run", "run a continual protocol for methods and seeds (one JSON per run)"),
     "table": ("cl_detect.commands.table", "one comparison table (md, latex, csv) from result files"),
     "plot": ("cl_detect.commands.plot", "heatmaps, Pareto scatter and per-task curves from result files"),

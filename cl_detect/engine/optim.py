@@ -64,6 +64,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, fin
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, schedule: str,
                     final_factor: float) -> torch.optim.lr_scheduler.LambdaLR:
-    lr_factor(0, total_steps, warmup_steps, schedule, final_factor)  # validate the schedule name now
+    if schedule not in ("linear", "cosine"):  # fail now, not at the first step after warmup
+        raise ValueError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, schedule, final_factor))

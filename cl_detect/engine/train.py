@@ -23,7 +23,8 @@ from tqdm import tqdm
 from cl_detect.data.loader import build_train_loader
 from cl_detect.data.sampling import MixingSampler
 from cl_detect.engine.config import TrainConfig
-from cl_detect.engine.distributed import DataParallelForward, is_distributed, is_main_process, shard_sampler, world_size
+from cl_detect.engine.distributed import (
+    DataParallelForward, broadcast_model, is_distributed, is_main_process, shard_sampler, world_size)
 from cl_detect.engine.ema import ModelEMA
 from cl_detect.engine.guards import LossGuard, check_batch
 from cl_detect.engine.optim import build_optimizer, build_scheduler, parameter_groups
@@ -75,6 +76,7 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
     out_dir, device = Path(out_dir), resolve_device(config.device)
     checkpoint = out_dir / "checkpoint.pt"
     model.to(device).train()
+    broadcast_model(model)  # DDP: identical starting weights on every rank, before EMA copies them
     # under torchrun each rank takes its slice of every epoch's draws (see engine/distributed.py)
     sampler = shard_sampler(sampler or MixingSampler([len(dataset)], seed=config.seed))
     if is_distributed():
@@ -147,6 +149,7 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
             optimizer.zero_grad(set_to_none=True)
             step_lr = optimizer.param_groups[0]["lr"]  # the LR this step used, logged below
             scheduler.step()
+            forward.sync_buffers()
             if ema is not None:
                 ema.update(model.detector)
             progress["step"] += 1

@@ -20,7 +20,6 @@ cached per vocabulary, so a fixed class list costs one tower pass per run.
 from __future__ import annotations
 
 import abc
-
 import logging
 from pathlib import Path
 
