@@ -236,3 +236,16 @@ def test_many_findings_are_summarised(shared_data):
     report = check_dataset(dataset, check_images=False)
     assert len([f for f in report.errors if f.code == "box_outside_image"]) == 20
     assert "... and 17 more like this" in report.format_text(max_per_code=3)
+
+
+def test_png_images_verify_cleanly(tmp_path):
+    """Pillow refuses verify() after EXIF was read from a PNG; the doctor must not report it unreadable."""
+    import cv2
+    import numpy as np
+
+    from cl_detect.data._doctor_images import inspect_image
+    path = tmp_path / "ok.png"
+    cv2.imwrite(str(path), np.zeros((8, 12, 3), np.uint8))
+    assert inspect_image(path) == (None, "", {(12, 8)})
+    path.write_bytes(path.read_bytes()[:-20])
+    assert inspect_image(path)[0] in ("image_truncated", "image_unreadable")

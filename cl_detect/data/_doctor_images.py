@@ -30,14 +30,15 @@ def inspect_image(path: Path) -> tuple[str | None, str, set[tuple[int, int]]]:
         return "image_missing", "the file does not exist", set()
     try:
         with Image.open(path) as image:
+            # verify() must come right after open (Pillow refuses it once e.g. PNG chunks were read)
             size = image.size
-            orientation = image.getexif().get(0x0112, 1)
             image.verify()
-        if path.suffix.lower() not in _JPEG_SUFFIXES:
-            # verify() does not decode; for non-JPEG formats decoding is the only tail check
-            with Image.open(path) as image:
+        with Image.open(path) as image:
+            orientation = image.getexif().get(0x0112, 1)
+            if path.suffix.lower() not in _JPEG_SUFFIXES:
+                # verify() does not decode; for non-JPEG formats decoding is the only tail check
                 image.load()
-        elif not _jpeg_is_complete(path):
+        if path.suffix.lower() in _JPEG_SUFFIXES and not _jpeg_is_complete(path):
             return "image_truncated", "the JPEG end marker is missing (the file was cut short)", {size}
     except OSError as error:
         code = "image_truncated" if "truncated" in str(error) else "image_unreadable"

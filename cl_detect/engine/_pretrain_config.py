@@ -1,0 +1,124 @@
+"""The YAML config of `cl-detect pretrain` / `cl-detect finetune` (`PretrainConfig`).
+
+    detector: yolo_world_v2_t          # create_detector name
+    detector_kwargs: {}                # e.g. {backbone: "timm:resnet18"}; text_dim defaults to the encoder's
+    text_encoder: minilm               # create_text_encoder spec (finetune: defaults to the checkpoint's)
+    init_checkpoint: null              # loaded through transfer_weights (report printed)
+    synthetic_world: {path: cache/synthetic_world, seed: 0}   # optional: written if missing
+    datasets: [{path: cache/synthetic_world/base/train.json}]
+    negatives: union                   # or "own" (see engine/pretrain.py)
+    test_sets: [{name: base, path: cache/synthetic_world/base/test.json}]
+    methods: {finetune: {}}            # method name -> options
+    train: {epochs: 30, batch_size: 16, image_size: 96}       # TrainConfig fields
+    output: cache/models/synthetic_base.pt
+    out_dir: runs/pretrain/synthetic_base
+
+Relative paths are taken from the current directory (run from the repository root);
+`${CL_DETECT_SHARED}` in a dataset path is the shared folder (`cl_detect._shared.shared_dir`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cl_detect.engine.config import TrainConfig
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset to read (any format `read_dataset` supports).
+
+    Args:
+        path: annotation file or dataset folder.
+        format: reader name; None guesses it.
+        split: split to read (YOLO/VOC/COCO folder); None reads everything.
+        name: name of a test set in the metrics (default: the file stem).
+        check_images: let the doctor open every image (slow for large sets).
+    """
+
+    path: str
+    format: str | None = None
+    split: str | None = None
+    name: str = ""
+    check_images: bool = True
+
+    def __post_init__(self):
+        if "${CL_DETECT_SHARED}" in self.path and "CL_DETECT_SHARED" not in os.environ:
+            from cl_detect._shared import shared_dir
+            found = shared_dir()
+            if found is None:
+                raise ValueError(f"{self.path}: the shared folder was not found; set CL_DETECT_SHARED")
+            self.path = self.path.replace("${CL_DETECT_SHARED}", str(found))
+        self.path = os.path.expandvars(self.path)
+        if not self.name:
+            self.name = Path(self.path).stem
+
+
+@dataclass
+class PretrainConfig:
+    """Everything `pretrain()` needs; see the module docstring for the YAML form.
+
+    Args:
+        datasets: training datasets (each with its own vocabulary).
+        output: the model checkpoint to write.
+        out_dir: logs, the trainer checkpoint and metrics.json.
+        detector: `create_detector` name.
+        detector_kwargs: its keyword arguments (text_dim defaults to the text encoder's width).
+        text_encoder: `create_text_encoder` spec; None takes the init checkpoint's.
+        init_checkpoint: cl_detect or official checkpoint to start from.
+        synthetic_world: `write_synthetic_world` keyword arguments plus `path`; written when missing.
+        negatives: "union" (merge the vocabularies) or "own" (per dataset).
+        test_sets: evaluated (COCO AP) after training.
+        methods: method name -> options (default: full fine-tuning).
+        train: the `TrainConfig`.
+        eval_image_size: evaluation input size (default: train.image_size).
+    """
+
+    datasets: list[DatasetSpec]
+    output: str
+    out_dir: str
+    detector: str = "yolo_world_v2_s"
+    detector_kwargs: dict = field(default_factory=dict)
+    text_encoder: str | None = None
+    init_checkpoint: str | None = None
+    synthetic_world: dict | None = None
+    negatives: str = "union"
+    test_sets: list[DatasetSpec] = field(default_factory=list)
+    methods: dict = field(default_factory=lambda: {"finetune": {}})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_image_size: int | None = None
+
+    def __post_init__(self):
+        if not self.datasets:
+            raise ValueError("datasets is empty: list at least one training dataset")
+        if self.negatives not in ("union", "own"):
+            raise ValueError(f"negatives must be 'union' or 'own', got {self.negatives!r}")
+        if self.synthetic_world is not None and "path" not in self.synthetic_world:
+            raise ValueError("synthetic_world needs a 'path'")
+        names = [spec.name for spec in self.test_sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"test set names must be unique, got {names}; set 'name' on each")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PretrainConfig":
+        """Build from plain YAML data, rejecting unknown keys with the valid ones listed."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid: {sorted(known)}")
+        data = dict(data)
+        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        bad_train = sorted(set(data.get("train") or {}) - train_fields)
+        if bad_train:
+            raise ValueError(f"unknown train setting(s) {bad_train}; valid: {sorted(train_fields)}")
+        data["train"] = TrainConfig(**(data.get("train") or {}))
+        for key in ("datasets", "test_sets"):
+            data[key] = [DatasetSpec(**spec) for spec in data.get(key) or []]
+        data["methods"] = {name: dict(options or {}) for name, options in (data.get("methods") or
+                                                                             {"finetune": {}}).items()}
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

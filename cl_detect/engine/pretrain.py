@@ -1,0 +1,253 @@
+"""Open-vocabulary (pre)training of a detector from a YAML config, and single-task fine-tuning.
+
+    path = pretrain("experiments/pretrain/synthetic_base.yaml")   # -> the model checkpoint
+
+Steps: (optionally) write the synthetic world; read every dataset and run the
+dataset doctor on it (refusing on errors unless `allow_data_errors`); build the
+detector, load the init checkpoint through `transfer_weights` (the report is
+printed and kept in the checkpoint's meta); train with `train_one_task`; write
+the model with `save_model`; evaluate on the test sets; write `metrics.json`.
+
+Vocabularies of several datasets (`negatives`):
+- "union" (default): the class lists are merged into one vocabulary (names
+  compared case- and space-insensitively, first spelling kept) and labels are
+  remapped, so each image's negative prompts are drawn from the classes of
+  every dataset. More negatives per image, but a class of dataset A that is
+  present and unannotated in an image of dataset B becomes a false negative.
+- "own": each dataset keeps its vocabulary and draws negatives only from it
+  (the official per-dataset behaviour); the datasets are mixed in proportion
+  to their size.
+Grounding records (captions with phrases) always take their positives and
+negatives from their own caption's phrases, as in the official GoldG pipeline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from cl_detect.data.records import DetectionDataset, Vocabulary
+from cl_detect.engine._pretrain_config import DatasetSpec, PretrainConfig
+from cl_detect.engine.config import TrainConfig
+from cl_detect.engine.distributed import evaluate_distributed, init_distributed, is_distributed, is_main_process
+from cl_detect.engine.task_data import augment_config
+from cl_detect.engine.train import train_one_task
+from cl_detect.engine.transfer import transfer_weights
+from cl_detect.methods import ContinualModel, TaskContext, create_method
+
+
+def load_config(config: dict | str | Path) -> PretrainConfig:
+    """A `PretrainConfig` from a dict or a YAML file (unknown keys are an error)."""
+    if not isinstance(config, dict):
+        config = yaml.safe_load(Path(config).read_text())
+    return PretrainConfig.from_dict(config)
+
+
+def read_checked(spec: DatasetSpec, allow_data_errors: bool) -> DetectionDataset:
+    """Read a dataset and run the doctor on it; refuse it on errors unless allowed."""
+    from cl_detect.data.doctor import check_dataset
+    from cl_detect.data.readers import read_dataset
+
+    dataset = read_dataset(spec.path, format=spec.format, split=spec.split)
+    report = check_dataset(dataset, check_images=spec.check_images)
+    if not report.ok:
+        print(report.format_text(), file=sys.stderr)
+        if not allow_data_errors:
+            report.raise_on_errors()
+    return dataset
+
+
+def _normalised(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
+def merge_vocabularies(datasets: list[DetectionDataset]) -> DetectionDataset:
+    """One dataset over the union of the class lists, labels remapped (grounding records kept as they are)."""
+    index: dict[str, int] = {}
+    names, synonyms = [], []
+    for dataset in datasets:
+        own_synonyms = dataset.vocabulary.synonyms or ((),) * len(dataset.vocabulary)
+        for name, extra in zip(dataset.vocabulary.names, own_synonyms):
+            if _normalised(name) not in index:
+                index[_normalised(name)] = len(names)
+                names.append(name)
+                synonyms.append(tuple(extra))
+    records = []
+    for dataset in datasets:
+        lookup = np.array([index[_normalised(n)] for n in dataset.vocabulary.names] or [0], np.int64)
+        for record in dataset.records:
+            if record.is_grounding or not len(record.labels):
+                records.append(record)
+            else:
+                records.append(dataclasses.replace(record, labels=lookup[record.labels]))
+    source = " + ".join(d.source for d in datasets)
+    return DetectionDataset(records, Vocabulary(tuple(names), tuple(synonyms)), source=source)
+
+
+def training_set(datasets: list[DetectionDataset], negatives: str, config: TrainConfig):
+    """(dataset, sampler) for `train_one_task` from one or more datasets."""
+    from cl_detect.data.loader import TrainDataset
+    from cl_detect.data.sampling import MixedDataset, MixingSampler
+
+    if negatives == "union":
+        datasets = [merge_vocabularies(datasets)]
+    parts = [TrainDataset(d, augment_config(config), num_texts=config.num_texts, seed=config.seed + i)
+             for i, d in enumerate(datasets)]
+    return MixedDataset(parts), MixingSampler([len(p) for p in parts], seed=config.seed)
+
+
+def build_model(config: PretrainConfig):
+    """(ContinualModel, text encoder spec, transfer report summary or None)."""
+    from cl_detect.models.checkpoint import FORMAT, read_model_file
+    from cl_detect.models.registry import create_detector
+    from cl_detect.models.text_encoders import create_text_encoder
+
+    init = read_model_file(config.init_checkpoint) if config.init_checkpoint else None
+    spec = config.text_encoder or (init or {}).get("text_encoder_spec")
+    if spec is None:
+        raise ValueError("text_encoder is required (it can come from a cl_detect init_checkpoint)")
+    torch.manual_seed(config.train.seed)
+    text_encoder = create_text_encoder(spec)
+    kwargs = {"text_dim": text_encoder.dim, **config.detector_kwargs}
+    detector = create_detector(config.detector, **kwargs)
+    summary = None
+    if init is not None:
+        if isinstance(init, dict) and init.get("format") == FORMAT:
+            state = init["detector"]
+        else:
+            from cl_detect.models.official import load_official_checkpoint
+            state = load_official_checkpoint(init, device="cpu")[0].state_dict()
+        summary = transfer_weights(detector, state).summary()
+    methods = [create_method(name, options) for name, options in config.methods.items()]
+    return ContinualModel(detector, text_encoder, methods), spec, summary
+
+
+def evaluate_all(model, test_sets: list[DatasetSpec], image_size: int, allow_data_errors: bool) -> dict:
+    """AP statistics (floats only) per named test set."""
+    from cl_detect.eval.detector_eval import evaluate_detector
+
+    metrics = {}
+    for spec in test_sets:
+        dataset = read_checked(spec, allow_data_errors)
+        if is_distributed():
+            stats = evaluate_distributed(model.detector, model.text_encoder, dataset, image_size=image_size)
+        else:
+            stats = evaluate_detector(model.detector, model.text_encoder, dataset, image_size=image_size)
+        metrics[spec.name] = {k: round(float(v), 5) for k, v in stats.items() if isinstance(v, float)}
+        print(f"{spec.name}: AP {metrics[spec.name].get('AP', float('nan')):.4f} "
+              f"AP50 {metrics[spec.name].get('AP50', float('nan')):.4f} ({len(dataset)} images)")
+    return metrics
+
+
+def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume: bool = True,
+             command: str = "pretrain") -> Path:
+    """Train a detector as a config describes and write its checkpoint.
+
+    Args:
+        config: a `PretrainConfig` dict or a YAML file.
+        allow_data_errors: train even when the dataset doctor finds errors.
+        resume: continue an interrupted run from `out_dir/checkpoint.pt`.
+        command: recorded in the checkpoint's meta ("pretrain" or "finetune").
+
+    Returns:
+        The written model checkpoint (`config.output`).
+    """
+    config = load_config(config)
+    init_distributed()
+    if config.synthetic_world and is_main_process():
+        _ensure_synthetic_world(config.synthetic_world)
+    if is_distributed():
+        torch.distributed.barrier()
+    start = time.perf_counter()
+    datasets = [read_checked(spec, allow_data_errors) for spec in config.datasets]
+    model, spec, transfer = build_model(config)
+    trainable, total = model.parameter_counts()
+    print(f"{command}: {config.detector} with text encoder {spec!r}; {trainable:,}/{total:,} parameters train; "
+          f"{sum(len(d) for d in datasets)} training images")
+    dataset, sampler = training_set(datasets, config.negatives, config.train)
+    out_dir = Path(config.out_dir)
+    task = TaskContext(0, command, tuple(n for d in datasets for n in d.vocabulary.names), datasets[0], out_dir)
+    model.hook("before_task", task)
+    result = train_one_task(model, dataset, config.train, out_dir, sampler=sampler, resume=resume)
+    model.hook("after_task", task)
+    image_size = config.eval_image_size or config.train.image_size
+    metrics = evaluate_all(model, config.test_sets, image_size, allow_data_errors)
+    meta = {"command": f"cl-detect {command}", "config": config.to_dict(), "machine": _machine(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"), "wall_time_s": time.perf_counter() - start,
+            "train_steps": result.steps, "images_per_s": result.images_per_s, "transfer": transfer,
+            "final_metrics": metrics}
+    output = Path(config.output)
+    if is_main_process():
+        from cl_detect.models.checkpoint import save_model
+        trained_text = any(p.requires_grad for p in model.text_encoder.parameters())
+        text_state = model.text_encoder.state_dict() if trained_text else None
+        save_model(output, model.detector, spec, meta=meta, text_encoder_state=text_state)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        print(f"wrote {output} and {out_dir / 'metrics.json'} ({meta['wall_time_s']:.0f} s)")
+    return output
+
+
+_WORLD_COUNTS = {"num_base_train": ("base", "train"), "num_test": ("base", "test"),
+                 "num_task_train": ("task1", "train")}
+
+
+def _ensure_synthetic_world(options: dict) -> None:
+    """Write the synthetic world when missing; refuse one written with other settings."""
+    from cl_detect.data.synthetic import write_synthetic_world
+
+    options = dict(options)
+    path = Path(options.pop("path"))
+    if not (path / "world.json").exists():
+        write_synthetic_world(path, **options)
+        return
+    # never rewrite an existing world: other runs may be reading it
+    world = json.loads((path / "world.json").read_text())
+    found = {"seed": world["seed"], "image_size": world["image_size"], "num_tasks": len(world["task_order"])}
+    for key, (split, subset) in _WORLD_COUNTS.items():
+        found[key] = world["splits"].get(split, {}).get("counts", {}).get(subset, {}).get("images")
+    differ = {k: (v, found[k]) for k, v in options.items() if k in found and found[k] != v}
+    if differ:
+        details = ", ".join(f"{k} {want} (found {have})" for k, (want, have) in differ.items())
+        raise ValueError(f"{path} holds a synthetic world made with other settings: wanted {details}; "
+                         f"delete it, or point synthetic_world.path and the dataset paths elsewhere")
+
+
+def _machine() -> str:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{os.cpu_count()} CPUs"
+    # the load average says how much the machine was shared, which the wall time depends on
+    return (f"{platform.node()} ({platform.system()} {platform.machine()}, {device}, "
+            f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}, "
+            f"torch {torch.__version__})")
+
+
+def finetune(config: dict | str | Path, allow_data_errors: bool = False, resume: bool = True) -> Path:
+    """Fine-tune a checkpoint on one task: `pretrain` with `init_checkpoint` required and one dataset.
+
+    The text encoder defaults to the checkpoint's; `methods` picks what trains
+    (e.g. `{finetune: {parts: head}}`). Continual sequences of tasks belong to `cl-detect run`.
+
+    Args:
+        config: a `PretrainConfig` dict or a YAML file.
+        allow_data_errors: train even when the dataset doctor finds errors.
+        resume: continue an interrupted run.
+
+    Returns:
+        The written model checkpoint.
+    """
+    parsed = load_config(config)
+    if not parsed.init_checkpoint:
+        raise ValueError("finetune needs init_checkpoint (the model to start from); "
+                         "use `cl-detect pretrain` to train from scratch")
+    if len(parsed.datasets) != 1:
+        raise ValueError(f"finetune trains one task: list exactly one dataset, got {len(parsed.datasets)}")
+    return pretrain(parsed.to_dict(), allow_data_errors=allow_data_errors, resume=resume, command="finetune")

@@ -1,0 +1,147 @@
+"""`cl-detect pretrain` / `cl-detect finetune` end to end on a tiny world, and vocabulary merging."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cl_detect.cli import main
+from cl_detect.data.errors import DatasetError
+from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
+from cl_detect.data.sampling import MixedDataset
+from cl_detect.engine.config import TrainConfig
+from cl_detect.engine.pretrain import finetune, load_config, merge_vocabularies, training_set
+from cl_detect.models.checkpoint import load_model, read_model_file
+
+from _tiny_training import tiny_world
+
+TRAIN = dict(epochs=1, batch_size=4, image_size=64, num_texts=8, device="cpu", amp=False, log_every=1,
+             close_mosaic_epochs=1, warmup_epochs=0.5)
+
+
+def _config(world, tmp_path, **changes) -> dict:
+    # check_images off: the doctor's image check is covered in test_doctor; here the labels,
+    # boxes and vocabulary checks are what must run before training
+    config = {
+        "detector": "yolo_world_v2_t", "text_encoder": "minilm",
+        "datasets": [{"path": str(world / "base" / "train.json"), "format": "coco", "check_images": False}],
+        "test_sets": [{"name": "base", "path": str(world / "base" / "test.json"), "check_images": False},
+                      {"name": "heldout", "path": str(world / "heldout" / "test.json"), "check_images": False}],
+        "train": TRAIN, "output": str(tmp_path / "model.pt"), "out_dir": str(tmp_path / "run"),
+    }
+    config.update(changes)
+    return config
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    world = tiny_world(root)
+    path = root / "pretrain.yaml"
+    path.write_text(yaml.safe_dump(_config(world, root)))
+    assert main(["pretrain", str(path)]) == 0
+    return world, root
+
+
+def test_pretrain_writes_a_loadable_checkpoint_with_meta_and_metrics(pretrained):
+    world, root = pretrained
+    meta = read_model_file(root / "model.pt")["meta"]
+    assert meta["command"] == "cl-detect pretrain" and meta["machine"] and meta["date"][:2] == "20"
+    assert set(meta["final_metrics"]) == {"base", "heldout"}
+    assert 0.0 <= meta["final_metrics"]["base"]["AP"] <= 1.0
+    assert meta["train_steps"] == 4 and meta["transfer"] is None
+    assert json.loads((root / "run" / "metrics.json").read_text())["final_metrics"] == meta["final_metrics"]
+    detector, text_encoder = load_model(root / "model.pt")
+    assert detector.config.text_dim == text_encoder.dim == 384
+
+
+def test_finetune_starts_from_the_checkpoint_and_trains_only_the_chosen_parts(pretrained, tmp_path, capsys):
+    world, root = pretrained
+    config = _config(world, tmp_path, text_encoder=None, init_checkpoint=str(root / "model.pt"),
+                     methods={"finetune": {"parts": "head"}}, test_sets=[])
+    path = tmp_path / "finetune.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["finetune", str(path)]) == 0
+    start = read_model_file(root / "model.pt")
+    total = len(start["detector"])
+    assert f"transferred {total}/{total} tensors" in capsys.readouterr().out
+    tuned = read_model_file(tmp_path / "model.pt")
+    assert tuned["meta"]["command"] == "cl-detect finetune" and tuned["text_encoder_spec"] == "minilm"
+    params = {n for n, _ in load_model(tmp_path / "model.pt")[0].named_parameters()}
+    changed = {n for n in params if not torch.equal(start["detector"][n], tuned["detector"][n])}
+    assert changed and all(n.startswith("head.") for n in changed)
+
+
+def test_finetune_needs_a_checkpoint_and_one_dataset(tmp_path):
+    world = tiny_world(tmp_path)
+    with pytest.raises(ValueError, match="needs init_checkpoint"):
+        finetune(_config(world, tmp_path))
+    two = [{"path": str(world / "base" / "train.json")}] * 2
+    with pytest.raises(ValueError, match="exactly one dataset"):
+        finetune(_config(world, tmp_path, init_checkpoint="x.pt", datasets=two))
+
+
+def test_doctor_errors_refuse_training_unless_allowed(tmp_path):
+    world = tiny_world(tmp_path)
+    data = json.loads((world / "base" / "train.json").read_text())
+    data["categories"][1]["name"] = data["categories"][0]["name"]  # duplicate_class_name is an error
+    broken = world / "base" / "broken.json"
+    broken.write_text(json.dumps(data))
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(_config(world, tmp_path, datasets=[{"path": str(broken), "check_images": False}],
+                                              test_sets=[])))
+    with pytest.raises(DatasetError, match="duplicate_class_name"):
+        main(["pretrain", str(path)])
+    assert not (tmp_path / "model.pt").exists()
+    assert main(["pretrain", str(path), "--allow-data-errors"]) == 0
+    assert (tmp_path / "model.pt").is_file()
+
+
+def test_config_rejects_unknown_keys_and_settings(tmp_path):
+    world = tiny_world(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['epochs'\]"):
+        load_config(_config(world, tmp_path, epochs=3))
+    with pytest.raises(ValueError, match=r"unknown train setting\(s\) \['lr_mult'\]"):
+        load_config(_config(world, tmp_path, train={"lr_mult": 2}))
+    with pytest.raises(ValueError, match="negatives must be"):
+        load_config(_config(world, tmp_path, negatives="all"))
+
+
+def _dataset(names, labels, phrases=None) -> DetectionDataset:
+    record = DetectionRecord("x.png", 64, 64, boxes=np.ones((len(labels), 4)) * [0, 0, 9, 9], labels=labels,
+                             phrases=phrases)
+    return DetectionDataset([record], Vocabulary(tuple(names)), source="/".join(names))
+
+
+def test_union_merges_vocabularies_and_remaps_labels():
+    first = _dataset(["cat", "dog"], [0, 1])
+    second = _dataset(["Dog", "bird"], [1, 0])
+    grounding = _dataset([], [0], phrases=("a red ball",))
+    merged = merge_vocabularies([first, second, grounding])
+    assert merged.vocabulary.names == ("cat", "dog", "bird")
+    assert [r.labels.tolist() for r in merged.records] == [[0, 1], [2, 1], [0]]
+    assert merged.records[2].phrases == ("a red ball",)
+
+
+def test_own_negatives_keep_one_training_set_per_vocabulary(tmp_path):
+    config = TrainConfig(image_size=64, num_texts=4)
+    datasets = [_dataset(["cat", "dog"], [0]), _dataset(["bird"], [0])]
+    mixed, sampler = training_set(datasets, "own", config)
+    assert isinstance(mixed, MixedDataset) and [len(p.dataset.vocabulary) for p in mixed.datasets] == [2, 1]
+    assert sorted(sampler.epoch_order(0).tolist()) == [0, 1]
+    union, _ = training_set(datasets, "union", config)
+    assert [p.dataset.vocabulary.names for p in union.datasets] == [("cat", "dog", "bird")]
+
+
+def test_synthetic_world_is_written_once_and_never_silently_replaced(tmp_path):
+    from cl_detect.engine.pretrain import _ensure_synthetic_world
+
+    options = {"path": str(tmp_path / "world"), "seed": 1, "image_size": 64, "num_base_train": 4, "num_test": 2,
+               "num_task_train": 2, "num_tasks": 1}
+    _ensure_synthetic_world(options)
+    written = (tmp_path / "world" / "world.json").stat().st_mtime_ns
+    _ensure_synthetic_world(options)  # same settings: reused as is
+    assert (tmp_path / "world" / "world.json").stat().st_mtime_ns == written
+    with pytest.raises(ValueError, match=r"wanted num_base_train 8 \(found 4\)"):
+        _ensure_synthetic_world({**options, "num_base_train": 8})

@@ -1,0 +1,148 @@
+"""`train_one_task`: resume equals uninterrupted, and the guards stop bad runs with a clear message."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cl_detect.data.loader import TrainDataset
+from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
+from cl_detect.data.sampling import MixingSampler
+from cl_detect.data.transforms import AugmentConfig
+from cl_detect.engine.guards import TrainingError
+from cl_detect.engine.task_data import build_task_training_set
+from cl_detect.engine.train import train_one_task
+from cl_detect.eval.detector_eval import evaluate_detector
+from cl_detect.methods import Method, create_method
+
+from _tiny_training import base_split, tiny_config, tiny_model, tiny_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return tiny_world(tmp_path_factory.mktemp("tiny"))
+
+
+def _train(world, out_dir, config, **kwargs):
+    model = tiny_model(seed=0)
+    dataset, sampler = build_task_training_set(base_split(world), [], config)
+    result = train_one_task(model, dataset, config, out_dir, sampler=sampler, **kwargs)
+    return model, result
+
+
+def _metrics(model, world) -> dict:
+    stats = evaluate_detector(model.detector, model.text_encoder, base_split(world, "test"), image_size=64,
+                              batch_size=8)
+    return {k: v for k, v in stats.items() if isinstance(v, float)}
+
+
+@pytest.mark.parametrize("changes, stop_after", [
+    (dict(checkpoint_every_steps=1, ema=False), 3),  # 4 steps per epoch: stops mid-epoch 1
+    (dict(checkpoint_every_steps=1, accumulate=2, ema=True), 1),  # 2 steps per epoch, mid-epoch
+    (dict(ema=True), 4),  # stops on the last step of epoch 1, before its epoch-end checkpoint
+])
+def test_resume_equals_uninterrupted(world, tmp_path, changes, stop_after):
+    config = tiny_config(**changes)
+    model_a, result_a = _train(world, tmp_path / "a", config, resume=False)
+    assert result_a.status == "finished"
+
+    _, first = _train(world, tmp_path / "b", config, stop_after_steps=stop_after)
+    assert first.status == "interrupted" and first.steps == stop_after
+    torch.manual_seed(123)  # a new process: the global RNG must come from the checkpoint
+    model_b, result_b = _train(world, tmp_path / "b", config, resume=True)
+    assert result_b.status == "finished" and result_b.steps == result_a.steps
+
+    state_a, state_b = model_a.detector.state_dict(), model_b.detector.state_dict()
+    assert state_a.keys() == state_b.keys()
+    different = [k for k in state_a if not torch.equal(state_a[k], state_b[k])]
+    assert not different, f"resumed run differs in {different[:5]}"
+    assert _metrics(model_a, world) == _metrics(model_b, world)
+    # the interrupted run's log continues where it stopped: every step logged once
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, result_a.steps + 1))
+
+
+def test_training_changes_weights_and_resuming_a_finished_run_is_a_no_op(world, tmp_path):
+    config = tiny_config(epochs=1)
+    untouched = tiny_model(seed=0).detector.state_dict()
+    model, result = _train(world, tmp_path, config)
+    assert any(not torch.equal(untouched[k], v) for k, v in model.detector.state_dict().items())
+    again_model, again = _train(world, tmp_path, config)
+    assert again.status == "finished" and again.steps == result.steps and again.images_per_s == 0.0
+
+
+class _NanAfter(Method):
+    """Adds a NaN loss from the `after`-th forward pass on."""
+
+    name = "nan_after"
+
+    def __init__(self, after: int):
+        super().__init__(None)
+        self.after, self.calls = after, 0
+
+    def extra_losses(self, model, batch, output, text):
+        self.calls += 1
+        value = float("nan") if self.calls > self.after else 0.0
+        return {"loss_injected": torch.tensor(value)}
+
+
+def test_non_finite_loss_names_step_and_batch(world, tmp_path):
+    config = tiny_config()
+    model = tiny_model(methods=[create_method("finetune"), _NanAfter(after=2)])
+    dataset, sampler = build_task_training_set(base_split(world), [], config)
+    with pytest.raises(TrainingError, match=r"loss is nan at step 2 \(batch image ids tensor\(\[\d+, \d+"):
+        train_one_task(model, dataset, config, tmp_path, sampler=sampler)
+
+
+class _Relabel(torch.utils.data.Dataset):
+    """Wraps a training set and rewrites every item's labels with `relabel(item)`."""
+
+    def __init__(self, dataset, relabel):
+        self.dataset, self.relabel = dataset, relabel
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        item = self.dataset[key]
+        item["labels"] = self.relabel(item)
+        return item
+
+    def set_mosaic(self, enabled):
+        self.dataset.set_mosaic(enabled)
+
+
+@pytest.mark.parametrize("relabel, message", [
+    (lambda item: torch.full_like(item["labels"], len(item["texts"])), "outside the 30 prompts"),
+    (lambda item: torch.full_like(item["labels"], item["texts"].index("")), "empty padding prompt"),
+])
+def test_labels_outside_the_prompts_stop_with_the_data_check_hint(world, tmp_path, relabel, message):
+    # 25 base classes and 30 prompts per image: every image's prompt list ends in '' padding
+    config = tiny_config(num_texts=30)
+    dataset, sampler = build_task_training_set(base_split(world), [], config)
+    with pytest.raises(TrainingError, match=message) as error:
+        train_one_task(tiny_model(), _Relabel(dataset, relabel), config, tmp_path, sampler=sampler)
+    assert "cl-detect data check" in str(error.value)
+
+
+def _unmatchable_boxes_dataset(root) -> DetectionDataset:
+    """64-px images whose only box (3 px, at 8.5..11.5) holds no prior centre of stride 8, 16 or 32."""
+    records = []
+    for index in range(8):
+        image = np.full((64, 64, 3), 40 * (index % 5), np.uint8)
+        cv2.rectangle(image, (8, 8), (11, 11), (255, 255, 255), -1)
+        path = root / f"{index}.png"
+        cv2.imwrite(str(path), image)
+        records.append(DetectionRecord(str(path), 64, 64, boxes=[[8.5, 8.5, 11.5, 11.5]], labels=[0],
+                                       image_id=index + 1))
+    return DetectionDataset(records, Vocabulary(("white square",)), source=str(root))
+
+
+def test_no_positive_assignments_stop_after_patience(tmp_path):
+    config = tiny_config(epochs=3, batch_size=2, guard_patience=5, mosaic=False, close_mosaic_epochs=0)
+    dataset = TrainDataset(_unmatchable_boxes_dataset(tmp_path), AugmentConfig.no_augmentation(64), num_texts=4)
+    with pytest.raises(TrainingError, match=r"no positive assignments .* for 5 steps .*cl-detect data check"):
+        train_one_task(tiny_model(), dataset, config, tmp_path / "run", sampler=MixingSampler([len(dataset)]))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows and all(row["num_pos"] == 0 and row["loss_bbox"] == 0.0 for row in rows)
