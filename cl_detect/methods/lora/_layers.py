@@ -10,13 +10,17 @@ from __future__ import annotations
 import re
 import warnings
 
-import peft
-from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from cl_detect.methods.lora.config import LoraMethodConfig
 
 ROOTS = ("detector", "text_encoder")
+
+
+def _lora_layer_type() -> type:
+    # peft is imported on first use: it costs seconds, and every CLI start imports the methods
+    from peft.tuners.lora import LoraLayer
+    return LoraLayer
 _PART_PREFIX = {"backbone": "detector.backbone.", "neck": "detector.neck.", "head": "detector.head.",
                 "text": "text_encoder."}
 _KEY = re.compile(r"^(detector|text_encoder)\.(.+)\.lora_A\.([^.]+)\.weight$")
@@ -32,7 +36,7 @@ def target_layers(model: nn.Module, config: LoraMethodConfig) -> dict[str, list[
     targets: dict[str, list[str]] = {root: [] for root in ROOTS}
     for name, module in model.named_modules():
         # a layer that already carries adapters is targeted again (peft adds the new adapter to it)
-        layer = module.get_base_layer() if isinstance(module, LoraLayer) else module
+        layer = module.get_base_layer() if isinstance(module, _lora_layer_type()) else module
         if (not isinstance(layer, kinds) or not name.startswith(prefixes) or name in skipped
                 or ".lora_" in name or name.endswith(".base_layer")):
             continue
@@ -52,6 +56,8 @@ def inject(root: nn.Module, names: list[str], adapter: str, config: LoraMethodCo
     """Add adapter `adapter` to exactly the layers `names` of `root` (wrapping them if needed)."""
     if not names:
         return
+    import peft
+
     lora_config = peft.LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, bias="none",
                                   target_modules="^(" + "|".join(re.escape(n) for n in names) + ")$")
     with warnings.catch_warnings():
@@ -61,8 +67,9 @@ def inject(root: nn.Module, names: list[str], adapter: str, config: LoraMethodCo
         del root.peft_config  # peft's bookkeeping attribute; our config lives in the method
 
 
-def lora_layers(root: nn.Module) -> list[tuple[str, LoraLayer]]:
-    return [(name, m) for name, m in root.named_modules() if isinstance(m, LoraLayer)]
+def lora_layers(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    layer_type = _lora_layer_type()
+    return [(name, m) for name, m in root.named_modules() if isinstance(m, layer_type)]
 
 
 def adapter_names(root: nn.Module) -> set[str]:
