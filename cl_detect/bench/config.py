@@ -1,0 +1,278 @@
+"""`RunConfig`: one continual protocol plus how to train and evaluate it, read from YAML.
+
+A protocol file is merged over `experiments/defaults.yaml` *shallowly*: a
+top-level key of the experiment replaces the default, except that mapping
+values (`train`, `eval`, `method_options`) are merged one level (the
+experiment's keys win). There is no inheritance chain, no `_base_`, no
+registry strings. `${VAR}` in any string is read from the environment
+(`${CL_DETECT_SHARED}` falls back to the shared folder beside the checkout,
+`${data_root}` is the protocol's `data_root`);
+relative data paths are joined to `data_root`, and a relative `data_root` or
+checkpoint path is taken from the current directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cl_detect.engine.config import TrainConfig
+
+DEFAULTS_PATH = Path(__file__).resolve().parents[2] / "experiments" / "defaults.yaml"
+RETENTION_PROTOCOLS = ("coco", "lvis", "lvis-fixed")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass
+class DataSpec:
+    """Where one dataset is and how to read it.
+
+    Args:
+        path: annotation file or dataset folder (relative paths are joined to `data_root`).
+        format: reader format (`cl_detect.data.readers.FORMATS`); None guesses it.
+        split: split to read (YOLO train/valid/test, COCO `instances_<split>`); None reads all.
+        image_root: folder the annotation's image paths are relative to (LVIS: the COCO
+            image folder); None lets the reader find it.
+        image_list: keep only the images named in this file (a csv with a `filename`
+            column, or one file name per line), e.g. Raccoon's `test_labels.csv`.
+        max_images: keep at most this many images (a fixed-seed random subset).
+    """
+
+    path: str
+    format: str | None = None
+    split: str | None = None
+    image_root: str | None = None
+    image_list: str | None = None
+    max_images: int | None = None
+
+
+@dataclass
+class TaskSpec:
+    """One task of the sequence.
+
+    Args:
+        name: task name (a matrix column).
+        train, test: the task's data.
+        prompts: one text per class used for training and testing (default: the class names).
+    """
+
+    name: str
+    train: DataSpec
+    test: DataSpec
+    prompts: list[str] | None = None
+
+
+@dataclass
+class RetentionSpec:
+    """A set that measures what the base model knew (zero-shot COCO, LVIS, ...).
+
+    Args:
+        name: set name ("coco" and "lvis" also give ZCOCO / ZLVIS).
+        data: one or more datasets with the same class names; several are merged
+            (duplicate images dropped), which `lvis` protocols do not allow.
+        protocol: "coco", "lvis" (300 dets/img) or "lvis-fixed" (Fixed AP).
+        prompts: one text per class (default: the class names).
+    """
+
+    name: str
+    data: list[DataSpec]
+    protocol: str = "coco"
+    prompts: list[str] | None = None
+
+    def __post_init__(self):
+        if self.protocol not in RETENTION_PROTOCOLS:
+            raise ValueError(f"retention set {self.name!r}: protocol must be one of {RETENTION_PROTOCOLS}, "
+                             f"got {self.protocol!r}")
+        if self.protocol != "coco" and len(self.data) != 1:
+            raise ValueError(f"retention set {self.name!r}: LVIS evaluation reads one LVIS json; "
+                             f"got {len(self.data)} data entries")
+        if self.protocol != "coco" and self.data[0].max_images is not None:
+            raise ValueError(f"retention set {self.name!r}: LVIS evaluation scores the whole json; "
+                             f"max_images cannot subset it")
+
+
+@dataclass
+class BaseModelSpec:
+    """The model every run starts from.
+
+    Args:
+        checkpoint: a cl_detect or official YOLO-World checkpoint.
+        text_encoder: text encoder spec (`create_text_encoder`); None uses the checkpoint's.
+        pretrain: settings for `pretrain_base_model` when the checkpoint is missing and the
+            protocol can make it (synthetic only): detector name, epochs, batch size, lr, ...
+    """
+
+    checkpoint: str
+    text_encoder: str | None = None
+    pretrain: dict | None = None
+
+
+@dataclass
+class EvalSettings:
+    """Inference settings of every evaluation.
+
+    Args:
+        image_size: letterbox size.
+        batch_size: images per forward pass.
+        backend: COCO backend, "fast" or "pycocotools".
+        num_workers: loader processes.
+    """
+
+    image_size: int = 640
+    batch_size: int = 16
+    backend: str = "fast"
+    num_workers: int = 0
+
+
+@dataclass
+class RunConfig:
+    """A resolved protocol: tasks, retention sets, base model, training and evaluation.
+
+    Args:
+        name: protocol name (names the results folder).
+        tasks: the task sequence.
+        base_model: the starting model.
+        retention: retention sets evaluated after every task.
+        data_root: folder that relative data paths are joined to.
+        description: one line shown in logs.
+        train: `TrainConfig` fields for every task.
+        eval: inference settings.
+        methods: runs when `--methods` is not given ("a+b" composes); None = every registered method.
+        method_options: method name -> config fields.
+        seeds: seeds when `--seeds` is not given.
+        synthetic_world: `write_synthetic_world` arguments; when given, the world is written
+            to `data_root` if its `world.json` is missing.
+    """
+
+    name: str
+    tasks: list[TaskSpec]
+    base_model: BaseModelSpec
+    retention: list[RetentionSpec] = field(default_factory=list)
+    data_root: str = "."
+    description: str = ""
+    train: dict = field(default_factory=dict)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    methods: list[str] | None = None
+    method_options: dict[str, dict] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    synthetic_world: dict | None = None
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise ValueError(f"protocol {self.name!r} has no tasks")
+        names = [t.name for t in self.tasks] + [r.name for r in self.retention]
+        if len(set(names)) != len(names):
+            raise ValueError(f"protocol {self.name!r}: task and retention set names must be unique, got {names}")
+        self.train_config()  # fail at load time on a bad training field
+
+    def train_config(self, seed: int = 0) -> TrainConfig:
+        """The `TrainConfig` of every task, seeded."""
+        unknown = sorted(set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise ValueError(f"unknown train setting(s) {unknown}; see cl_detect.engine.config.TrainConfig")
+        return TrainConfig(**{**self.train, "seed": seed})
+
+    def resolve_path(self, path: str) -> Path:
+        """A data path joined to `data_root` unless absolute."""
+        return Path(self.data_root) / path
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        """Build from a merged mapping; unknown keys are errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown protocol key(s) {unknown}; valid: {sorted(known)}")
+        data = dict(data)
+        data["tasks"] = [TaskSpec(name=t["name"], train=_data_spec(t["train"]), test=_data_spec(t["test"]),
+                                  prompts=t.get("prompts")) for t in data.get("tasks") or []]
+        data["retention"] = [RetentionSpec(name=r["name"], data=_data_specs(r["data"]),
+                                           protocol=r.get("protocol", "coco"), prompts=r.get("prompts"))
+                             for r in data.get("retention") or []]
+        data["base_model"] = BaseModelSpec(**data["base_model"])
+        data["eval"] = EvalSettings(**(data.get("eval") or {}))
+        return cls(**data)
+
+
+def _data_spec(value: dict | str) -> DataSpec:
+    return DataSpec(path=value) if isinstance(value, str) else DataSpec(**value)
+
+
+def _data_specs(value) -> list[DataSpec]:
+    return [_data_spec(v) for v in value] if isinstance(value, list) else [_data_spec(value)]
+
+
+def expand_variables(value, environment: dict[str, str] | None = None):
+    """Replace `${VAR}` in every string of a nested structure; unset variables are errors."""
+    environment = dict(os.environ if environment is None else environment)
+    if "CL_DETECT_SHARED" not in environment:
+        from cl_detect._shared import shared_dir
+        shared = shared_dir()
+        if shared is not None:
+            environment["CL_DETECT_SHARED"] = str(shared)
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in environment:
+            raise ValueError(f"the protocol uses ${{{name}}} but the environment variable {name} is not set; "
+                             f"export {name}=/path/to/the/data (see docs/protocols.md)")
+        return environment[name]
+
+    if isinstance(value, str):
+        return _VARIABLE.sub(replace, value)
+    if isinstance(value, list):
+        return [expand_variables(v, environment) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_variables(v, environment) for k, v in value.items()}
+    return value
+
+
+def merge_shallow(defaults: dict, experiment: dict) -> dict:
+    """Experiment keys replace default keys; mapping values are merged one level deep."""
+    merged = dict(defaults)
+    for key, value in experiment.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            merged[key] = {**defaults[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_run_config(path: str | Path, defaults_path: str | Path | None = DEFAULTS_PATH,
+                    overrides: dict | None = None) -> RunConfig:
+    """Read a protocol file, merged over the defaults file, with `${VAR}` expanded.
+
+    Args:
+        path: the experiment YAML.
+        defaults_path: the defaults YAML (None: no defaults).
+        overrides: a last shallow merge (command-line settings).
+
+    Returns:
+        The resolved `RunConfig`.
+    """
+    defaults = yaml.safe_load(Path(defaults_path).read_text()) if defaults_path else {}
+    experiment = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(experiment, dict):
+        raise ValueError(f"{path}: a protocol file holds one mapping of settings")
+    merged = merge_shallow(merge_shallow(defaults or {}, experiment), overrides or {})
+    environment = dict(os.environ)
+    # ${data_root} lets method options (mix, replay) name files inside the protocol's data
+    environment["data_root"] = str(expand_variables(merged.get("data_root", "."), environment))
+    try:
+        return RunConfig.from_dict(expand_variables(merged, environment))
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def save_resolved(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (kept beside the results)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

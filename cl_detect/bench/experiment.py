@@ -1,0 +1,122 @@
+"""Run a protocol for several method lists and seeds: one result JSON per (protocol, method, seed).
+
+    config = load_run_config("experiments/synthetic.yaml")
+    run_experiment(config, ["finetune", "lora+distill"], seeds=[0, 1, 2], out="results")
+
+The datasets and the base checkpoint are read once (per worker process with
+`jobs > 1`); each run starts from its own copy. Runs are independent: one
+failing is recorded and the next starts. On a CPU, `jobs=2` with one thread
+each uses two cores better than one process with two threads: the tiny
+detector's layers are too small for intra-op parallelism to pay.
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from cl_detect.bench.config import RunConfig, save_resolved
+from cl_detect.bench.prepare import prepare_protocol
+from cl_detect.bench.protocol import load_protocol_data
+from cl_detect.bench.runner import BaseModel, run_one
+from cl_detect.methods import list_methods
+
+
+def method_runs(specs: list[str] | None, config: RunConfig) -> list[list[str]]:
+    """Method lists to run: `specs` ("a+b" composes), else the protocol's, else every registered method alone.
+
+    Raises:
+        ValueError: an unknown method name (listing the registered ones).
+    """
+    specs = specs or config.methods or list_methods()
+    runs = [[name.strip() for name in spec.split("+")] for spec in specs]
+    unknown = sorted({name for names in runs for name in names} - set(list_methods()))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; registered: {', '.join(list_methods())}")
+    return runs
+
+
+def with_overrides(config: RunConfig, image_size: int | None = None, max_train_images: int | None = None,
+                   device: str | None = None) -> RunConfig:
+    """The config with command-line settings applied (so the saved config says what ran).
+
+    Args:
+        config: the protocol.
+        image_size: training and evaluation size.
+        max_train_images: cap on every task's training images.
+        device: training/evaluation device.
+    """
+    train, evaluation, tasks = dict(config.train), config.eval, config.tasks
+    options = {name: dict(values or {}) for name, values in config.method_options.items()}
+    if image_size is not None:
+        train["image_size"] = image_size
+        evaluation = dataclasses.replace(evaluation, image_size=image_size)
+        for values in options.values():
+            if "image_size" in values:  # methods that run the detector themselves (ewc's Fisher pass)
+                values["image_size"] = image_size
+    if device is not None:
+        train["device"] = device
+    if max_train_images is not None:
+        tasks = [dataclasses.replace(task, train=dataclasses.replace(
+            task.train, max_images=min(max_train_images, task.train.max_images or max_train_images)))
+            for task in tasks]
+    return dataclasses.replace(config, train=train, eval=evaluation, tasks=tasks, method_options=options)
+
+
+def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: list[int] | None, out: str | Path,
+                   force: bool = False, keep_checkpoints: bool = False, stop_after_steps: int | None = None,
+                   jobs: int = 1, log=print) -> list[dict]:
+    """Run every (method list, seed) of a protocol.
+
+    Args:
+        config: the resolved protocol.
+        method_specs: e.g. ["finetune", "lora+distill"]; None: the protocol's or every registered method.
+        seeds: None: the protocol's seeds.
+        out: results folder (`<out>/<protocol>/<method>_seed<k>.json`, resolved config in `config.yaml`).
+        force: redo finished runs.
+        keep_checkpoints: keep each run's `state.pt` after it finishes.
+        stop_after_steps: stop every task's training after this many steps (quick looks, tests).
+        jobs: runs at once, each in its own process with `torch` threads = current threads // jobs.
+        log: where progress lines go.
+
+    Returns:
+        One {"method", "seed", "status"} per run, status "finished", "failed", "skipped" or "interrupted".
+    """
+    runs = method_runs(method_specs, config)
+    seeds = list(config.seeds if seeds is None else seeds)
+    prepare_protocol(config, log)
+    save_resolved(config, Path(out) / config.name / "config.yaml")
+    pairs = [(names, seed) for seed in seeds for names in runs]
+    log(f"protocol {config.name}: {len(config.tasks)} tasks ({', '.join(t.name for t in config.tasks)}), "
+        f"retention sets: {', '.join(r.name for r in config.retention) or 'none'}; {len(runs)} method list(s) "
+        f"x {len(seeds)} seed(s)" + (f", {jobs} at a time" if jobs > 1 else ""))
+    options = dict(force=force, keep_checkpoints=keep_checkpoints, stop_after_steps=stop_after_steps)
+    _LOADED.clear()  # files may have changed since an earlier call (a re-made base model)
+    if jobs <= 1:
+        return [_run_pair(config, names, seed, out, options, log) for names, seed in pairs]
+    threads = max(torch.get_num_threads() // jobs, 1)
+    context = multiprocessing.get_context("spawn")  # no forked copies of torch thread pools
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_run_pair, config, names, seed, out, options) for names, seed in pairs]
+        return [future.result() for future in futures]
+
+
+_LOADED: dict[str, tuple] = {}  # per process: protocol name -> (datasets, base model)
+
+
+def _run_pair(config: RunConfig, names: list[str], seed: int, out: str | Path, options: dict, log=print) -> dict:
+    """One run, reading the datasets and base model the first time this process needs them."""
+    key = repr(config)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = (load_protocol_data(config), BaseModel(config.base_model.checkpoint,
+                                                                config.base_model.text_encoder))
+    data, base = _LOADED[key]
+    label = "+".join(names)
+    status = run_one(config, data, names, seed, out, base, **options)
+    log(f"== {config.name} | {label} | seed {seed}: {status}")
+    return {"method": label, "seed": seed, "status": status}

