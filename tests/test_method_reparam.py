@@ -148,3 +148,12 @@ def test_train_one_task_trains_the_folded_model(tmp_path):
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
     torch.testing.assert_close(saved["detector.head.cls_contrasts.1.conv.weight"],
                                model.detector.head.cls_contrasts[1].conv.weight.detach())
+
+
+def test_applies_to_only_the_folded_vocabulary():
+    from cl_detect.methods.reparam.method import ReparamMethod
+    from cl_detect.methods.reparam.config import ReparamConfig
+    method = ReparamMethod(ReparamConfig())
+    assert method.applies_to(("anything",))  # nothing folded yet: the open-vocabulary model
+    method.vocabulary = ["red box", "blue box"]
+    assert method.applies_to(("blue box", "red box")) and not method.applies_to(("red box", "person"))

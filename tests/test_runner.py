@@ -185,3 +185,33 @@ def test_untrained_closed_set_run_records_not_applicable_sets_as_null(protocol, 
     assert result["retention_matrix"] == [[None, None]] * 3
     assert {r["eval_set"] for r in result["rows"]} == {"task1", "task2"}
     assert result["summary"]["retention_base"] is None and result["summary"]["in_domain_avg"] is not None
+
+
+def test_baseline_overrides_label_joint_zeroshot_and_specialist(protocol, tmp_path):
+    """The baselines/ files through `--override`: labels name the result, joint trains once on
+    all tasks, zeroshot never trains, specialist records other vocabularies as not applicable."""
+    out = tmp_path / "results"
+    head_only = tmp_path / "head_only.yaml"
+    head_only.write_text(yaml.safe_dump({"label": "finetune-head", "methods": ["finetune"],
+                                         "method_options": {"finetune": {"parts": "head"}}}))
+    joint = tmp_path / "joint.yaml"
+    joint.write_text(yaml.safe_dump({"label": "joint", "joint": True, "methods": ["finetune"]}))
+    assert main(["run", str(protocol), "--out", str(out), "--override", str(head_only)]) == 0
+    head = _result(out, "finetune-head")
+    assert head["method"] == "finetune-head" and not (out / "tiny" / "finetune_seed0.json").exists()
+    assert head["trainable_params"] < head["total_params"] / 2
+
+    assert main(["run", str(protocol), "--out", str(out), "--override", str(joint)]) == 0
+    result = _result(out, "joint")
+    assert [t["task"] for t in result["train"]] == ["joint"]  # one training on the union
+    assert result["accuracy_matrix"][1] == result["accuracy_matrix"][2]
+    assert result["summary"]["forgetting"] == 0.0 and result["summary"]["bwt"] == 0.0
+
+    assert main(["run", str(protocol), "--out", str(out), "--methods", "zeroshot", "specialist"]) == 0
+    zeroshot = _result(out, "zeroshot")
+    assert zeroshot["accuracy_matrix"][0] == zeroshot["accuracy_matrix"][2] and zeroshot["trainable_params"] == 0
+    specialist = _result(out, "specialist")
+    assert specialist["status"] == "finished"
+    assert all(v is None for v in specialist["retention_matrix"][2])  # other vocabularies: not applicable
+    with pytest.raises(ValueError, match="names one run"):
+        main(["run", str(protocol), "--out", str(out), "--override", str(head_only), "--methods", "finetune", "lora"])

@@ -146,6 +146,10 @@ class RunConfig:
         seeds: seeds when `--seeds` is not given.
         synthetic_world: `write_synthetic_world` arguments; when given, the world is written
             to `data_root` if its `world.json` is missing.
+        label: names the result files and the table row instead of the methods joined with
+            '+' (baseline files: e.g. head-only fine-tuning is `finetune` with other options).
+        joint: the joint-training upper bound: train once on the union of all tasks, then
+            evaluate (that evaluation fills every row after the base row).
     """
 
     name: str
@@ -160,6 +164,8 @@ class RunConfig:
     method_options: dict[str, dict] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     synthetic_world: dict | None = None
+    label: str | None = None
+    joint: bool = False
 
     def __post_init__(self):
         if not self.tasks:
@@ -168,6 +174,12 @@ class RunConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"protocol {self.name!r}: task and retention set names must be unique, got {names}")
         self.train_config()  # fail at load time on a bad training field
+        if self.label is not None and (not self.label or "/" in self.label or "+" in self.label):
+            raise ValueError(f"label {self.label!r} must be a non-empty name without '/' or '+'")
+
+    def run_label(self, method_names: list[str]) -> str:
+        """Name of a run's result file and table row."""
+        return self.label or "+".join(method_names)
 
     def train_config(self, seed: int = 0) -> TrainConfig:
         """The `TrainConfig` of every task, seeded."""

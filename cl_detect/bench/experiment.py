@@ -86,6 +86,9 @@ def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: lis
         One {"method", "seed", "status"} per run, status "finished", "failed", "skipped" or "interrupted".
     """
     runs = method_runs(method_specs, config)
+    if config.label and len(runs) > 1:
+        raise ValueError(f"label {config.label!r} names one run, but {len(runs)} method lists were asked for: "
+                         f"{['+'.join(r) for r in runs]}")
     seeds = list(config.seeds if seeds is None else seeds)
     prepare_protocol(config, log)
     save_resolved(config, Path(out) / config.name / "config.yaml")
@@ -116,7 +119,7 @@ def _run_pair(config: RunConfig, names: list[str], seed: int, out: str | Path, o
         _LOADED[key] = (load_protocol_data(config), BaseModel(config.base_model.checkpoint,
                                                                 config.base_model.text_encoder))
     data, base = _LOADED[key]
-    label = "+".join(names)
+    label = config.run_label(names)
     status = run_one(config, data, names, seed, out, base, **options)
     log(f"== {config.name} | {label} | seed {seed}: {status}")
     return {"method": label, "seed": seed, "status": status}

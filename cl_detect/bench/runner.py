@@ -17,6 +17,7 @@ and drops its checkpoints unless asked to keep them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 import shutil
@@ -117,6 +118,13 @@ def _evaluate_stage(model, data, config, progress: Progress, stage: int, train_t
         progress.evaluations.append({"stage": stage, "train_task": train_task, **entry})
 
 
+def joint_task(tasks: list):
+    """One task holding every task's training data (the joint-training upper bound)."""
+    from cl_detect.bench.joint import merge_task_datasets
+    first = tasks[0]
+    return dataclasses.replace(first, name="joint", train=merge_task_datasets([t.train for t in tasks]))
+
+
 def continual_run(config: RunConfig, data: ProtocolData, method_names: list[str], seed: int, work: Path,
                   base: BaseModel, stop_after_steps: int | None = None) -> tuple[str, Progress, ContinualModel]:
     """Run (or continue) the loop; returns ("finished" | "interrupted", progress, model)."""
@@ -127,15 +135,16 @@ def continual_run(config: RunConfig, data: ProtocolData, method_names: list[str]
     model = build_model(config, method_names, seed, base).to(device)
     progress = _restore(model, work)
     progress.total_params = model.parameter_counts()[1]
-    label = "+".join(method_names)
+    label = config.run_label(method_names)
     if progress.completed_tasks < 0:
         _evaluate_stage(model, data, config, progress, 0, None)
         progress.completed_tasks = 0
         _save(model, work, progress, with_model=False)
     train_config = config.train_config(seed)
     evaluate_fn = sweep_evaluator(data, config.eval)
-    for index in range(progress.completed_tasks, len(data.tasks)):
-        task = data.tasks[index]
+    tasks = [joint_task(data.tasks)] if config.joint else data.tasks
+    for index in range(progress.completed_tasks, len(tasks)):
+        task = tasks[index]
         task_dir = work / f"task{index + 1}_{task.name}"
         context = TaskContext(index=index, name=task.name, vocabulary=tuple(task.train.vocabulary.names),
                               train_dataset=task.train, out_dir=task_dir,
@@ -153,14 +162,18 @@ def continual_run(config: RunConfig, data: ProtocolData, method_names: list[str]
             progress.elapsed_s += time.perf_counter() - start
             return result.status, progress, model
         model.hook("after_task", context)
-        _evaluate_stage(model, data, config, progress, index + 1, task.name)
+        if config.joint:  # the one jointly trained model stands after every task
+            for stage, each in enumerate(data.tasks, start=1):
+                _evaluate_stage(model, data, config, progress, stage, each.name)
+        else:
+            _evaluate_stage(model, data, config, progress, index + 1, task.name)
         progress.extra_rows += sweep_rows(model, task.name, label, seed)
         progress.train.append({"task": task.name, "steps": result.steps, "train_images": len(task.train),
                                "mixed_in_images": sum(len(d) for d, _ in extras), "wall_time_s": result.wall_time_s,
                                "images_per_s": result.images_per_s, "trainable_params": trainable,
                                "total_params": total})
         progress.trainable_params = max(progress.trainable_params, trainable)
-        progress.completed_tasks = index + 1
+        progress.completed_tasks = len(data.tasks) if config.joint else index + 1
         _save(model, work, progress, with_model=True)
         (task_dir / "checkpoint.pt").unlink(missing_ok=True)  # state.pt now holds this task's model
     progress.elapsed_s += time.perf_counter() - start
@@ -210,7 +223,7 @@ def run_one(config: RunConfig, data: ProtocolData, method_names: list[str], seed
     Returns:
         "skipped", "finished", "failed" or "interrupted" (no JSON written; run again to continue).
     """
-    label = "+".join(method_names)
+    label = config.run_label(method_names)
     path, work = result_path(out, config.name, label, seed), work_dir(out, config.name, label, seed)
     if path.exists() and not force and json.loads(path.read_text()).get("status") == "finished":
         return "skipped"

@@ -28,12 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once, one process each (CPU: 2 on 2 cores beats 2 threads in one)")
     parser.add_argument("--defaults", default=None, help="defaults YAML (default: experiments/defaults.yaml)")
+    parser.add_argument("--override", nargs="+", default=[], metavar="YAML",
+                        help="settings merged last, e.g. a baseline file: baselines/head_only.yaml")
 
 
 def run(args: argparse.Namespace) -> int:
-    from cl_detect.bench.config import DEFAULTS_PATH, load_run_config
+    from pathlib import Path
+
+    import yaml
+
+    from cl_detect.bench.config import DEFAULTS_PATH, load_run_config, merge_shallow
     from cl_detect.bench.experiment import run_experiment, with_overrides
-    config = load_run_config(args.config, args.defaults or DEFAULTS_PATH)
+    overrides: dict = {}
+    for path in args.override:
+        overrides = merge_shallow(overrides, yaml.safe_load(Path(path).read_text()) or {})
+    config = load_run_config(args.config, args.defaults or DEFAULTS_PATH, overrides=overrides)
     config = with_overrides(config, args.image_size, args.max_train_images, args.device)
     outcomes = run_experiment(config, args.methods, args.seeds, args.out, force=args.force,
                               keep_checkpoints=args.keep_checkpoints, jobs=args.jobs)

@@ -104,6 +104,11 @@ class ReparamMethod(Method):
         logger.info("reparam: folded %d classes (%d in total)", len(new), len(self.vocabulary))
 
     # ---- text ---------------------------------------------------------------------------------------
+    def applies_to(self, vocabulary: tuple[str, ...] | list[str]) -> bool:
+        """Whether these class names can be scored: before anything is folded (the open-vocabulary
+        model), or when every name was folded in (the runner records other sets as not applicable)."""
+        return not self.vocabulary or set(vocabulary) <= set(self.vocabulary) | set(PADDING_PROMPTS)
+
     def text_embeddings(self, model: ContinualModel, texts: list[list[str]]) -> torch.Tensor | None:
         if not self.vocabulary:
             return None  # nothing folded yet: the plain detector and text tower
