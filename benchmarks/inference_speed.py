@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else RESULTS / f"inference_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "inference_speed", "command": "python benchmarks/inference_speed.py "
-                               + " ".join(argv or []), **environment(device), "results": rows}, indent=1))
+                               + " ".join(sys.argv[1:] if argv is None else argv), **environment(device), "results": rows}, indent=1))
     print(f"wrote {out}")
     return 0
 

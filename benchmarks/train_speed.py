@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     note = ("each row runs in a fresh process; CPU peak memory is that process's peak RSS (incl. ~0.4 GB "
             "for the Python/torch runtime)") if device.type == "cpu" else "each row runs in a fresh process"
     out.write_text(json.dumps({"benchmark": "train_speed", "command": "python benchmarks/train_speed.py "
-                               + " ".join(argv or []), **environment(device), "note": note, "results": rows},
+                               + " ".join(sys.argv[1:] if argv is None else argv), **environment(device), "note": note, "results": rows},
                               indent=1))
     print(f"wrote {out}")
     return 0
