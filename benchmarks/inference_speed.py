@@ -44,9 +44,11 @@ def sync(device: torch.device) -> None:
 
 
 def time_forward(run, device: torch.device, warmup: int, iters: int) -> list[float]:
-    """Seconds per call of `run()` after `warmup` calls."""
+    """Seconds per call of `run()` after `warmup` calls (CUDA peak memory is counted from here)."""
     for _ in range(warmup):
         run()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     times = []
     for _ in range(iters):

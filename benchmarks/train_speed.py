@@ -14,7 +14,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from cl_detect.methods import ContinualModel, TaskContext, create_method
 from cl_detect.models.text_encoders import TextEncoder
 from cl_detect.engine.runlog import peak_memory_mb
 
-from inference_speed import RESULTS, environment, sync
+from inference_speed import RESULTS, environment, time_forward
 
 
 class TableTextEncoder(TextEncoder):
@@ -69,17 +68,7 @@ def measure(size: str, method_names: list[str], batch: dict, device: torch.devic
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
+    times = time_forward(step, device, warmup, iters)
     trainable, total = model.parameter_counts()
     median = statistics.median(times)
     return {"size": size, "method": "+".join(method_names), "batch": len(batch["images"]),
@@ -112,15 +101,7 @@ def measure_ultralytics(size: str, batch: dict, device: torch.device, iters: int
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
+    times = time_forward(step, device, warmup, iters)
     median = statistics.median(times)
     return {"size": size, "method": "ultralytics", "batch": len(images), "image_size": size_px,
             "step_ms_median": median * 1e3, "images_per_s": len(images) / median,

@@ -16,6 +16,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from cl_detect.data.preprocess import LetterboxInfo, letterbox, load_image_bgr, to_tensor
+from cl_detect.engine._box_ops import decode_boxes, make_priors
 from cl_detect.models.fuse import fused_copy
 
 
@@ -37,30 +38,13 @@ class Detections:
         return len(self.scores)
 
 
-def make_priors(feature_shapes: list[tuple[int, int]], strides, device=None, dtype=torch.float32):
-    """Prior centres ((x + 0.5) * s, (y + 0.5) * s), row-major per level, levels concatenated.
-
-    Returns:
-        points (A, 2) in input pixels and strides (A,) for every prior.
-    """
-    points, stride_list = [], []
-    for (height, width), stride in zip(feature_shapes, strides):
-        ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) * stride
-        xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) * stride
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], 1))
-        stride_list.append(torch.full((height * width,), float(stride), device=device, dtype=dtype))
-    return torch.cat(points), torch.cat(stride_list)
-
-
 def flatten_outputs(cls_logits: list[torch.Tensor], bbox_preds: list[torch.Tensor], strides):
     """Per-level maps -> (B, A, N) logits and (B, A, 4) decoded xyxy boxes in input pixels."""
     shapes = [tuple(x.shape[-2:]) for x in cls_logits]
     points, stride = make_priors(shapes, strides, cls_logits[0].device, torch.float32)
     logits = torch.cat([x.flatten(2) for x in cls_logits], 2).transpose(1, 2).float()
-    distances = torch.cat([x.flatten(2) for x in bbox_preds], 2).transpose(1, 2).float() * stride[None, :, None]
-    boxes = torch.cat([points - distances[..., :2], points + distances[..., 2:]], -1)
-    return logits, boxes
+    distances = torch.cat([x.flatten(2) for x in bbox_preds], 2).transpose(1, 2).float() * stride
+    return logits, decode_boxes(points, distances)
 
 
 def postprocess(cls_logits, bbox_preds, strides, infos: list[LetterboxInfo], score_thr: float = 0.001,
