@@ -215,3 +215,24 @@ def test_baseline_overrides_label_joint_zeroshot_and_specialist(protocol, tmp_pa
     assert all(v is None for v in specialist["retention_matrix"][2])  # other vocabularies: not applicable
     with pytest.raises(ValueError, match="names one run"):
         main(["run", str(protocol), "--out", str(out), "--override", str(head_only), "--methods", "finetune", "lora"])
+
+
+def test_run_refuses_a_training_set_with_doctor_errors(protocol, tmp_path):
+    """A task whose boxes are broken stops the run with the doctor's report unless overridden."""
+    from cl_detect.data.errors import DatasetError
+    config = yaml.safe_load(protocol.read_text())
+    world = tmp_path / "broken"
+    import shutil
+    shutil.copytree(config["data_root"], world)
+    train = world / "task1" / "train.json"
+    data = json.loads(train.read_text())
+    for annotation in data["annotations"]:
+        annotation["bbox"][2] = -5.0  # negative widths: boxes inverted
+    train.write_text(json.dumps(data))
+    config["data_root"] = str(world)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(DatasetError, match="inverted_box|zero_area|box"):
+        main(["run", str(path), "--methods", "zeroshot", "--out", str(tmp_path / "out")])
+    assert main(["run", str(path), "--methods", "zeroshot", "--out", str(tmp_path / "out"),
+                 "--allow-data-errors"]) == 0

@@ -150,6 +150,8 @@ class RunConfig:
             '+' (baseline files: e.g. head-only fine-tuning is `finetune` with other options).
         joint: the joint-training upper bound: train once on the union of all tasks, then
             evaluate (that evaluation fills every row after the base row).
+        allow_data_errors: train even when the dataset doctor finds errors in a task's
+            training set (default: refuse, printing the report).
     """
 
     name: str
@@ -166,6 +168,7 @@ class RunConfig:
     synthetic_world: dict | None = None
     label: str | None = None
     joint: bool = False
+    allow_data_errors: bool = False
 
     def __post_init__(self):
         if not self.tasks:

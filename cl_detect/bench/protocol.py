@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,17 @@ def merge_by_name(datasets: list[DetectionDataset], where: str) -> DetectionData
     return DetectionDataset(records, vocabulary, source=where, image_root=first.image_root)
 
 
+def checked_training_set(dataset: DetectionDataset, task: str, allow_errors: bool) -> DetectionDataset:
+    """Run the dataset doctor on a task's training set; refuse to train on errors unless allowed."""
+    from cl_detect.data.doctor import check_dataset
+    report = check_dataset(dataset)
+    if not report.ok:
+        print(f"task {task}:\n{report.format_text()}", file=sys.stderr)
+        if not allow_errors:
+            report.raise_on_errors()  # names the file, the records and the fix; override: --allow-data-errors
+    return dataset
+
+
 def load_protocol_data(config: RunConfig, max_train_images: int | None = None) -> ProtocolData:
     """Read every dataset a protocol names.
 
@@ -139,7 +151,8 @@ def load_protocol_data(config: RunConfig, max_train_images: int | None = None) -
         The tasks' and retention sets' datasets.
     """
     tasks = [TaskData(task.name,
-                      with_prompts(read_spec(config, task.train, max_train_images), task.prompts, task.name),
+                      with_prompts(checked_training_set(read_spec(config, task.train, max_train_images), task.name,
+                                                        config.allow_data_errors), task.prompts, task.name),
                       with_prompts(read_spec(config, task.test), task.prompts, task.name))
              for task in config.tasks]
     retention = []

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once, one process each (CPU: 2 on 2 cores beats 2 threads in one)")
     parser.add_argument("--defaults", default=None, help="defaults YAML (default: experiments/defaults.yaml)")
+    parser.add_argument("--allow-data-errors", action="store_true",
+                        help="train even when the dataset doctor finds errors in a task's training set")
     parser.add_argument("--override", nargs="+", default=[], metavar="YAML",
                         help="settings merged last, e.g. a baseline file: baselines/head_only.yaml")
 
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict = {}
     for path in args.override:
         overrides = merge_shallow(overrides, yaml.safe_load(Path(path).read_text()) or {})
+    if args.allow_data_errors:
+        overrides["allow_data_errors"] = True
     config = load_run_config(args.config, args.defaults or DEFAULTS_PATH, overrides=overrides)
     config = with_overrides(config, args.image_size, args.max_train_images, args.device)
     outcomes = run_experiment(config, args.methods, args.seeds, args.out, force=args.force,
