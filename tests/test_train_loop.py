@@ -146,3 +146,12 @@ def test_no_positive_assignments_stop_after_patience(tmp_path):
         train_one_task(tiny_model(), dataset, config, tmp_path / "run", sampler=MixingSampler([len(dataset)]))
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert rows and all(row["num_pos"] == 0 and row["loss_bbox"] == 0.0 for row in rows)
+
+
+def test_focal_classification_loss_is_used_when_configured(world, tmp_path):
+    """TrainConfig.cls_loss reaches the criterion: focal gives a different loss than the official BCE."""
+    bce_model, bce = _train(world, tmp_path / "bce", tiny_config(epochs=1))
+    focal_model, focal = _train(world, tmp_path / "focal", tiny_config(epochs=1, cls_loss="focal", focal_gamma=2.0))
+    assert bce_model.criterion.cls_loss == "bce" and focal_model.criterion.cls_loss == "focal"
+    assert focal_model.criterion.focal_gamma == 2.0
+    assert bce.last_losses["loss_cls"] != focal.last_losses["loss_cls"]

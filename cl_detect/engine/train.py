@@ -81,6 +81,9 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
     sampler = shard_sampler(sampler or MixingSampler([len(dataset)], seed=config.seed))
     if is_distributed():
         model.criterion.world_size = world_size()
+    # the classification loss of this task: official BCE, or focal for imbalanced domains
+    model.criterion.cls_loss = config.cls_loss
+    model.criterion.focal_gamma, model.criterion.focal_alpha = config.focal_gamma, config.focal_alpha
     loader = build_train_loader(dataset, config.batch_size, config.num_workers, sampler=sampler, seed=config.seed)
     steps_per_epoch = len(sampler.epoch_order(0)) // config.batch_size // config.accumulate
     if steps_per_epoch == 0:
