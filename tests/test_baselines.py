@@ -5,7 +5,8 @@ import torch
 
 from _tiny_training import tiny_model
 from cl_detect.bench.baselines import evaluation_applies, skips_training
-from cl_detect.bench.joint import merge_task_datasets, union_vocabulary
+from cl_detect.bench.joint import merge_task_datasets
+from cl_detect.data.merge import union_vocabulary
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 from cl_detect.engine.state import load_model_state, model_state
 from cl_detect.methods import TaskContext, create_method

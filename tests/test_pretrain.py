@@ -116,11 +116,11 @@ def _dataset(names, labels, phrases=None) -> DetectionDataset:
 
 def test_union_merges_vocabularies_and_remaps_labels():
     first = _dataset(["cat", "dog"], [0, 1])
-    second = _dataset(["Dog", "bird"], [1, 0])
+    second = _dataset(["Dog", "bird"], [1, 0, -1])  # -1: a class the reader could not resolve
     grounding = _dataset([], [0], phrases=("a red ball",))
     merged = merge_vocabularies([first, second, grounding])
     assert merged.vocabulary.names == ("cat", "dog", "bird")
-    assert [r.labels.tolist() for r in merged.records] == [[0, 1], [2, 1], [0]]
+    assert [r.labels.tolist() for r in merged.records] == [[0, 1], [2, 1, -1], [0]]  # -1 stays unknown
     assert merged.records[2].phrases == ("a red ball",)
 
 

@@ -22,7 +22,6 @@ negatives from their own caption's phrases, as in the official GoldG pipeline.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
@@ -31,11 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
-from cl_detect.data.records import DetectionDataset, Vocabulary
+from cl_detect.data.merge import merge_datasets
+from cl_detect.data.records import DetectionDataset
 from cl_detect.engine._pretrain_config import DatasetSpec, PretrainConfig
 from cl_detect.engine.config import TrainConfig
 from cl_detect.engine.distributed import evaluate_distributed, init_distributed, is_distributed, is_main_process
@@ -66,31 +65,9 @@ def read_checked(spec: DatasetSpec, allow_data_errors: bool) -> DetectionDataset
     return dataset
 
 
-def _normalised(name: str) -> str:
-    return " ".join(name.lower().split())
-
-
 def merge_vocabularies(datasets: list[DetectionDataset]) -> DetectionDataset:
     """One dataset over the union of the class lists, labels remapped (grounding records kept as they are)."""
-    index: dict[str, int] = {}
-    names, synonyms = [], []
-    for dataset in datasets:
-        own_synonyms = dataset.vocabulary.synonyms or ((),) * len(dataset.vocabulary)
-        for name, extra in zip(dataset.vocabulary.names, own_synonyms):
-            if _normalised(name) not in index:
-                index[_normalised(name)] = len(names)
-                names.append(name)
-                synonyms.append(tuple(extra))
-    records = []
-    for dataset in datasets:
-        lookup = np.array([index[_normalised(n)] for n in dataset.vocabulary.names] or [0], np.int64)
-        for record in dataset.records:
-            if record.is_grounding or not len(record.labels):
-                records.append(record)
-            else:
-                records.append(dataclasses.replace(record, labels=lookup[record.labels]))
-    source = " + ".join(d.source for d in datasets)
-    return DetectionDataset(records, Vocabulary(tuple(names), tuple(synonyms)), source=source)
+    return merge_datasets(datasets, " + ".join(d.source for d in datasets), keep_grounding=True)
 
 
 def training_set(datasets: list[DetectionDataset], negatives: str, config: TrainConfig):
