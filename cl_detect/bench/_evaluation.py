@@ -14,6 +14,7 @@ from cl_detect.bench.baselines import evaluation_applies
 from cl_detect.bench.config import EvalSettings
 from cl_detect.bench.protocol import ProtocolData
 from cl_detect.eval.detector_eval import evaluate_detector
+from cl_detect.models.fuse import fused_copy
 
 # the statistics kept as typed rows (when the evaluator reports them)
 ROW_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
@@ -43,6 +44,7 @@ def evaluate_all(model, data: ProtocolData, settings: EvalSettings) -> list[dict
     """
     model.clear_text_cache()  # a text tower trained since the last evaluation makes cached embeddings stale
     texts = ModelTexts(model)
+    detector = fused_copy(model.detector)  # one inference copy for every set of this stage
     entries = []
     jobs = [(task.name, "task", task.test, "coco", None) for task in data.tasks]
     jobs += [(r.name, "retention", r.dataset, r.protocol, r.prompts) for r in data.retention]
@@ -52,9 +54,9 @@ def evaluate_all(model, data: ProtocolData, settings: EvalSettings) -> list[dict
             entries.append({"eval_set": name, "kind": kind, "protocol": protocol, "applies": False, "stats": {},
                             "per_category_ap": {}})
             continue
-        stats = evaluate_detector(model.detector, texts, dataset, settings.image_size, settings.batch_size,
+        stats = evaluate_detector(detector, texts, dataset, settings.image_size, settings.batch_size,
                                   protocol=protocol, prompts=prompts, backend=settings.backend,
-                                  num_workers=settings.num_workers)
+                                  num_workers=settings.num_workers, fuse=False)
         entries.append({"eval_set": name, "kind": kind, "protocol": stats.get("protocol", protocol),
                         "applies": True, "stats": {k: float(stats[k]) for k in ROW_METRICS if k in stats},
                         "per_category_ap": {str(k): float(v) for k, v in stats["per_category_ap"].items()}})

@@ -81,7 +81,7 @@ def ground_truth(dataset: DetectionDataset) -> tuple[dict, Vocabulary]:
 
 def evaluate_detector(detector, text_encoder, dataset: DetectionDataset, image_size: int = 640,
                       batch_size: int = 16, protocol: str = "coco", prompts: list[str] | None = None,
-                      backend: str = "fast", num_workers: int = 0) -> dict:
+                      backend: str = "fast", num_workers: int = 0, fuse: bool = True) -> dict:
     """Detect on `dataset` with its vocabulary as prompts and score the result.
 
     Args:
@@ -92,6 +92,7 @@ def evaluate_detector(detector, text_encoder, dataset: DetectionDataset, image_s
             federated rules; `dataset.source` must be the LVIS json) or "lvis-fixed" (Fixed AP).
         prompts: texts per class (default: the class names).
         backend: COCO backend, "fast" (identical statistics, tested) or "pycocotools".
+        fuse: evaluate a BatchNorm-folded copy (pass False when `detector` is already one).
 
     Returns:
         The evaluator's statistics (AP, AP50, ... and per-category AP).
@@ -103,7 +104,7 @@ def evaluate_detector(detector, text_encoder, dataset: DetectionDataset, image_s
         embeddings = text_encoder(names + [PADDING_PROMPT])
     max_per_img = 1000 if protocol == "lvis-fixed" else 300
     detections = drop_label(run_detector(detector, embeddings, dataset, image_size, batch_size, num_workers,
-                                         max_per_img), len(names))
+                                         max_per_img, fuse=fuse), len(names))
     if protocol == "coco":
         from cl_detect.eval.coco_eval import evaluate_coco
         gt, vocabulary = ground_truth(dataset)
