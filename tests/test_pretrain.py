@@ -145,3 +145,10 @@ def test_synthetic_world_is_written_once_and_never_silently_replaced(tmp_path):
     assert (tmp_path / "world" / "world.json").stat().st_mtime_ns == written
     with pytest.raises(ValueError, match=r"wanted num_base_train 8 \(found 4\)"):
         _ensure_synthetic_world({**options, "num_base_train": 8})
+
+
+def test_unset_variable_in_a_dataset_path_is_a_clear_error(monkeypatch):
+    from cl_detect.engine._pretrain_config import DatasetSpec
+    monkeypatch.delenv("NO_SUCH_ROOT", raising=False)
+    with pytest.raises(ValueError, match="NO_SUCH_ROOT is not set"):
+        DatasetSpec(path="${NO_SUCH_ROOT}/train.json")

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from cl_detect._shared import expand_variables
 from cl_detect.engine.config import TrainConfig
 
 DEFAULTS_PATH = Path(__file__).resolve().parents[2] / "experiments" / "defaults.yaml"
 RETENTION_PROTOCOLS = ("coco", "lvis", "lvis-fixed")
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass
@@ -222,31 +221,6 @@ def _data_spec(value: dict | str) -> DataSpec:
 
 def _data_specs(value) -> list[DataSpec]:
     return [_data_spec(v) for v in value] if isinstance(value, list) else [_data_spec(value)]
-
-
-def expand_variables(value, environment: dict[str, str] | None = None):
-    """Replace `${VAR}` in every string of a nested structure; unset variables are errors."""
-    environment = dict(os.environ if environment is None else environment)
-    if "CL_DETECT_SHARED" not in environment:
-        from cl_detect._shared import shared_dir
-        shared = shared_dir()
-        if shared is not None:
-            environment["CL_DETECT_SHARED"] = str(shared)
-
-    def replace(match: re.Match) -> str:
-        name = match.group(1)
-        if name not in environment:
-            raise ValueError(f"the protocol uses ${{{name}}} but the environment variable {name} is not set; "
-                             f"export {name}=/path/to/the/data (see docs/protocols.md)")
-        return environment[name]
-
-    if isinstance(value, str):
-        return _VARIABLE.sub(replace, value)
-    if isinstance(value, list):
-        return [expand_variables(v, environment) for v in value]
-    if isinstance(value, dict):
-        return {k: expand_variables(v, environment) for k, v in value.items()}
-    return value
 
 
 def merge_shallow(defaults: dict, experiment: dict) -> dict:

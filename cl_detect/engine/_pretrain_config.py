@@ -19,10 +19,10 @@ Relative paths are taken from the current directory (run from the repository roo
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cl_detect._shared import expand_variables
 from cl_detect.engine.config import TrainConfig
 
 
@@ -45,13 +45,7 @@ class DatasetSpec:
     check_images: bool = True
 
     def __post_init__(self):
-        if "${CL_DETECT_SHARED}" in self.path and "CL_DETECT_SHARED" not in os.environ:
-            from cl_detect._shared import shared_dir
-            found = shared_dir()
-            if found is None:
-                raise ValueError(f"{self.path}: the shared folder was not found; set CL_DETECT_SHARED")
-            self.path = self.path.replace("${CL_DETECT_SHARED}", str(found))
-        self.path = os.path.expandvars(self.path)
+        self.path = expand_variables(self.path)  # an unset ${VAR} is an error, not a literal path
         if not self.name:
             self.name = Path(self.path).stem
 
