@@ -55,6 +55,14 @@ def _box_xyxy(annotation: dict, json_path: Path) -> list[float]:
     return [x, y, x + w, y + h]
 
 
+def image_root_of(data: dict, json_path: Path, image_root: str | Path | None) -> Path:
+    """The given image root, else the one recorded in the json's info, else `find_image_root`'s guess."""
+    if image_root is not None:
+        return Path(image_root)
+    recorded = (data.get("info") or {}).get("image_root", "")
+    return find_image_root(json_path, [im.get("file_name", "") for im in data.get("images", [])], recorded)
+
+
 def group_annotations(data: dict, json_path: Path) -> dict[int, list[dict]]:
     """Annotations per image id; an annotation for an image that is not listed cannot be placed."""
     image_ids = {image["id"] for image in data.get("images", [])}
@@ -86,10 +94,7 @@ def records_from_coco(data: dict, json_path: str | Path, image_root: str | Path 
     images = data.get("images", [])
     vocabulary = vocabulary_from_categories(data.get("categories", []))
     index_of = vocabulary.index_of_category_id()
-    if image_root is None:
-        recorded = (data.get("info") or {}).get("image_root", "")
-        image_root = find_image_root(json_path, [im.get("file_name", "") for im in images], recorded)
-    image_root = Path(image_root)
+    image_root = image_root_of(data, json_path, image_root)
     per_image = group_annotations(data, json_path)
     records = []
     for image in images:

@@ -14,7 +14,7 @@ import numpy as np
 
 from cl_detect.data.errors import DatasetFormatError
 from cl_detect.data.readers._common import load_json
-from cl_detect.data.readers.coco import find_image_root, group_annotations, image_record_size
+from cl_detect.data.readers.coco import group_annotations, image_record_size, image_root_of
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 
 Spans = tuple[tuple[int, int], ...]
@@ -71,10 +71,7 @@ def records_from_grounding(data: dict, json_path: str | Path,
     """Build grounding records from an already loaded MDETR-style dict (see `read_grounding`)."""
     json_path = Path(json_path)
     images = data.get("images", [])
-    if image_root is None:
-        recorded = (data.get("info") or {}).get("image_root", "")
-        image_root = find_image_root(json_path, [im.get("file_name", "") for im in images], recorded)
-    image_root = Path(image_root)
+    image_root = image_root_of(data, json_path, image_root)
     per_image = group_annotations(data, json_path)
     records = []
     for image in images:
