@@ -1,14 +1,12 @@
 """Tiny model, batches and data for the lora / prompt / reparam method tests.
 
-`BagTextEncoder` is a deterministic text encoder: a hashed bag of characters
-(fixed random table) followed by a fixed linear projection, so the text tower has
-a `nn.Linear` for LoRA to target. `tiny_model` is the tiny YOLO-World (text dim
+The text encoder is `HashTextEncoder` with its fixed linear projection, so the
+text tower has a `nn.Linear` for LoRA to target. `tiny_model` is the tiny YOLO-World (text dim
 32) with it and the given methods; `prompt_batch` is a 64-px batch whose images
 carry their own shuffled prompt lists with '' padding, as the trainer builds them.
 """
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import torch
@@ -17,34 +15,11 @@ from cl_detect.data.records import DetectionDataset
 from cl_detect.engine.config import TrainConfig
 from cl_detect.methods import ContinualModel, create_method
 from cl_detect.models.registry import create_detector
-from cl_detect.models.text_encoders import TextEncoder
 
 from _drawn_boxes import write_dataset
+from _hash_text import TEXT_DIM, HashTextEncoder
 
-TEXT_DIM = 32
 VOCABULARY = ("red thing", "green thing", "blue thing")
-
-
-class BagTextEncoder(TextEncoder):
-    """Hashed bag of (position, character) vectors, then a fixed linear projection."""
-
-    def __init__(self, dim: int = TEXT_DIM, buckets: int = 97):
-        super().__init__(dim)
-        generator = torch.Generator().manual_seed(11)
-        self.table = torch.nn.Parameter(torch.randn(buckets, dim, generator=generator), requires_grad=False)
-        self.proj = torch.nn.Linear(dim, dim)
-        with torch.no_grad():
-            self.proj.weight.copy_(torch.eye(dim) + 0.1 * torch.randn(dim, dim, generator=generator))
-            self.proj.bias.zero_()
-        self.proj.requires_grad_(False)
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        rows = []
-        for text in texts:
-            # '' and ' ' get distinct non-zero vectors (the padding prompts must embed)
-            ids = [zlib.crc32(f"{i}:{c}".encode()) % len(self.table) for i, c in enumerate(f"<{text}>")]
-            rows.append(self.table[ids].sum(0))
-        return self.proj(torch.stack(rows))
 
 
 @torch.no_grad()
@@ -65,10 +40,10 @@ def calibrate_batchnorm(detector: torch.nn.Module, text: torch.Tensor, seed: int
 
 
 def tiny_model(methods: list[tuple[str, dict]], seed: int = 0) -> ContinualModel:
-    """Tiny detector (BatchNorm calibrated) + `BagTextEncoder` + methods given as (name, options)."""
+    """Tiny detector (BatchNorm calibrated) + projected `HashTextEncoder` + methods given as (name, options)."""
     torch.manual_seed(seed)
     detector = create_detector("yolo_world_v2_t", text_dim=TEXT_DIM)
-    encoder = BagTextEncoder()
+    encoder = HashTextEncoder(buckets=97, seed=11, projection=True)
     calibrate_batchnorm(detector, encoder(list(VOCABULARY) + [""])[None], seed)
     return ContinualModel(detector, encoder, [create_method(n, o) for n, o in methods])
 

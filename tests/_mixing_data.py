@@ -1,6 +1,6 @@
 """Tiny data and models for the replay and mix tests (CPU, no downloads).
 
-`CharHashEncoder` embeds strings from a fixed hashed character table;
+`tiny_model` uses the hashed-character `HashTextEncoder` (tests/_hash_text.py);
 `write_task` draws 64-px images of coloured boxes and returns them as a
 `DetectionDataset`; `write_grounding_json` writes an MDETR-style grounding json
 whose captions name the drawn boxes.
@@ -8,7 +8,6 @@ whose captions name the drawn boxes.
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
 import cv2
@@ -18,37 +17,24 @@ import torch
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 from cl_detect.methods import ContinualModel, create_method
 from cl_detect.models.registry import create_detector
-from cl_detect.models.text_encoders import TextEncoder
 
-TEXT_DIM = 32
+from _hash_text import TEXT_DIM, HashTextEncoder
+
+
+def text_encoder() -> HashTextEncoder:
+    """The hashed-character text encoder of these tests (211-row table, seed 7)."""
+    return HashTextEncoder(buckets=211, seed=7)
+
+
 IMAGE_SIZE = 64
 COLOURS = [(40, 40, 220), (220, 60, 40), (40, 200, 60), (30, 210, 230), (200, 40, 200), (128, 128, 128)]
-
-
-class CharHashEncoder(TextEncoder):
-    """Sum of per-(position, character) rows of a fixed random table, picked by CRC32.
-
-    Args:
-        dim: embedding width.
-    """
-
-    def __init__(self, dim: int = TEXT_DIM):
-        super().__init__(dim)
-        generator = torch.Generator().manual_seed(7)
-        self.table = torch.nn.Parameter(torch.randn(211, dim, generator=generator), requires_grad=False)
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        # '' (the padding prompt) gets its own fixed vector so normalising is defined
-        rows = [self.table[[zlib.crc32(f"{i}{c}".encode()) % 211 for i, c in enumerate(t or "<pad>")]].sum(0)
-                for t in texts]
-        return torch.stack(rows)
 
 
 def tiny_model(methods: list) -> ContinualModel:
     """Tiny YOLO-World v2 + hashed encoder + full fine-tuning + `methods`."""
     torch.manual_seed(0)
     detector = create_detector("yolo_world_v2_t", text_dim=TEXT_DIM)
-    return ContinualModel(detector, CharHashEncoder(), [create_method("finetune"), *methods])
+    return ContinualModel(detector, text_encoder(), [create_method("finetune"), *methods])
 
 
 def fake_records(name: str, label_lists: list[list[int]]) -> list[DetectionRecord]:

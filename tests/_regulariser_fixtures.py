@@ -1,45 +1,34 @@
 """Tiny model, batches and data for the regulariser method tests (distill, wise, ewc).
 
-`CharHashEncoder` is a deterministic text encoder (hashed characters, dim 32);
+The text encoder is the hashed-character `HashTextEncoder` (tests/_hash_text.py);
 `tiny_continual` assembles the tiny detector with it and the given methods;
 `random_batch` is a 64-px batch in the trainer's format.
 """
 from __future__ import annotations
 
-import zlib
 
 import torch
 
 from cl_detect.methods import ContinualModel, create_method
 from cl_detect.models.registry import create_detector
-from cl_detect.models.text_encoders import TextEncoder
 
-TEXT_DIM = 32
+from _hash_text import TEXT_DIM, HashTextEncoder
+
+
+def text_encoder() -> HashTextEncoder:
+    """The hashed-character text encoder of these tests (101-row table, seed 7)."""
+    return HashTextEncoder(buckets=101, seed=7)
+
+
 PROMPTS = ["red square", "blue circle", "green triangle", ""]
 GENERAL = ["person", "car", "dog", "chair", "bottle", "cup"]
 
 
-class CharHashEncoder(TextEncoder):
-    """Sum of fixed random vectors indexed by a CRC of (position, character)."""
-
-    def __init__(self, dim: int = TEXT_DIM, buckets: int = 101):
-        super().__init__(dim)
-        table = torch.randn(buckets, dim, generator=torch.Generator().manual_seed(7))
-        self.table = torch.nn.Parameter(table, requires_grad=False)
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        rows = []
-        for text in texts:
-            ids = [zlib.crc32(f"{i}:{c}".encode()) % len(self.table) for i, c in enumerate(text or "<pad>")]
-            rows.append(self.table[ids].sum(0))
-        return torch.stack(rows)
-
-
 def tiny_continual(methods: list[tuple[str, dict]], seed: int = 0) -> ContinualModel:
-    """Tiny YOLO-World (text dim 32) + `CharHashEncoder` + methods given as (name, options)."""
+    """Tiny YOLO-World (text dim 32) + `HashTextEncoder` + methods given as (name, options)."""
     torch.manual_seed(seed)
     detector = create_detector("yolo_world_v2_t", text_dim=TEXT_DIM)
-    return ContinualModel(detector, CharHashEncoder(), [create_method(n, o) for n, o in methods])
+    return ContinualModel(detector, text_encoder(), [create_method(n, o) for n, o in methods])
 
 
 def random_batch(batch_size: int = 2, size: int = 64, seed: int = 0) -> dict:

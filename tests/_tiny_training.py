@@ -6,7 +6,6 @@ folder; `tiny_model` assembles detector + encoder + full fine-tuning.
 """
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import torch
@@ -16,34 +15,9 @@ from cl_detect.data.synthetic import write_synthetic_world
 from cl_detect.engine.config import TrainConfig
 from cl_detect.methods import ContinualModel, create_method
 from cl_detect.models.registry import create_detector
-from cl_detect.models.text_encoders import TextEncoder
 
-TEXT_DIM = 32
+from _hash_text import TEXT_DIM, HashTextEncoder
 
-
-class HashTextEncoder(TextEncoder):
-    """Sum of per-character vectors looked up by a CRC hash of (character, position).
-
-    The table is a fixed function of its seed, so two encoders built anywhere
-    (other processes included) give identical embeddings.
-
-    Args:
-        dim: embedding width.
-        buckets: rows of the character table.
-    """
-
-    def __init__(self, dim: int = TEXT_DIM, buckets: int = 257):
-        super().__init__(dim)
-        generator = torch.Generator().manual_seed(1234)
-        self.table = torch.nn.Parameter(torch.randn(buckets, dim, generator=generator), requires_grad=False)
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        rows = []
-        for text in texts:
-            # '' and ' ' (padding prompts) get a fixed non-zero vector so normalising is defined
-            ids = [zlib.crc32(f"{i}:{c}".encode()) % len(self.table) for i, c in enumerate(text or "<pad>")]
-            rows.append(self.table[ids].sum(0))
-        return torch.stack(rows)
 
 
 def tiny_world(root: Path, num_train: int = 16, num_test: int = 8, image_size: int = 64) -> Path:

@@ -18,7 +18,7 @@ from cl_detect.engine.task_data import build_task_training_set
 from cl_detect.methods import ContinualModel, TaskContext, create_method, list_methods
 from cl_detect.models.registry import create_detector
 
-from _mixing_data import TEXT_DIM, CharHashEncoder, write_grounding_json, write_task
+from _mixing_data import TEXT_DIM, text_encoder, write_grounding_json, write_task
 
 COMPOSITIONS = [("lora", "distill"), ("finetune", "replay"), ("finetune", "distill", "replay"), ("prompt", "distill")]
 CASES = [(name,) for name in list_methods()] + [c for c in COMPOSITIONS if set(c) <= set(list_methods())]
@@ -36,7 +36,7 @@ def _build(names: tuple[str, ...], root, detector_state: dict | None = None):
     detector = create_detector("yolo_world_v2_t", text_dim=TEXT_DIM)
     if detector_state is not None:
         detector.load_state_dict(detector_state)
-    model = ContinualModel(detector, CharHashEncoder(), [create_method(n, _options(n, root)) for n in names])
+    model = ContinualModel(detector, text_encoder(), [create_method(n, _options(n, root)) for n in names])
     context = TaskContext(index=0, name="task", vocabulary=task.vocabulary.names, train_dataset=task,
                           out_dir=root / "out")
     model.hook("before_task", context)
@@ -136,14 +136,14 @@ def test_two_trainers_are_rejected_with_the_reason():
     if len(trainers) < 2:
         pytest.skip("needs two trainer methods")
     with pytest.raises(ValueError, match="decide which parameters train"):
-        ContinualModel(create_detector("yolo_world_v2_t", text_dim=TEXT_DIM), CharHashEncoder(),
+        ContinualModel(create_detector("yolo_world_v2_t", text_dim=TEXT_DIM), text_encoder(),
                        [create_method(trainers[0]), create_method(trainers[1])])
 
 
 def test_regulariser_alone_implies_full_finetuning():
     if "replay" not in list_methods():
         pytest.skip("replay not registered")
-    model = ContinualModel(create_detector("yolo_world_v2_t", text_dim=TEXT_DIM), CharHashEncoder(),
+    model = ContinualModel(create_detector("yolo_world_v2_t", text_dim=TEXT_DIM), text_encoder(),
                            [create_method("replay")])
     assert [m.name for m in model.methods] == ["finetune", "replay"]
     assert all(p.requires_grad for p in model.detector.parameters())
