@@ -6,7 +6,7 @@ import torch
 
 from cl_detect.data.loader import (EvalDataset, TrainDataset, build_eval_loader, build_train_loader,
                                    collate_detection)
-from cl_detect.data.preprocess import letterbox, load_image_bgr, to_tensor
+from cl_detect.data.preprocess import images_to_device, letterbox, load_image_bgr, to_tensor, to_uint8_tensor
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 from cl_detect.data.sampling import DrawKey
 from cl_detect.data.transforms import AugmentConfig
@@ -20,7 +20,7 @@ def dataset(tmp_path):
 
 
 def _to_bgr(image: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray((image.permute(1, 2, 0).numpy()[:, :, ::-1] * 255).round().astype(np.uint8))
+    return np.ascontiguousarray(image.permute(1, 2, 0).numpy()[:, :, ::-1])
 
 
 @pytest.mark.parametrize("mosaic", [True, False])
@@ -30,7 +30,7 @@ def test_train_item_boxes_match_drawn_rectangles(dataset, mosaic):
     checked = 0
     for index in range(len(train)):
         item = train[DrawKey(index, 0, index)]
-        assert item["image"].shape == (3, 128, 128) and item["image"].dtype == torch.float32
+        assert item["image"].shape == (3, 128, 128) and item["image"].dtype == torch.uint8
         assert len(item["texts"]) == 5 and item["labels"].dtype == torch.long
         if len(item["boxes"]):
             names = [item["texts"][i] for i in item["labels"]]
@@ -46,11 +46,22 @@ def test_training_letterbox_equals_eval_preprocess(dataset):
     evaluation = EvalDataset(dataset, image_size=128)
     for index in (0, 1, 2):
         expected, info = letterbox(load_image_bgr(dataset.records[index].image_path), 128)
-        assert torch.equal(train[index]["image"], to_tensor(expected))
+        assert torch.equal(train[index]["image"], to_uint8_tensor(expected))
         item = evaluation[index]
-        assert torch.equal(item["image"], to_tensor(expected)) and item["meta"]["letterbox"] == info
+        assert torch.equal(item["image"], to_uint8_tensor(expected)) and item["meta"]["letterbox"] == info
         assert item["texts"] == list(dataset.vocabulary.names)
         np.testing.assert_allclose(info.unmap_boxes(item["boxes"]).numpy(), dataset.records[index].boxes, atol=1e-4)
+
+
+def test_uint8_items_become_exactly_the_float_images_on_the_device(dataset):
+    image, _ = letterbox(load_image_bgr(dataset.records[0].image_path), 64)
+    batch = torch.stack([to_uint8_tensor(image)] * 2)
+    assert batch.dtype == torch.uint8 and batch.element_size() == 1
+    converted = images_to_device(batch, torch.device("cpu"))
+    assert converted.dtype == torch.float32 and torch.equal(converted[1], to_tensor(image))
+    assert 0 < float(converted.max()) <= 1
+    floats = converted.clone()
+    assert images_to_device(floats, torch.device("cpu")) is floats  # float batches pass through
 
 
 def test_collate_pads_boxes_and_texts():
@@ -90,7 +101,7 @@ def test_set_mosaic_reaches_persistent_workers(dataset):
     with_mosaic = next(iter(loader))
     train.set_mosaic(False)
     without = next(iter(loader))
-    expected = torch.stack([to_tensor(letterbox(load_image_bgr(r.image_path), 64)[0]) for r in dataset.records])
+    expected = torch.stack([to_uint8_tensor(letterbox(load_image_bgr(r.image_path), 64)[0]) for r in dataset.records])
     order = [int(i) - 1 for i in without["image_ids"]]
     assert torch.equal(without["images"], expected[order])
     assert not torch.equal(with_mosaic["images"], expected[[int(i) - 1 for i in with_mosaic["image_ids"]]])

@@ -155,3 +155,24 @@ def test_focal_classification_loss_is_used_when_configured(world, tmp_path):
     assert bce_model.criterion.cls_loss == "bce" and focal_model.criterion.cls_loss == "focal"
     assert focal_model.criterion.focal_gamma == 2.0
     assert bce.last_losses["loss_cls"] != focal.last_losses["loss_cls"]
+
+
+def test_uint8_batches_give_the_float_batch_loss_and_methods_see_float_images(world):
+    from cl_detect.data.loader import collate_detection
+
+    dataset = TrainDataset(base_split(world), AugmentConfig(image_size=64), num_texts=4)
+    batch = collate_detection([dataset[i] for i in range(3)])
+    assert batch["images"].dtype == torch.uint8
+    seen = []
+
+    class Spy(Method):
+        name = "spy"
+
+        def extra_losses(self, model, batch, output, text):
+            seen.append(batch["images"].dtype)
+            return {}
+
+    model = tiny_model(methods=[create_method("finetune"), Spy(None)]).eval()
+    as_float = dict(batch, images=batch["images"].float() / 255)
+    loss_uint8, loss_float = model(batch)["loss"], model(as_float)["loss"]
+    assert torch.equal(loss_uint8, loss_float) and seen == [torch.float32, torch.float32]

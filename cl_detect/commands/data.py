@@ -29,9 +29,11 @@ def _add_synth_parser(sub) -> None:
     try:
         from cl_detect.data.synthetic import add_synth_arguments, run_synth
     except ImportError as error:
-        # the other subcommands must keep working when the synthetic world is unavailable
-        parser = sub.add_parser("synth", help=f"unavailable ({error})")
-        parser.set_defaults(_data_handler=lambda args: _unavailable(error))
+        # the other subcommands must keep working when the synthetic world is unavailable;
+        # `error` is unbound after the except block, so the handler keeps the exception itself
+        missing = error
+        parser = sub.add_parser("synth", help=f"unavailable ({missing})")
+        parser.set_defaults(_data_handler=lambda args: _unavailable(missing))
         return
     parser = sub.add_parser("synth", help="write the synthetic shapes world as COCO json + images")
     add_synth_arguments(parser)

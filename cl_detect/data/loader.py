@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cl_detect.data.augment import Sample, letterbox_sample
-from cl_detect.data.preprocess import load_image_bgr, to_tensor
+from cl_detect.data.preprocess import load_image_bgr, to_uint8_tensor
 from cl_detect.data.records import DetectionDataset, DetectionRecord
 from cl_detect.data.sampling import DrawKey, MixingSampler
 from cl_detect.data.text_sampling import PAD_TEXT, class_texts_of, eval_texts, sample_texts, unique_phrases
@@ -33,8 +33,9 @@ def load_sample(record: DetectionRecord) -> Sample:
 class TrainDataset(Dataset):
     """Augmented training items with per-image sampled prompts.
 
-    Each item is a dict: "image" (3, S, S) float RGB in [0, 1]; "boxes" (K, 4)
-    float xyxy input pixels; "labels" (K,) long into "texts"; "texts"
+    Each item is a dict: "image" (3, S, S) uint8 RGB (`images_to_device` makes it
+    float in [0, 1] on the model's device); "boxes" (K, 4) float xyxy input pixels;
+    "labels" (K,) long into "texts"; "texts"
     list[str] of `num_texts` prompts ('' padded); "image_id" int; "meta" dict
     with "ignore_boxes" (M, 4) and "image_path".
 
@@ -89,7 +90,7 @@ class TrainDataset(Dataset):
         class_texts = self._class_texts if sample.texts is None else [(t,) for t in sample.texts]
         sampled = sample_texts(sample.labels, class_texts, rng, self.num_texts, self.use_synonyms)
         return {
-            "image": to_tensor(sample.image),
+            "image": to_uint8_tensor(sample.image),
             "boxes": torch.from_numpy(np.ascontiguousarray(sample.boxes[sampled.keep])),
             "labels": torch.from_numpy(sampled.labels),
             "texts": sampled.texts,
@@ -102,7 +103,7 @@ class TrainDataset(Dataset):
 class EvalDataset(Dataset):
     """Letterboxed evaluation items (the official test pipeline) with the full vocabulary.
 
-    Each item: "image" (3, S, S); "boxes"/"labels" the ground truth in input
+    Each item: "image" (3, S, S) uint8 RGB; "boxes"/"labels" the ground truth in input
     pixels / vocabulary labels; "texts" the vocabulary names in order (a
     grounding record's phrases); "image_id"; "meta" with "letterbox"
     (`LetterboxInfo`, to map detections back) and "image_path".
@@ -124,7 +125,7 @@ class EvalDataset(Dataset):
         record = self.dataset.records[index]
         sample, info = letterbox_sample(load_sample(record), self.image_size)
         return {
-            "image": to_tensor(sample.image),
+            "image": to_uint8_tensor(sample.image),
             "boxes": torch.from_numpy(sample.boxes),
             "labels": torch.from_numpy(sample.labels),
             "texts": list(sample.texts) if sample.texts is not None else list(self._texts),
@@ -140,7 +141,7 @@ def collate_detection(batch: list[dict]) -> dict:
         batch: items of `TrainDataset` / `EvalDataset`.
 
     Returns:
-        {"images": (B, 3, S, S), "texts": B lists of N strings ('' padded),
+        {"images": (B, 3, S, S) uint8, "texts": B lists of N strings ('' padded),
         "gt_boxes": (B, M, 4) float (zeros where padded), "gt_labels": (B, M)
         long (0 where padded), "gt_mask": (B, M) bool (True = real box),
         "image_ids": (B,) long, "meta": list of the items' meta dicts}.

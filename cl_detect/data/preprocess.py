@@ -73,7 +73,24 @@ def letterbox(image_bgr: np.ndarray, size: int = 640) -> tuple[np.ndarray, Lette
     return padded, LetterboxInfo(scale, top, left, original_hw)
 
 
+def to_uint8_tensor(image_bgr: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 BGR -> (3, H, W) uint8 RGB.
+
+    Loaders yield this: a quarter of float32's bytes through worker queues, pinned
+    memory and the host-to-device copy; `images_to_device` converts after the copy.
+    """
+    return torch.from_numpy(np.ascontiguousarray(image_bgr[:, :, ::-1].transpose(2, 0, 1)))
+
+
 def to_tensor(image_bgr: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 BGR -> (3, H, W) float32 RGB in [0, 1]."""
-    rgb = np.ascontiguousarray(image_bgr[:, :, ::-1].transpose(2, 0, 1))
-    return torch.from_numpy(rgb).float().div_(255.0)
+    return to_uint8_tensor(image_bgr).float().div_(255.0)
+
+
+def images_to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A (B, 3, H, W) batch on `device` as float32 in [0, 1]; a uint8 batch is converted there.
+
+    The values equal `to_tensor`'s exactly (the same float32 division), wherever it runs.
+    """
+    images = images.to(device, non_blocking=True)
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images

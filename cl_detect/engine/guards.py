@@ -48,14 +48,20 @@ class LossGuard:
         self.stuck_steps = 0
 
     def __call__(self, losses: dict[str, torch.Tensor], step: int, batch: dict) -> None:
-        value = float(losses["loss"].detach())
+        # one host-device sync per step: the watched values are read together
+        keys = [key for key in ("loss", "num_pos", "loss_bbox") if key in losses]
+        device = losses["loss"].device
+        stacked = torch.stack([torch.as_tensor(losses[k]).detach().to(device, torch.float64).reshape(())
+                               for k in keys])
+        values = dict(zip(keys, stacked.tolist()))
+        value = values["loss"]
         if not math.isfinite(value):
             parts = {k: float(v.detach()) for k, v in losses.items() if k.startswith("loss")}
             raise TrainingError(f"loss is {value} at step {step} (batch image ids {batch['image_ids']}, "
                                 f"parts {parts}); lower the learning rate or check these images' boxes")
-        has_boxes = bool(batch["gt_mask"].any())
-        no_positives = "num_pos" in losses and int(losses["num_pos"]) == 0
-        zero_box = "loss_bbox" in losses and float(losses["loss_bbox"].detach()) == 0.0
+        has_boxes = bool(batch["gt_mask"].any())  # the batch is still on the host: no sync
+        no_positives = "num_pos" in values and values["num_pos"] == 0
+        zero_box = "loss_bbox" in values and values["loss_bbox"] == 0.0
         self.stuck_steps = self.stuck_steps + 1 if has_boxes and (no_positives or zero_box) else 0
         if self.stuck_steps >= self.patience:
             raise TrainingError(f"no positive assignments (box and DFL losses at zero) for {self.stuck_steps} "

@@ -157,8 +157,9 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
                 ema.update(model.detector)
             progress["step"] += 1
             model.hook("after_step", progress["step"])
-            last = {k: float(v.detach()) for k, v in losses.items() if k.startswith("loss")}
+            last = {k: v.detach() for k, v in losses.items() if k.startswith("loss")}  # read when logged: no sync
             if progress["step"] % config.log_every == 0:
+                last = _loss_values(losses)
                 now = time.perf_counter()
                 row = {"step": progress["step"], "epoch": epoch, **last, "lr": step_lr,
                        "num_pos": int(losses.get("num_pos", 0)), "images_per_s": window_images / (now - window_start),
@@ -182,6 +183,15 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
     return _result("finished", progress, start, images_seen, device, last)
 
 
+def _loss_values(losses: dict) -> dict[str, float]:
+    """The loss parts as floats (one host-device sync)."""
+    keys = [k for k in losses if k.startswith("loss")]
+    if not keys or not torch.is_tensor(losses[keys[0]]):  # nothing, or already read at a log step
+        return {k: float(losses[k]) for k in keys}
+    return dict(zip(keys, torch.stack([losses[k].detach().float() for k in keys]).tolist()))
+
+
 def _result(status: str, progress: dict, start: float, images: int, device, last: dict) -> TrainResult:
     elapsed = time.perf_counter() - start
-    return TrainResult(status, progress["step"], elapsed, images / max(elapsed, 1e-9), peak_memory_mb(device), last)
+    return TrainResult(status, progress["step"], elapsed, images / max(elapsed, 1e-9), peak_memory_mb(device),
+                       _loss_values(last))

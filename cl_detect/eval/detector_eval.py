@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from cl_detect.data.loader import EvalDataset, build_eval_loader
+from cl_detect.data.preprocess import images_to_device
 from cl_detect.data.records import DetectionDataset, Vocabulary
 from cl_detect.models.fuse import fused_copy
 from cl_detect.models.predict import postprocess
@@ -47,7 +48,7 @@ def run_detector(detector, text_embeddings: torch.Tensor, dataset: DetectionData
     results = []
     for batch in tqdm(loader, desc="detect", disable=None, leave=False):
         with context:
-            out = runner(batch["images"].to(device, non_blocking=True), text)
+            out = runner(images_to_device(batch["images"], device), text)
         infos = [meta["letterbox"] for meta in batch["meta"]]
         for image_id, det in zip(batch["image_ids"].tolist(), postprocess(
                 out.cls_logits, out.bbox_preds, detector.strides, infos, max_per_img=max_per_img)):

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cl_detect.data.preprocess import images_to_device
 from cl_detect.engine.losses import YOLOWorldLoss
 
 
@@ -221,11 +222,11 @@ class ContinualModel(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         device = next(self.detector.parameters()).device
         text = self.embed_texts(batch["texts"]).to(device)
-        images = batch["images"].to(device, non_blocking=True)
+        images = images_to_device(batch["images"], device)
+        batch = {**batch, "images": images}  # methods' extra losses reuse the copied, converted images
         output = self.detector(images, text)
-        losses = self.criterion(output.cls_logits, output.bbox_preds, output.bbox_dists,
-                                batch["gt_boxes"].to(device), batch["gt_labels"].to(device),
-                                batch["gt_mask"].to(device))
+        targets = [batch[k].to(device, non_blocking=True) for k in ("gt_boxes", "gt_labels", "gt_mask")]
+        losses = self.criterion(output.cls_logits, output.bbox_preds, output.bbox_dists, *targets)
         for method in self.methods:
             losses.update(method.extra_losses(self, batch, output, text))
         losses["loss"] = sum(v for k, v in losses.items() if k.startswith("loss_"))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from cl_detect.data.preprocess import LetterboxInfo, letterbox, load_image_bgr, to_tensor
+from cl_detect.data.preprocess import LetterboxInfo, images_to_device, letterbox, load_image_bgr, to_uint8_tensor
 from cl_detect.engine._box_ops import decode_boxes, make_priors
 from cl_detect.models.fuse import fused_copy
 
@@ -106,7 +106,7 @@ def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 6
     results: list[Detections] = []
     for start in range(0, len(images), batch_size):
         chunk = [letterbox(_as_bgr(image), image_size) for image in images[start:start + batch_size]]
-        batch = torch.stack([to_tensor(padded) for padded, _ in chunk]).to(device, non_blocking=True)
+        batch = images_to_device(torch.stack([to_uint8_tensor(padded) for padded, _ in chunk]), device)
         context = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else nullcontext()
         with context:
             out = detector(batch, text)

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cl_detect.data.preprocess import images_to_device
 from cl_detect.methods.base import ContinualModel, Method, TaskContext
 from cl_detect.methods.distill._losses import (
     class_logit_loss, confident_locations, dfl_loss, feature_loss, flatten_levels, sample_negatives)
@@ -124,7 +125,7 @@ class DistillMethod(Method):
             raise RuntimeError(f"distill vocabulary {config.vocabulary!r} is resolved in before_task; "
                                f"call model.hook('before_task', task) before training")
         device = output.cls_logits[0].device
-        images = batch["images"].to(device, non_blocking=True)
+        images = images_to_device(batch["images"], device)
         num_current = len(images)
         if self.vocabulary_embeddings is not None:
             distill_text = self.vocabulary_embeddings.to(device)[None]

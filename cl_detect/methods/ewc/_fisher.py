@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Subset
 
 from cl_detect.data.loader import EvalDataset, build_eval_loader
+from cl_detect.data.preprocess import images_to_device
 from cl_detect.data.records import DetectionDataset
 
 
@@ -21,7 +22,7 @@ def detection_loss(model, batch: dict) -> torch.Tensor:
     """The detector's own loss (class + box + DFL) on a batch, without any method's extra terms."""
     device = next(model.detector.parameters()).device
     text = model.embed_texts(batch["texts"]).to(device)
-    output = model.detector(batch["images"].to(device), text)
+    output = model.detector(images_to_device(batch["images"], device), text)
     labels = batch["gt_labels"].to(device)
     # readers keep boxes of unknown classes as label -1; they carry no class target
     mask = batch["gt_mask"].to(device) & (labels >= 0)
