@@ -101,7 +101,7 @@ class BaseModelSpec:
     Args:
         checkpoint: a cl_detect or official YOLO-World checkpoint.
         text_encoder: text encoder spec (`create_text_encoder`); None uses the checkpoint's.
-        pretrain: settings for `pretrain_base_model` when the checkpoint is missing and the
+        pretrain: settings for `prepare.base_pretrain_config` when the checkpoint is missing and the
             protocol can make it (synthetic only): detector name, epochs, batch size, lr, ...
     """
 

@@ -24,9 +24,13 @@ def _world_matches(world_json: Path, settings: dict) -> bool:
     return all(found.get(key) == value for key, value in settings.items())
 
 
-def _base_model_matches(checkpoint: Path, settings: dict) -> bool:
+def read_model_meta(checkpoint: Path) -> dict:
     from cl_detect.models.checkpoint import read_model_file
-    return read_model_file(checkpoint).get("meta", {}).get("made_with") == settings
+    return read_model_file(checkpoint).get("meta", {})
+
+
+def _base_model_matches(checkpoint: Path, settings: dict) -> bool:
+    return read_model_meta(checkpoint).get("made_with") == settings
 
 
 def prepare_protocol(config: RunConfig, log=print) -> None:
@@ -54,8 +58,38 @@ def prepare_protocol(config: RunConfig, log=print) -> None:
     made_with = {"world": config.synthetic_world, "pretrain": pretrain,
                  "text_encoder": config.base_model.text_encoder}
     if remade_world or not checkpoint.exists() or not _base_model_matches(checkpoint, made_with):
-        from cl_detect.bench.demo_base import pretrain_base_model
+        from cl_detect.engine.pretrain import pretrain as run_pretraining
         log(f"pretraining the base model -> {checkpoint} (settings {pretrain})")
-        meta = pretrain_base_model(world_dir, checkpoint, text_encoder=config.base_model.text_encoder or "minilm",
-                                   made_with=made_with, **pretrain)
-        log(f"base model: AP {meta['base_test_ap']:.3f} on the base test set after {meta['wall_time_s']:.0f} s")
+        settings = base_pretrain_config(world_dir, checkpoint, config.base_model.text_encoder or "minilm", pretrain)
+        run_pretraining(settings, extra_meta={"made_with": made_with})
+        # the finished trainer state would let a later, differently-set pretraining "resume" into these weights
+        (Path(settings["out_dir"]) / "checkpoint.pt").unlink(missing_ok=True)
+        meta = read_model_meta(checkpoint)
+        log(f"base model: AP {meta['final_metrics']['base']['AP']:.3f} on the base test set after "
+            f"{meta['wall_time_s']:.0f} s")
+
+
+def base_pretrain_config(world_dir: Path, checkpoint: Path, text_encoder: str, settings: dict) -> dict:
+    """The `cl-detect pretrain` config of a protocol's `base_model.pretrain` settings.
+
+    The official recipe at demo scale: the detector trained from scratch (`finetune`,
+    text tower frozen) on every class of the world's `base` split with AdamW, warmup,
+    linear decay, mosaic (off for the last epoch) and the EMA, whose official time
+    constant (2000 steps) is longer than the whole run, so it is scaled to the run.
+
+    Args:
+        world_dir: the synthetic world.
+        checkpoint: where the base model goes (logs in `<stem>_train/` beside it).
+        text_encoder: text encoder spec.
+        settings: `detector` plus any TrainConfig fields (epochs, batch_size, image_size, lr, ...).
+    """
+    train = {"epochs": 12, "batch_size": 16, "image_size": 96, "lr": 2e-3, "num_texts": 16, "warmup_epochs": 1.0,
+             "close_mosaic_epochs": 1, "device": "auto", "amp": True, "log_every": 20, **settings}
+    detector = train.pop("detector", "yolo_world_v2_t")
+    images = json.loads((world_dir / "world.json").read_text())["splits"]["base"]["counts"]["train"]["images"]
+    steps = train["epochs"] * (images // train["batch_size"])
+    train.setdefault("ema_gamma", max(steps / 5, 1.0))
+    return {"detector": detector, "text_encoder": text_encoder, "methods": {"finetune": {}},
+            "datasets": [{"path": str(world_dir / "base" / "train.json"), "format": "coco"}],
+            "test_sets": [{"name": "base", "path": str(world_dir / "base" / "test.json"), "format": "coco"}],
+            "train": train, "output": str(checkpoint), "out_dir": str(checkpoint.parent / f"{checkpoint.stem}_train")}

@@ -126,7 +126,7 @@ def evaluate_all(model, test_sets: list[DatasetSpec], image_size: int, allow_dat
 
 
 def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume: bool = True,
-             command: str = "pretrain") -> Path:
+             command: str = "pretrain", extra_meta: dict | None = None) -> Path:
     """Train a detector as a config describes and write its checkpoint.
 
     Args:
@@ -134,6 +134,7 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
         allow_data_errors: train even when the dataset doctor finds errors.
         resume: continue an interrupted run from `out_dir/checkpoint.pt`.
         command: recorded in the checkpoint's meta ("pretrain" or "finetune").
+        extra_meta: added to the checkpoint's meta (the protocol runner records what made a cached base).
 
     Returns:
         The written model checkpoint (`config.output`).
@@ -161,7 +162,7 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
     meta = {"command": f"cl-detect {command}", "config": config.to_dict(), "machine": _machine(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "wall_time_s": time.perf_counter() - start,
             "train_steps": result.steps, "images_per_s": result.images_per_s, "transfer": transfer,
-            "final_metrics": metrics}
+            "final_metrics": metrics, **(extra_meta or {})}
     output = Path(config.output)
     if is_main_process():
         from cl_detect.models.checkpoint import save_model
