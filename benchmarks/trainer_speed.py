@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -156,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         context = multiprocessing.get_context("spawn")
         for size in args.sizes:
             for which in ["ours"] + (["ultralytics"] if args.ultralytics else []):
-                with context.Pool(1) as pool:  # a fresh process: its own peak memory, no shared state
-                    row = {"size": size, "batch": args.batch, "image_size": args.image_size,
-                           "workers": args.workers, **pool.apply(_run, (which, size, data_yaml, args))}
+                # a fresh, non-daemonic process (its loader starts workers): its own peak memory
+                with ProcessPoolExecutor(1, mp_context=context) as pool:
+                    measured = pool.submit(_run, which, size, data_yaml, args).result()
+                row = {"size": size, "batch": args.batch, "image_size": args.image_size, "workers": args.workers,
+                       **measured}
                 rows.append(row)
                 print(f"{size} {row['trainer']:<12} {row['images_per_s']:8.2f} img/s  peak {row['peak_memory_mb']:8.0f} MB",
                       flush=True)
