@@ -236,3 +236,13 @@ def test_run_refuses_a_training_set_with_doctor_errors(protocol, tmp_path):
         main(["run", str(path), "--methods", "zeroshot", "--out", str(tmp_path / "out")])
     assert main(["run", str(path), "--methods", "zeroshot", "--out", str(tmp_path / "out"),
                  "--allow-data-errors"]) == 0
+
+
+def test_parallel_runs_each_write_their_result(protocol, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["run", str(protocol), "--methods", "finetune", "zeroshot", "--seeds", "0", "--jobs", "2",
+                 "--out", str(out)]) == 0
+    for method in ("finetune", "zeroshot"):
+        result = _result(out, method)
+        assert result["status"] == "finished" and len(result["accuracy_matrix"]) == 3
+    assert "2 at a time" in capsys.readouterr().out

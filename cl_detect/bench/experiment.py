@@ -11,8 +11,12 @@ detector's layers are too small for intra-op parallelism to pay.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import multiprocessing
+import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -23,6 +27,8 @@ from cl_detect.bench.prepare import prepare_protocol
 from cl_detect.bench.protocol import load_protocol_data
 from cl_detect.bench.runner import BaseModel, run_one
 from cl_detect.methods import list_methods
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def method_runs(specs: list[str] | None, config: RunConfig) -> list[list[str]]:
@@ -102,13 +108,27 @@ def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: lis
         return [_run_pair(config, names, seed, out, options, log) for names, seed in pairs]
     threads = max(torch.get_num_threads() // jobs, 1)
     context = multiprocessing.get_context("spawn")  # no forked copies of torch thread pools
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=start_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(_run_pair, config, names, seed, out, options) for names, seed in pairs]
         return [future.result() for future in futures]
 
 
 _LOADED: dict[str, tuple] = {}  # per process: protocol name -> (datasets, base model)
+
+
+def start_worker(threads: int) -> None:
+    """Run-process setup: its torch threads, and (Linux) a SIGTERM when the parent dies.
+
+    Without the parent-death signal, a `cl-detect run --jobs N` killed on its own (a
+    scheduler's SIGTERM or SIGKILL to one process) left its runs going as orphans.
+    They are checkpointed, so the next `cl-detect run` resumes them.
+    """
+    torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
 
 
 def _run_pair(config: RunConfig, names: list[str], seed: int, out: str | Path, options: dict, log=print) -> dict:
