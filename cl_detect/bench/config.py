@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from cl_detect._config_keys import reject_unknown_keys
 from cl_detect._shared import expand_variables
 from cl_detect.engine.config import TrainConfig
 
@@ -185,9 +186,7 @@ class RunConfig:
 
     def train_config(self, seed: int = 0) -> TrainConfig:
         """The `TrainConfig` of every task, seeded."""
-        unknown = sorted(set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)})
-        if unknown:
-            raise ValueError(f"unknown train setting(s) {unknown}; see cl_detect.engine.config.TrainConfig")
+        reject_unknown_keys(TrainConfig, self.train, "train setting(s)")
         return TrainConfig(**{**self.train, "seed": seed})
 
     def resolve_path(self, path: str) -> Path:
@@ -200,10 +199,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         """Build from a merged mapping; unknown keys are errors."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown protocol key(s) {unknown}; valid: {sorted(known)}")
+        reject_unknown_keys(cls, data, "protocol key(s)")
         data = dict(data)
         data["tasks"] = [TaskSpec(name=t["name"], train=_data_spec(t["train"]), test=_data_spec(t["test"]),
                                   prompts=t.get("prompts")) for t in data.get("tasks") or []]

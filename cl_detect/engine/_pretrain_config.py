@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cl_detect._config_keys import reject_unknown_keys
 from cl_detect._shared import expand_variables
 from cl_detect.engine.config import TrainConfig
 
@@ -98,15 +99,9 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "PretrainConfig":
         """Build from plain YAML data, rejecting unknown keys with the valid ones listed."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; valid: {sorted(known)}")
+        reject_unknown_keys(cls, data, "config key(s)")
         data = dict(data)
-        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        bad_train = sorted(set(data.get("train") or {}) - train_fields)
-        if bad_train:
-            raise ValueError(f"unknown train setting(s) {bad_train}; valid: {sorted(train_fields)}")
+        reject_unknown_keys(TrainConfig, data.get("train"), "train setting(s)")
         data["train"] = TrainConfig(**(data.get("train") or {}))
         for key in ("datasets", "test_sets"):
             data[key] = [DatasetSpec(**spec) for spec in data.get(key) or []]

@@ -2,8 +2,9 @@
 (`register_method(name=..., config_cls=..., method_cls=...)`, the peft pattern)."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
+
+from cl_detect._config_keys import reject_unknown_keys
 
 _METHODS: dict[str, tuple[type, type]] = {}
 
@@ -32,8 +33,5 @@ def method_classes(name: str) -> tuple[type, type]:
 def create_method(name: str, options: dict[str, Any] | None = None):
     """Build a method from its name and a dict of config fields (validated by the config)."""
     config_cls, method_cls = method_classes(name)
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(options or {}) - fields)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for method {name!r}; valid: {sorted(fields)}")
+    reject_unknown_keys(config_cls, options, f"option(s) for method {name!r}:")
     return method_cls(config_cls(**(options or {})))
