@@ -7,11 +7,21 @@ backward and an AdamW step, on random images with 8 random boxes each and 80
 prompts per image. Prints images/s and peak memory per (size, method) and, for
 each method, the step-time and memory ratios against `finetune` (issue targets:
 distill step <= 1.25x, lora memory <= 0.6x). Results go to benchmarks/results/.
+
+Peak memory is what training adds to the process: weights, gradients, optimizer
+state, activations and temporaries. On CUDA that is `max_memory_allocated`. On a
+CPU it is the growth of the resident set over the process's size before the model
+is built, measured in a second fresh process whose glibc returns every freed
+tensor to the system (MALLOC_MMAP_THRESHOLD_), so the peak RSS follows live tensor
+memory rather than the allocator's retained free blocks. That process is slower
+and is used for memory only; the total peak RSS of the timing process is kept too.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import sys
 from contextlib import nullcontext
@@ -51,8 +61,25 @@ def make_batch(batch: int, image_size: int, num_texts: int, device: torch.device
             "gt_mask": torch.ones(batch, 8, dtype=torch.bool, device=device), "image_ids": torch.arange(batch), "meta": []}
 
 
+MMAP_THRESHOLD = "65536"  # bytes: every larger allocation is its own mapping, unmapped when freed
+
+
+def resident_mb() -> float:
+    """The current resident set size of this process (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def added_memory_mb(device: torch.device, resident_before: float) -> float:
+    """Peak memory the model and its training added: CUDA peak allocation, or CPU peak RSS growth."""
+    if device.type == "cuda":
+        return peak_memory_mb(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10 - resident_before
+
+
 def measure(size: str, method_names: list[str], batch: dict, device: torch.device, iters: int, warmup: int,
             bf16: bool) -> dict:
+    resident_before = resident_mb() if device.type == "cpu" else 0.0
     detector = create_detector(f"yolo_world_v2_{size}")
     methods = [create_method(name) for name in method_names]
     model = ContinualModel(detector, TableTextEncoder(detector.config.text_dim), methods).to(device).train()
@@ -73,12 +100,14 @@ def measure(size: str, method_names: list[str], batch: dict, device: torch.devic
     median = statistics.median(times)
     return {"size": size, "method": "+".join(method_names), "batch": len(batch["images"]),
             "image_size": batch["images"].shape[-1], "step_ms_median": median * 1e3,
-            "images_per_s": len(batch["images"]) / median, "peak_memory_mb": peak_memory_mb(device),
+            "images_per_s": len(batch["images"]) / median,
+            "peak_memory_mb": added_memory_mb(device, resident_before), "peak_rss_mb": peak_memory_mb(torch.device("cpu")),
             "trainable_params": trainable, "total_params": total}
 
 
 def measure_ultralytics(size: str, batch: dict, device: torch.device, iters: int, warmup: int, bf16: bool) -> dict:
     """Ultralytics' YOLO-World v2 of the same size: forward, its v8 detection loss, backward, AdamW."""
+    resident_before = resident_mb() if device.type == "cpu" else 0.0
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import WorldModel
     model = WorldModel(f"yolov8{size}-worldv2.yaml", verbose=False).to(device).train()
@@ -105,7 +134,8 @@ def measure_ultralytics(size: str, batch: dict, device: torch.device, iters: int
     median = statistics.median(times)
     return {"size": size, "method": "ultralytics", "batch": len(images), "image_size": size_px,
             "step_ms_median": median * 1e3, "images_per_s": len(images) / median,
-            "peak_memory_mb": peak_memory_mb(device), "trainable_params": sum(p.numel() for p in model.parameters()),
+            "peak_memory_mb": added_memory_mb(device, resident_before),
+            "peak_rss_mb": peak_memory_mb(torch.device("cpu")), "trainable_params": sum(p.numel() for p in model.parameters()),
             "total_params": sum(p.numel() for p in model.parameters())}
 
 
@@ -118,11 +148,31 @@ def _measure_args(args: tuple) -> dict:
     return measure(size, names, batch, device, iters, warmup, bf16)
 
 
-def measure_isolated(*args) -> dict:
-    """`measure` in a fresh process, so the CPU peak RSS belongs to this (size, method) alone."""
+def measure_isolated(*args, memory_only: bool = False) -> dict:
+    """`measure` in a fresh process, so the CPU peak RSS belongs to this (size, method) alone;
+    `memory_only`: with glibc returning freed tensors to the system (slower, memory only)."""
     import multiprocessing
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_measure_args, (args,))
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    if memory_only:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD  # the spawned interpreter's glibc reads it at start
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_measure_args, (args,))
+    finally:
+        if saved is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+
+
+def measure_row(size: str, names: list[str], batch_args: tuple, device: str, iters: int, warmup: int,
+                bf16: bool) -> dict:
+    """Time (size, method) in one fresh process; on a CPU take its memory from a second one."""
+    row = measure_isolated(size, names, batch_args, device, iters, warmup, bf16)
+    if torch.device(device).type == "cpu":
+        row["peak_memory_mb"] = measure_isolated(size, names, batch_args, device, 1, 1, bf16,
+                                                 memory_only=True)["peak_memory_mb"]
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         baseline = None
         for method in args.methods:
-            row = measure_isolated(size, method.split("+"), (args.batch, args.image_size, args.num_texts),
-                                   args.device, args.iters, args.warmup, not args.no_bf16)
+            row = measure_row(size, method.split("+"), (args.batch, args.image_size, args.num_texts),
+                              args.device, args.iters, args.warmup, not args.no_bf16)
             if method == "finetune":
                 baseline = row
             if baseline is not None and row is not baseline and method == "ultralytics":
@@ -163,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"  peak {row['peak_memory_mb']:8.0f} MB  trainable {row['trainable_params']:,}{extra}")
     out = Path(args.out) if args.out else RESULTS / f"train_speed_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    note = ("each row runs in a fresh process; CPU peak memory is that process's peak RSS (incl. ~0.4 GB "
-            "for the Python/torch runtime)") if device.type == "cpu" else "each row runs in a fresh process"
+    note = ("each row is timed in a fresh process; peak_memory_mb is the peak RSS growth over the process before "
+            "the model was built, in a second fresh process with MALLOC_MMAP_THRESHOLD_=" + MMAP_THRESHOLD
+            + "; peak_rss_mb is the timing process's whole peak RSS") if device.type == "cpu" else (
+            "each row runs in a fresh process; peak_memory_mb is torch.cuda.max_memory_allocated")
     out.write_text(json.dumps({"benchmark": "train_speed", "command": "python benchmarks/train_speed.py "
                                + " ".join(sys.argv[1:] if argv is None else argv), **environment(device), "note": note, "results": rows},
                               indent=1))

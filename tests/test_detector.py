@@ -102,3 +102,69 @@ def test_fused_detector_matches_unfused():
         a, b = detector(images, text), fused(images, text)
     for x, y in zip(a.cls_logits + a.bbox_preds, b.cls_logits + b.bbox_preds):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+
+
+def _saved_bytes(run, module: torch.nn.Module | None = None) -> int:
+    """Bytes of the distinct storages autograd saves for backward while `run()` executes,
+    leaving out `module`'s weights and buffers (they are held anyway)."""
+    saved = {}
+    held = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())} if module else set()
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in held:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = run()
+    return out, sum(saved.values())
+
+
+def test_frozen_eval_batchnorm_saves_no_activation_and_gives_the_same_gradient():
+    from cl_detect.models.layers import BatchNorm2d
+    torch.manual_seed(0)
+    ours, plain = BatchNorm2d(6, eps=1e-3), torch.nn.BatchNorm2d(6, eps=1e-3)
+    for bn in (ours, plain):  # same non-trivial statistics and affine parameters, frozen, eval mode
+        bn.running_mean.copy_(torch.linspace(-1, 1, 6))
+        bn.running_var.copy_(torch.linspace(0.5, 2, 6))
+        bn.weight.data.copy_(torch.linspace(0.3, 1.2, 6))
+        bn.bias.data.copy_(torch.linspace(-0.2, 0.4, 6))
+        bn.eval().requires_grad_(False)
+    x = torch.randn(2, 6, 16, 16, dtype=torch.float64).to(torch.float32).requires_grad_(True)
+    grad_out = torch.randn(2, 6, 16, 16)
+    y_ours, saved_ours = _saved_bytes(lambda: ours(x * 1))
+    y_plain, saved_plain = _saved_bytes(lambda: plain(x * 1))
+    assert torch.equal(y_ours, y_plain)  # the same F.batch_norm call computes the output
+    assert saved_ours < x.numel() * 4 <= saved_plain  # only per-channel values are kept
+    (g_ours,) = torch.autograd.grad(y_ours, x, grad_out)
+    (g_plain,) = torch.autograd.grad(y_plain, x, grad_out)
+    torch.testing.assert_close(g_ours, g_plain, rtol=1e-6, atol=1e-7)
+    # training mode or trainable affine parameters: plain batch norm (statistics and parameter gradients)
+    ours.train()
+    assert ours(x).grad_fn.name() == "NativeBatchNormBackward0"
+    ours.eval().weight.requires_grad_(True)
+    assert ours(x).grad_fn.name() == "NativeBatchNormBackward0"
+
+
+def test_frozen_detector_passes_the_same_input_gradient_with_less_saved_memory():
+    torch.manual_seed(0)
+    detector = create_detector("yolo_world_v2_t", text_dim=16)
+    detector.train()(torch.rand(4, 3, 64, 64), torch.randn(4, 3, 16))  # non-trivial running statistics
+    detector.eval().requires_grad_(False)
+    images, text = torch.rand(2, 3, 128, 128, requires_grad=True), torch.randn(2, 3, 16)
+
+    def input_grad():
+        out = detector(images, text)
+        loss = sum((x.sigmoid() * torch.linspace(0, 1, x.shape[1]).view(1, -1, 1, 1)).sum() for x in out.cls_logits)
+        return torch.autograd.grad(loss, images)[0], loss
+
+    (grad, loss), saved = _saved_bytes(input_grad, detector)
+    plain = {name: m for name, m in detector.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert plain and all(type(m).__name__ == "BatchNorm2d" and type(m) is not torch.nn.BatchNorm2d
+                         for m in plain.values())
+    for m in plain.values():  # the same model through aten's batch norm
+        m.__class__ = torch.nn.BatchNorm2d
+    (grad_plain, loss_plain), saved_plain = _saved_bytes(input_grad, detector)
+    assert torch.equal(loss, loss_plain)
+    torch.testing.assert_close(grad, grad_plain, rtol=1e-4, atol=1e-6)
+    assert saved < 0.8 * saved_plain, (saved, saved_plain)

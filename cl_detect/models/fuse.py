@@ -33,7 +33,7 @@ def fuse_detector(detector: nn.Module) -> nn.Module:
     detector.eval()
     for module in detector.modules():
         # exact types only: adapters (e.g. peft LoRA convs) wrap the conv and are left alone
-        if isinstance(module, ConvModule) and type(module.conv) is nn.Conv2d and type(module.bn) is nn.BatchNorm2d:
+        if isinstance(module, ConvModule) and type(module.conv) is nn.Conv2d and isinstance(module.bn, nn.BatchNorm2d):
             module.conv = fuse_conv_bn(module.conv, module.bn)
             module.bn = nn.Identity()
     return detector

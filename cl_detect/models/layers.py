@@ -9,10 +9,46 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 BN_MOMENTUM = 0.03
 BN_EPS = 0.001
+
+
+class _FrozenBatchNormFunction(torch.autograd.Function):
+    """Eval-mode batch norm with frozen affine parameters that keeps only the per-channel scale
+    for backward: the gradient of y = x * scale + shift is grad * scale, so the input (a full
+    activation) need not be saved, as aten's batch norm does."""
+
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, eps):
+        ctx.save_for_backward(weight * torch.rsqrt(var + eps))
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        return (grad * scale.view(1, -1, *[1] * (grad.dim() - 2))).to(grad.dtype), None, None, None, None, None
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d whose frozen eval-mode form saves no activation for backward.
+
+    Methods that freeze a part of the detector but train something before it (LoRA
+    adapters, prompts feeding the neck) run that part's BatchNorm in eval mode with
+    frozen parameters; gradients still flow through it to the input. There the output
+    is computed by the same `F.batch_norm` call (identical values) and backward keeps a
+    per-channel scale instead of the input. Any other case (training mode, trainable
+    affine, no gradient needed) is plain nn.BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.training or not self.track_running_stats or not (torch.is_grad_enabled() and x.requires_grad)
+                or self.weight is None or self.weight.requires_grad or self.bias.requires_grad):
+            return super().forward(x)
+        return _FrozenBatchNormFunction.apply(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                              self.eps)
 
 
 def make_divisible(channels: float, widen: float, divisor: int = 8) -> int:
@@ -32,7 +68,7 @@ class ConvModule(nn.Module):
                  act: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.bn = BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.act = nn.SiLU(inplace=True) if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

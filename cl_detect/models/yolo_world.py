@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_detect.models.layers import (
-    SPPF, ConvModule, CSPLayerWithTwoConv, MaxSigmoidCSPLayerWithTwoConv, make_divisible, make_round)
+    SPPF, BatchNorm2d, ConvModule, CSPLayerWithTwoConv, MaxSigmoidCSPLayerWithTwoConv, make_divisible, make_round)
 from cl_detect.models.registry import register_detector
 
 STRIDES = (8, 16, 32)
@@ -132,7 +132,7 @@ class BNContrastiveHead(nn.Module):
 
     def __init__(self, embed_dims: int):
         super().__init__()
-        self.norm = nn.BatchNorm2d(embed_dims, eps=0.001, momentum=0.03)
+        self.norm = BatchNorm2d(embed_dims, eps=0.001, momentum=0.03)
         self.bias = nn.Parameter(torch.zeros([]))
         self.logit_scale = nn.Parameter(-1.0 * torch.ones([]))
 
