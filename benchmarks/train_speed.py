@@ -77,11 +77,21 @@ def added_memory_mb(device: torch.device, resident_before: float) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10 - resident_before
 
 
+def method_spec(spec: str) -> tuple[str, dict]:
+    """'distill:compile_teacher=true,cls_weight=0.5' -> ("distill", {...}); values are read as YAML."""
+    import yaml
+    name, _, options = spec.partition(":")
+    pairs = [item.split("=", 1) for item in options.split(",") if item]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"method {spec!r}: options are key=value pairs separated by commas")
+    return name, {key: yaml.safe_load(value) for key, value in pairs}
+
+
 def measure(size: str, method_names: list[str], batch: dict, device: torch.device, iters: int, warmup: int,
             bf16: bool) -> dict:
     resident_before = resident_mb() if device.type == "cpu" else 0.0
     detector = create_detector(f"yolo_world_v2_{size}")
-    methods = [create_method(name) for name in method_names]
+    methods = [create_method(*method_spec(spec)) for spec in method_names]
     model = ContinualModel(detector, TableTextEncoder(detector.config.text_dim), methods).to(device).train()
     model.hook("before_task", TaskContext(index=0, name="bench", vocabulary=tuple(batch["texts"][0])))
     params = [p for _, p, _ in model.named_trainable_parameters()]
@@ -179,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["t", "s"])
     parser.add_argument("--methods", nargs="+", default=["finetune"],
-                        help="'+' joins a composition; 'ultralytics' times Ultralytics' YOLO-World step "
+                        help="'+' joins a composition, ':key=value,...' sets options "
+                             "(distill:compile_teacher=true); 'ultralytics' times Ultralytics' YOLO-World step "
                              "(PYTHONPATH=benchmarks/.ultralytics, see ultralytics_env.sh)")
     parser.add_argument("--image-size", type=int, default=640)
     parser.add_argument("--batch", type=int, default=2)

@@ -18,6 +18,7 @@ from cl_detect.models.registry import create_detector
 
 from _drawn_boxes import write_dataset
 from _hash_text import TEXT_DIM, HashTextEncoder
+from _regulariser_fixtures import train_steps as regulariser_train_steps
 
 VOCABULARY = ("red thing", "green thing", "blue thing")
 
@@ -67,17 +68,8 @@ def prompt_batch(batch_size: int = 2, size: int = 64, seed: int = 0) -> dict:
 
 
 def train_steps(model: ContinualModel, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:
-    """`steps` Adam steps on one batch; the total loss before each step."""
-    model.train()
-    optimizer = torch.optim.Adam([p for _, p, _ in model.named_trainable_parameters()], lr=lr)
-    history = []
-    for _ in range(steps):
-        loss = model(batch)["loss"]
-        history.append(float(loss.detach()))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return history
+    """`steps` Adam steps on one batch (adapters and prompts train at a higher rate); the loss before each."""
+    return regulariser_train_steps(model, batch, steps, lr, torch.optim.Adam)
 
 
 def names_with_grad(model: ContinualModel, batch: dict) -> set[str]:

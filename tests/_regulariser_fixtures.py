@@ -51,10 +51,11 @@ def perturb(module: torch.nn.Module, scale: float = 0.05, seed: int = 1) -> None
             param.add_(scale * torch.randn(param.shape, generator=generator))
 
 
-def train_steps(model: ContinualModel, batch: dict, steps: int, lr: float = 1e-3) -> list[float]:
-    """`steps` AdamW steps on one batch; returns the total loss before each step."""
+def train_steps(model: ContinualModel, batch: dict, steps: int, lr: float = 1e-3,
+                optimizer_cls: type = torch.optim.AdamW) -> list[float]:
+    """`steps` optimizer steps (AdamW unless told) on one batch; returns the total loss before each step."""
     model.train()
-    optimizer = torch.optim.AdamW([p for _, p, _ in model.named_trainable_parameters()], lr=lr)
+    optimizer = optimizer_cls([p for _, p, _ in model.named_trainable_parameters()], lr=lr)
     history = []
     for _ in range(steps):
         loss = model(batch)["loss"]

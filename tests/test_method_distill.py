@@ -174,3 +174,20 @@ def test_composes_with_trainers(trainer):
     losses["loss"].backward()
     assert all(k in losses for k in DISTILL_KEYS)
     assert any(p.grad is not None for _, p, _ in model.named_trainable_parameters())
+
+
+@pytest.mark.slow
+def test_compiled_teacher_gives_the_plain_teachers_losses_also_on_a_smaller_last_batch():
+    plain, compiled = (_calibrated(_distill_model(compile_teacher=flag)).train() for flag in (False, True))
+    perturb(plain.detector.head)
+    perturb(compiled.detector.head)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):  # batch 3 compiles; batch 2 is padded to it
+        for batch in (random_batch(3, seed=0), random_batch(2, seed=1)):
+            expected, got = plain(batch), compiled(batch)
+            for key in DISTILL_KEYS:
+                torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
+    method = compiled.method("distill")
+    assert method._compiled_teacher is not None
+    compiled.load_state_dict(compiled.state_dict())  # new weights may come in: compile again on next use
+    assert method._compiled_teacher is None

@@ -87,3 +87,23 @@ def test_predict_cli_draws_boxes(tmp_path, capsys):
     assert {d["label"] for d in row["detections"]} <= {"person", "dog"}
     with pytest.raises(SystemExit, match="empty prompt"):
         main(["predict", "--weights", str(weights), "--texts", "person,,dog", str(image), "--out", str(out)])
+
+
+@pytest.mark.slow
+def test_compiled_predict_matches_eager_and_pads_the_last_batch_instead_of_recompiling():
+    torch.manual_seed(0)
+    detector = _confident(create_detector("yolo_world_v2_t", text_dim=16))
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (60 + 7 * i, 90 - 9 * i, 3), dtype=np.uint8) for i in range(3)]
+    text = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    eager = detector.predict(images, text, image_size=64, batch_size=2)
+    torch._dynamo.reset()
+    # batches of 2 and 1: the second is padded to 2, so a recompile would be an error here
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = detector.predict(images, text, image_size=64, batch_size=2, compile=True)
+    assert len(compiled) == len(images)
+    for a, b in zip(eager, compiled):
+        assert len(a) == len(b) > 0
+        torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.boxes, b.boxes, rtol=1e-4, atol=1e-3)
+        assert torch.equal(a.labels[:20], b.labels[:20])

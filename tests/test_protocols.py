@@ -61,6 +61,9 @@ def test_unset_variable_unknown_key_and_bad_training_field_are_errors(tmp_path, 
         load_run_config(_write(tmp_path, {**MINIMAL, "epochs": 3}))
     with pytest.raises(ValueError, match="unknown train setting"):
         load_run_config(_write(tmp_path, {**MINIMAL, "train": {"epochz": 3}}))
+    with pytest.raises(ValueError, match=r"unknown eval setting\(s\) \['compiled'\]; valid: .*'compile'"):
+        load_run_config(_write(tmp_path, {**MINIMAL, "eval": {"compiled": True}}))
+    assert load_run_config(_write(tmp_path, {**MINIMAL, "eval": {"compile": True}})).eval.compile
     with pytest.raises(ValueError, match="protocol must be one of"):
         load_run_config(_write(tmp_path, {**MINIMAL, "retention": [{"name": "r", "data": "c.json",
                                                                      "protocol": "voc"}]}))

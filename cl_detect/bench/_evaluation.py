@@ -56,7 +56,7 @@ def evaluate_all(model, data: ProtocolData, settings: EvalSettings) -> list[dict
             continue
         stats = evaluate_detector(detector, texts, dataset, settings.image_size, settings.batch_size,
                                   protocol=protocol, prompts=prompts, backend=settings.backend,
-                                  num_workers=settings.num_workers, fuse=False)
+                                  num_workers=settings.num_workers, fuse=False, compile=settings.compile)
         entries.append({"eval_set": name, "kind": kind, "protocol": stats.get("protocol", protocol),
                         "applies": True, "stats": {k: float(stats[k]) for k in ROW_METRICS if k in stats},
                         "per_category_ap": {str(k): float(v) for k, v in stats["per_category_ap"].items()}})

@@ -120,12 +120,17 @@ class EvalSettings:
         batch_size: images per forward pass.
         backend: COCO backend, "fast" or "pycocotools".
         num_workers: loader processes.
+        compile: run the stage's fused detector compiled by torch.compile, weights frozen
+            into the graph (`cl_detect.models.fuse.compile_for_inference`). Every set
+            compiles anew after each task (tens of seconds per set on a CPU for S), so it
+            pays off on large retention sets such as COCO val, not on small ones.
     """
 
     image_size: int = 640
     batch_size: int = 16
     backend: str = "fast"
     num_workers: int = 0
+    compile: bool = False
 
 
 @dataclass
@@ -207,6 +212,7 @@ class RunConfig:
                                            protocol=r.get("protocol", "coco"), prompts=r.get("prompts"))
                              for r in data.get("retention") or []]
         data["base_model"] = BaseModelSpec(**data["base_model"])
+        reject_unknown_keys(EvalSettings, data.get("eval"), "eval setting(s)")
         data["eval"] = EvalSettings(**(data.get("eval") or {}))
         return cls(**data)
 

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=640)
     parser.add_argument("--score-thr", type=float, default=0.3, help="only draw/print detections above this")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the detector compiled by torch.compile (compiles first: worth it for many images)")
 
 
 def _cuda() -> bool:
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         embeddings = text_encoder(names + [" "])  # official blank padding class
     images = [load_image_bgr(p) for p in args.images]
-    results = detector.predict(images, embeddings, image_size=args.image_size)
+    results = detector.predict(images, embeddings, image_size=args.image_size, compile=args.compile)
     out = Path(args.out)
     targets = [out] if len(images) == 1 else [out / (Path(p).stem + "_det.png") for p in args.images]
     for path, image, detections, target in zip(args.images, images, results, targets):

@@ -33,6 +33,7 @@ from cl_detect.methods.distill._losses import (
     class_logit_loss, confident_locations, dfl_loss, feature_loss, flatten_levels, sample_negatives)
 from cl_detect.methods.distill._reference import ReferenceImages
 from cl_detect.methods.distill.config import DistillConfig
+from cl_detect.models.fuse import compile_for_inference, fused_copy
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -62,6 +63,8 @@ class DistillMethod(Method):
         self.vocabulary: list[str] = []
         self.vocabulary_embeddings: torch.Tensor | None = None  # (V, D), the teacher's text
         self.reference = ReferenceImages(config.reference_images) if config.reference_images else None
+        self._compiled_teacher = None  # with compile_teacher: built on first use, dropped when the teacher changes
+        self.register_load_state_dict_pre_hook(self._drop_compiled_teacher)
 
     def setup(self, model: ContinualModel) -> None:
         self.teacher = frozen_copy(model.detector)
@@ -86,6 +89,7 @@ class DistillMethod(Method):
 
     def refresh_teacher(self, detector: nn.Module) -> None:
         """Make the teacher an exact copy of `detector` (weights and buffers)."""
+        self._compiled_teacher = None
         state = detector.state_dict()
         if self.teacher is not None and self.teacher.state_dict().keys() == state.keys():
             self.teacher.load_state_dict(state)
@@ -112,6 +116,16 @@ class DistillMethod(Method):
             return list(given[name])
         return list(given)
 
+    def _drop_compiled_teacher(self, *args) -> None:
+        self._compiled_teacher = None
+
+    def _run_teacher(self, images: torch.Tensor, text: torch.Tensor):
+        if not self.config.compile_teacher:
+            return self.teacher(images, text)
+        if self._compiled_teacher is None:  # the batch size of the first step is the compiled one
+            self._compiled_teacher = compile_for_inference(fused_copy(self.teacher), len(images))
+        return self._compiled_teacher(images, text)
+
     def get_extra_state(self) -> dict:
         return {"vocabulary": self.vocabulary, "embeddings": self.vocabulary_embeddings}
 
@@ -137,7 +151,7 @@ class DistillMethod(Method):
             distill_text, student = text, output
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         with torch.no_grad(), autocast:
-            teacher = self.teacher(images, distill_text.detach())
+            teacher = self._run_teacher(images, distill_text.detach())
         teacher_logits = flatten_levels(teacher.cls_logits)
         confident = confident_locations(teacher_logits, config.confidence_threshold)
         losses = {}
