@@ -2,11 +2,13 @@
 
     python benchmarks/profile_train_step.py --size t --image-size 320 --batch 16
     python benchmarks/profile_train_step.py --size s --image-size 640 --batch 32 --device cuda
+    python benchmarks/profile_train_step.py --size s --image-size 640 --batch 2 --methods finetune distill
 
 One step as the trainer runs it: embed the prompts (cached frozen tower), forward + official
 loss, backward, gradient clipping + AdamW, EMA update, on a uint8 batch with 80 prompts per image
 (`train_speed.make_batch`). Prints the share of each phase and of the top operators (self time,
-CPU or CUDA) and writes them as JSON under benchmarks/results/.
+CPU or CUDA) and writes them as JSON under benchmarks/results/. With `distill` among the methods
+the teacher's forward is its own phase, "teacher", inside forward+loss.
 """
 from __future__ import annotations
 
@@ -23,15 +25,21 @@ from cl_detect.engine.ema import ModelEMA
 from cl_detect.methods import ContinualModel, TaskContext, create_method
 
 from inference_speed import RESULTS, environment, sync
-from train_speed import TableTextEncoder, make_batch
+from train_speed import TableTextEncoder, make_batch, method_spec
 
-PHASES = ("forward+loss", "backward", "clip+adamw", "ema")
+PHASES = ("forward+loss", "backward", "clip+adamw", "ema")  # one after the other: they make up a step
+NESTED = ("teacher",)  # inside forward+loss
 
 
-def profile_steps(size: str, image_size: int, batch_size: int, device: torch.device, steps: int) -> dict:
+def profile_steps(size: str, image_size: int, batch_size: int, device: torch.device, steps: int,
+                  methods: tuple[str, ...] = ("finetune",)) -> dict:
     detector = create_detector(f"yolo_world_v2_{size}")
-    model = ContinualModel(detector, TableTextEncoder(detector.config.text_dim), [create_method("finetune")])
+    model = ContinualModel(detector, TableTextEncoder(detector.config.text_dim),
+                           [create_method(*method_spec(spec)) for spec in methods])
     model = model.to(device).train()
+    for method in model.methods:
+        if hasattr(method, "_run_teacher"):  # distill: time the teacher's forward as a phase of its own
+            method._run_teacher = _labelled("teacher", method._run_teacher)
     batch = make_batch(batch_size, image_size, 80, torch.device("cpu"))
     batch["images"] = (batch["images"] * 255).round().to(torch.uint8)  # as the loader yields them
     model.hook("before_task", TaskContext(index=0, name="profile", vocabulary=tuple(batch["texts"][0])))
@@ -64,13 +72,20 @@ def profile_steps(size: str, image_size: int, batch_size: int, device: torch.dev
     # phases: host time (on CUDA also the device time of the kernels each one launched)
     phases = {e.key: {"cpu_ms": e.cpu_time_total / steps / 1e3,
                       **({"device_ms": e.device_time_total / steps / 1e3} if cuda else {})}
-              for e in events if e.key in PHASES}
+              for e in events if e.key in PHASES + NESTED}
     total_self = sum((e.self_device_time_total if cuda else e.self_cpu_time_total) for e in events)
     top = sorted(events, key=lambda e: e.self_device_time_total if cuda else e.self_cpu_time_total, reverse=True)
     operators = [{"name": e.key, "share": (e.self_device_time_total if cuda else e.self_cpu_time_total) / total_self,
-                  "calls_per_step": e.count / steps} for e in top[:15] if e.key not in PHASES]
-    return {"size": size, "image_size": image_size, "batch": batch_size, "steps": steps,
+                  "calls_per_step": e.count / steps} for e in top[:15] if e.key not in PHASES + NESTED]
+    return {"size": size, "methods": list(methods), "image_size": image_size, "batch": batch_size, "steps": steps,
             "phases_per_step": phases, "top_operators_self_time": operators}
+
+
+def _labelled(name: str, function):
+    def run(*args):
+        with record_function(name):
+            return function(*args)
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=["finetune"],
+                        help="methods of the model, with options as in train_speed.py (distill:compile_teacher=true)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    result = profile_steps(args.size, args.image_size, args.batch, device, args.steps)
+    result = profile_steps(args.size, args.image_size, args.batch, device, args.steps, tuple(args.methods))
     key = "device_ms" if device.type == "cuda" else "cpu_ms"
-    total = sum(phase[key] for phase in result["phases_per_step"].values())
+    total = sum(phase[key] for name, phase in result["phases_per_step"].items() if name in PHASES)
     for name, phase in result["phases_per_step"].items():
         print(f"{name:<14} {phase[key]:9.1f} ms/step ({key})  {phase[key] / total:6.1%}")
     for row in result["top_operators_self_time"]:
