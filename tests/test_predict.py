@@ -107,3 +107,25 @@ def test_compiled_predict_matches_eager_and_pads_the_last_batch_instead_of_recom
         torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(a.boxes, b.boxes, rtol=1e-4, atol=1e-3)
         assert torch.equal(a.labels[:20], b.labels[:20])
+
+
+@pytest.mark.slow
+def test_compiled_code_serves_other_weights_of_the_same_architecture_without_recompiling():
+    """Later stages, sets and teachers compile nothing new: the weights are inputs of the compiled code,
+    not constants baked into it, so another detector (or changed weights) gives its own outputs."""
+    from cl_detect.models.fuse import compile_for_inference, fused_copy
+    images, text = torch.rand(2, 3, 64, 64), torch.randn(1, 3, 16)
+    detectors = [fused_copy(create_detector("yolo_world_v2_t", text_dim=16)) for _ in range(2)]
+    torch._dynamo.reset()
+    with torch.no_grad():
+        first = compile_for_inference(detectors[0], 2)(images, text)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            second = detectors[1]
+            for _ in range(2):
+                got, expected = compile_for_inference(second, 2)(images, text), second(images, text)
+                for a, b, other in zip(got.neck_feats, expected.neck_feats, first.neck_feats):
+                    tolerance = 1e-4 * b.abs().max().item()
+                    torch.testing.assert_close(a, b, rtol=1e-4, atol=tolerance)
+                    assert (other - b).abs().max() > 100 * tolerance  # the first detector's outputs differ
+                for param in second.parameters():  # as a further task's training would change them
+                    param.mul_(1.5).add_(0.01)

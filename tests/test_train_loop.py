@@ -1,5 +1,6 @@
 """`train_one_task`: resume equals uninterrupted, and the guards stop bad runs with a clear message."""
 import json
+import math
 
 import cv2
 import numpy as np
@@ -13,7 +14,7 @@ from cl_detect.data.transforms import AugmentConfig
 from cl_detect.engine.guards import TrainingError
 from cl_detect.engine.task_data import build_task_training_set
 from cl_detect.engine.train import train_one_task
-from cl_detect.eval.detector_eval import evaluate_detector
+from cl_detect.eval.detector_eval import evaluate_detector, run_detector
 from cl_detect.methods import Method, create_method
 
 from _tiny_training import base_split, tiny_config, tiny_model, tiny_world
@@ -176,3 +177,37 @@ def test_uint8_batches_give_the_float_batch_loss_and_methods_see_float_images(wo
     as_float = dict(batch, images=batch["images"].float() / 255)
     loss_uint8, loss_float = model(batch)["loss"], model(as_float)["loss"]
     assert torch.equal(loss_uint8, loss_float) and seen == [torch.float32, torch.float32]
+
+
+@pytest.mark.slow
+def test_compiled_evaluation_gives_the_eager_detections_and_statistics(world, tmp_path):
+    model, result = _train(world, tmp_path, tiny_config(epochs=2))
+    assert result.status == "finished"
+    for contrast in model.detector.head.cls_contrasts:  # two tiny epochs leave every score under 0.001:
+        contrast.bias.data.zero_()  # spread the scores (no near-ties) and let many of them pass
+        contrast.logit_scale.data.fill_(math.log(300.0))
+    test_set = base_split(world, "test")
+    batch_size = 3 if len(test_set) % 3 else 5  # the last batch is smaller: padded, not compiled again
+    assert len(test_set) % batch_size
+    embeddings = model.text_encoder(list(test_set.vocabulary.names))
+    keep_all = 10**6  # no cut at 300: near-equal scores at the cut would make the two sets differ
+    eager = run_detector(model.detector, embeddings, test_set, image_size=64, batch_size=batch_size,
+                         max_per_img=keep_all)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = run_detector(model.detector, embeddings, test_set, image_size=64, batch_size=batch_size,
+                                max_per_img=keep_all, compile=True)
+    # evaluation adds the blank padding prompt: another prompt count, so it compiles once more
+    stats = evaluate_detector(model.detector, model.text_encoder, test_set, image_size=64, batch_size=batch_size,
+                              compile=True)
+    assert [d["image_id"] for d in compiled] == [d["image_id"] for d in eager]
+    assert sum(len(d["scores"]) for d in eager) > 0
+    def ordered(boxes):  # detections with equal scores may come in either order
+        return boxes[np.lexsort(boxes.round(1).T[::-1])]
+
+    for a, b in zip(eager, compiled):
+        assert len(a["scores"]) == len(b["scores"])
+        np.testing.assert_allclose(np.sort(b["scores"]), np.sort(a["scores"]), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(ordered(b["boxes"]), ordered(a["boxes"]), rtol=1e-4, atol=1e-3)
+    for key, value in _metrics(model, world).items():  # (this barely trained model scores near 0)
+        assert stats[key] == pytest.approx(value, abs=1e-6), key

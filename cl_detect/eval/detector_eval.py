@@ -37,8 +37,8 @@ def run_detector(detector, text_embeddings: torch.Tensor, dataset: DetectionData
         max_per_img: detections kept per image after NMS.
         bf16: autocast on CUDA.
         fuse: run a copy with BatchNorm folded into the convolutions (faster; the detector is untouched).
-        compile: run it compiled by torch.compile with frozen weights (`compile_for_inference`):
-            it pays off on large sets, since every call compiles anew.
+        compile: run it through torch.compile (`compile_for_inference`): the first batch of
+            a new shape compiles (tens of seconds), so it pays off on large sets.
     """
     was_training = detector.training
     detector.eval()

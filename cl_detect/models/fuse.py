@@ -6,9 +6,8 @@ function up to float rounding (tested to 1e-4 on the official fixtures) and
 skips a full pass over every feature map per layer. Use it for inference only:
 the fused model has no BatchNorm statistics left to train.
 
-`compile_for_inference` goes one step further for long inference jobs: it
-compiles the fused detector with torch.compile, its weights frozen into the
-compiled graph as constants.
+`compile_for_inference` goes one step further for long inference jobs: it runs
+the fused detector through torch.compile.
 """
 from __future__ import annotations
 
@@ -53,11 +52,13 @@ def fused_copy(detector: nn.Module) -> nn.Module:
 def compile_for_inference(detector: nn.Module, batch_size: int) -> Callable:
     """`detector(images, text)` compiled by torch.compile for inference.
 
-    Inductor's `freezing` folds the weights into the compiled graph as constants (on a CPU
-    it also lets oneDNN fuse each convolution with its activation and pre-pack the
-    weights), so the result is valid only while the weights do not change: compile again
-    after training. Shapes are static: every image size and prompt count compiles once
-    (tens of seconds, minutes for large models on a small CPU), and a batch smaller than
+    It uses inductor's `freezing` option (inference-only graph passes). The weights stay
+    inputs of the compiled code: another detector of the same architecture, or the same
+    one after more training, runs the code already compiled with its own weights, so a
+    process compiles once per input shape (tested in tests/test_predict.py). Shapes are
+    static: every image size and prompt count compiles once (tens of seconds on a small
+    CPU; dynamo's recompile limit, 8 shapes per process, then falls back to eager with a
+    warning), and a batch smaller than
     `batch_size` is padded with blank images (and zero prompts when the prompts are per
     image), so the last batch of a dataset does not compile again; the padded rows are cut
     from the outputs. Each image is computed on its own, so they do not change the real

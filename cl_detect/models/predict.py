@@ -92,8 +92,8 @@ def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 6
         score_thr, nms_pre, iou_thr, max_per_img: official post-processing settings.
         bf16: use bf16 autocast on CUDA (ignored on CPU).
         fuse: run a copy with BatchNorm folded into the convolutions (same outputs to ~1e-5, faster).
-        compile: run it compiled by torch.compile with frozen weights (`compile_for_inference`):
-            the first batch compiles (tens of seconds), so it pays off for many images.
+        compile: run it through torch.compile (`compile_for_inference`): the first batch of
+            a new shape compiles (tens of seconds), so it pays off for many images.
 
     Returns:
         One `Detections` per image, boxes in original pixels.

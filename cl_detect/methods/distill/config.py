@@ -36,11 +36,11 @@ class DistillConfig:
             dataset path `read_dataset` reads. Images drawn from it each step go
             through both models for the class-logit and feature losses; needs `vocabulary`.
         reference_per_step: reference images drawn per step.
-        compile_teacher: run the teacher BatchNorm-folded and compiled by torch.compile with
-            its weights frozen into the graph (`cl_detect.models.fuse.compile_for_inference`).
-            The first step of a task compiles (tens of seconds on a CPU for S, more for
-            larger models), so it pays off on long tasks only. Teacher outputs then differ
-            from the plain teacher's by float rounding (about 1e-6).
+        compile_teacher: run the teacher BatchNorm-folded and through torch.compile
+            (`cl_detect.models.fuse.compile_for_inference`). The first step compiles (tens
+            of seconds on a CPU for S, more for larger models; a refreshed teacher of the
+            same shapes reuses it), so it pays off on long runs only. Teacher outputs then
+            differ from the plain teacher's by float rounding (about 1e-6).
     """
 
     teacher: str = "base"
