@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _compiler import needs_cpp_compiler
 from _drawn_boxes import write_dataset
 from _regulariser_fixtures import GENERAL, perturb, random_batch, tiny_continual, train_steps
 from cl_detect.engine.state import load_model_state, model_state
@@ -177,6 +178,7 @@ def test_composes_with_trainers(trainer):
 
 
 @pytest.mark.slow
+@needs_cpp_compiler
 def test_compiled_teacher_gives_the_plain_teachers_losses_also_on_a_smaller_last_batch():
     plain, compiled = (_calibrated(_distill_model(compile_teacher=flag)).train() for flag in (False, True))
     perturb(plain.detector.head)

@@ -11,6 +11,7 @@ from cl_detect.cli import main
 from cl_detect.data.preprocess import LetterboxInfo, letterbox
 from cl_detect.engine._box_ops import make_priors
 from cl_detect.models.predict import postprocess
+from _compiler import needs_cpp_compiler
 
 
 def _confident(detector):
@@ -90,6 +91,7 @@ def test_predict_cli_draws_boxes(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@needs_cpp_compiler
 def test_compiled_predict_matches_eager_and_pads_the_last_batch_instead_of_recompiling():
     torch.manual_seed(0)
     detector = _confident(create_detector("yolo_world_v2_t", text_dim=16))
@@ -110,6 +112,7 @@ def test_compiled_predict_matches_eager_and_pads_the_last_batch_instead_of_recom
 
 
 @pytest.mark.slow
+@needs_cpp_compiler
 def test_compiled_code_serves_other_weights_of_the_same_architecture_without_recompiling():
     """Later stages, sets and teachers compile nothing new: the weights are inputs of the compiled code,
     not constants baked into it, so another detector (or changed weights) gives its own outputs."""

@@ -17,6 +17,7 @@ from cl_detect.engine.train import train_one_task
 from cl_detect.eval.detector_eval import evaluate_detector, run_detector
 from cl_detect.methods import Method, create_method
 
+from _compiler import needs_cpp_compiler
 from _tiny_training import base_split, tiny_config, tiny_model, tiny_world
 
 
@@ -180,6 +181,7 @@ def test_uint8_batches_give_the_float_batch_loss_and_methods_see_float_images(wo
 
 
 @pytest.mark.slow
+@needs_cpp_compiler
 def test_compiled_evaluation_gives_the_eager_detections_and_statistics(world, tmp_path):
     model, result = _train(world, tmp_path, tiny_config(epochs=2))
     assert result.status == "finished"
