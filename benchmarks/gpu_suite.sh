@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every issue-7 GPU figure, in two device calls of under 10 minutes each (estimates, not yet run on a GPU):
-#   bash benchmarks/gpu_suite.sh inference   # eager and compiled, ours and Ultralytics' (compiles take minutes)
+#   bash benchmarks/gpu_suite.sh inference   # eager/compiled, NCHW/NHWC, ours and Ultralytics' (compiles take minutes)
 #   bash benchmarks/gpu_suite.sh training    # whole trainers, model steps, loader, profile (about 9 minutes)
 #
 # Prepare on the development machine, once (both folders are ignored by git and travel with `carry`):
@@ -25,7 +25,10 @@ if [ "$PART" = inference ]; then
 # peak (H100 SXM dense bf16: 989 TFLOP/s; the issue's reference figures imply about 790: recompute from
 # achieved_tflops in the JSON if the lent card is another H100 variant)
 "$PY" inference_speed.py --sizes s l --batches 32 --dtypes bf16 --warmup 5 --iters 20 --ultralytics --compile \
-    --peak-tflops "${PEAK_TFLOPS:-989}" --out "$OUT/inference_cuda.json"
+    --channels-last --peak-tflops "${PEAK_TFLOPS:-989}" --out "$OUT/inference_cuda.json"
+# the fine-tuning step in channels_last (NHWC) layout, against train_speed_cuda.json's default layout
+"$PY" train_speed.py --sizes s l --image-size 640 --batch 32 --methods finetune --channels-last \
+    --iters 10 --warmup 3 --out "$OUT/train_speed_cuda_channels_last.json"
 exit 0
 fi
 [ "$PART" = training ] || { echo "unknown part $PART: inference or training" >&2; exit 2; }

@@ -15,6 +15,7 @@ compiled by torch.compile (`compile_for_inference`; its compile time is recorded
 not timed). Every row carries the FLOPs per image (convolutions and matrix products,
 counted by torch.utils.flop_counter on our detector) and the achieved TFLOP/s;
 `--peak-tflops` adds the share of the device's peak (H100 SXM: 989 dense bf16).
+`--channels-last` adds rows for our detector in channels_last (NHWC) layout.
 """
 from __future__ import annotations
 
@@ -75,11 +76,15 @@ def gflops_per_image(size: str, image_size: int, num_texts: int) -> float:
 
 
 def measure_ours(size: str, batch: int, dtype: str, device: torch.device, image_size: int, num_texts: int,
-                 warmup: int, iters: int, fuse: bool = True, compile: bool = False) -> dict:
+                 warmup: int, iters: int, fuse: bool = True, compile: bool = False,
+                 channels_last: bool = False) -> dict:
     detector = create_detector(f"yolo_world_v2_{size}").to(device).eval()
     if fuse:  # inference path of predict()/evaluation: BatchNorm folded into the convolutions
         fuse_detector(detector)
     images = torch.rand(batch, 3, image_size, image_size, device=device)
+    if channels_last:  # NHWC weights and input (cuDNN's tensor-core layout)
+        detector.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     text = torch.nn.functional.normalize(torch.randn(1, num_texts, detector.config.text_dim, device=device), dim=-1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
     forward = compile_for_inference(detector, batch) if compile else detector
@@ -94,7 +99,8 @@ def measure_ours(size: str, batch: int, dtype: str, device: torch.device, image_
     first_call_s = time.perf_counter() - start
     times = time_forward(run, device, warmup, iters)
     median = statistics.median(times)
-    return {"impl": "cl_detect", "fused": fuse, "compiled": compile, "size": size, "batch": batch, "dtype": dtype,
+    return {"impl": "cl_detect", "fused": fuse, "compiled": compile, "channels_last": channels_last, "size": size,
+            "batch": batch, "dtype": dtype,
             "image_size": image_size, "num_texts": num_texts, "latency_ms_median": median * 1e3,
             "latency_ms_min": min(times) * 1e3, "images_per_s": batch / median, "iters": iters,
             "first_call_s": first_call_s}
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ultralytics", action="store_true", help="also time Ultralytics' YOLO-World")
     parser.add_argument("--no-fuse", action="store_true", help="time our detector without Conv-BN fusion")
     parser.add_argument("--compile", action="store_true", help="also time our detector compiled by torch.compile")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also time our detector with channels_last (NHWC) weights and input")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s for the timed dtype (H100 SXM bf16 dense: 989)")
     parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/inference_<device>.json)")
@@ -154,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batches:
             for dtype in args.dtypes:
                 ours = [measure_ours(size, batch, dtype, device, args.image_size, args.num_texts, args.warmup,
-                                     args.iters, fuse=not args.no_fuse, compile=compiled)
-                        for compiled in ([False, True] if args.compile else [False])]
+                                     args.iters, fuse=not args.no_fuse, compile=compiled, channels_last=nhwc)
+                        for compiled in ([False, True] if args.compile else [False])
+                        for nhwc in ([False, True] if args.channels_last else [False])]
                 theirs = []
                 if args.ultralytics and size in ULTRALYTICS_SIZES:
                     theirs = [measure_ultralytics(size, batch, dtype, device, args.image_size, args.num_texts,
@@ -172,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                         row["ratio_vs_fastest_ultralytics"] = row["images_per_s"] / max(
                             t["images_per_s"] for t in theirs)
                     rows.append(row)
-                    label = row["impl"] + (" compiled" if row.get("compiled") else "")
+                    label = row["impl"] + (" compiled" if row.get("compiled") else "") + (
+                        " NHWC" if row.get("channels_last") else "")
                     print(f"{size} bs{batch:<3} {dtype} {label:<20}: {row['images_per_s']:8.2f} img/s, "
                           f"{row['latency_ms_median']:9.1f} ms/batch, {row['achieved_tflops']:.3f} TFLOP/s"
                           + (f", {row['ratio_vs_ultralytics']:.2f}x ultralytics" if "ratio_vs_ultralytics" in row

@@ -88,9 +88,12 @@ def method_spec(spec: str) -> tuple[str, dict]:
 
 
 def measure(size: str, method_names: list[str], batch: dict, device: torch.device, iters: int, warmup: int,
-            bf16: bool) -> dict:
+            bf16: bool, channels_last: bool = False) -> dict:
     resident_before = resident_mb() if device.type == "cpu" else 0.0
     detector = create_detector(f"yolo_world_v2_{size}")
+    if channels_last:  # NHWC weights and images (cuDNN's tensor-core layout), before distill copies a teacher
+        detector.to(memory_format=torch.channels_last)
+        batch = {**batch, "images": batch["images"].contiguous(memory_format=torch.channels_last)}
     methods = [create_method(*method_spec(spec)) for spec in method_names]
     model = ContinualModel(detector, TableTextEncoder(detector.config.text_dim), methods).to(device).train()
     model.hook("before_task", TaskContext(index=0, name="bench", vocabulary=tuple(batch["texts"][0])))
@@ -108,7 +111,7 @@ def measure(size: str, method_names: list[str], batch: dict, device: torch.devic
     times = time_forward(step, device, warmup, iters)
     trainable, total = model.parameter_counts()
     median = statistics.median(times)
-    return {"size": size, "method": "+".join(method_names), "batch": len(batch["images"]),
+    return {"size": size, "method": "+".join(method_names), "channels_last": channels_last, "batch": len(batch["images"]),
             "image_size": batch["images"].shape[-1], "step_ms_median": median * 1e3,
             "images_per_s": len(batch["images"]) / median,
             "peak_memory_mb": added_memory_mb(device, resident_before), "peak_rss_mb": peak_memory_mb(torch.device("cpu")),
@@ -150,12 +153,12 @@ def measure_ultralytics(size: str, batch: dict, device: torch.device, iters: int
 
 
 def _measure_args(args: tuple) -> dict:
-    size, names, batch_args, device_name, iters, warmup, bf16 = args
+    size, names, batch_args, device_name, iters, warmup, bf16, channels_last = args
     device = torch.device(device_name)
     batch = make_batch(*batch_args, device)
     if names == ["ultralytics"]:
         return measure_ultralytics(size, batch, device, iters, warmup, bf16)
-    return measure(size, names, batch, device, iters, warmup, bf16)
+    return measure(size, names, batch, device, iters, warmup, bf16, channels_last)
 
 
 def measure_isolated(*args, memory_only: bool = False) -> dict:
@@ -176,11 +179,11 @@ def measure_isolated(*args, memory_only: bool = False) -> dict:
 
 
 def measure_row(size: str, names: list[str], batch_args: tuple, device: str, iters: int, warmup: int,
-                bf16: bool) -> dict:
+                bf16: bool, channels_last: bool = False) -> dict:
     """Time (size, method) in one fresh process; on a CPU take its memory from a second one."""
-    row = measure_isolated(size, names, batch_args, device, iters, warmup, bf16)
+    row = measure_isolated(size, names, batch_args, device, iters, warmup, bf16, channels_last)
     if torch.device(device).type == "cpu":
-        row["peak_memory_mb"] = measure_isolated(size, names, batch_args, device, 1, 1, bf16,
+        row["peak_memory_mb"] = measure_isolated(size, names, batch_args, device, 1, 1, bf16, channels_last,
                                                  memory_only=True)["peak_memory_mb"]
     return row
 
@@ -199,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="our detector and images in channels_last (NHWC) layout (Ultralytics' row unchanged)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = None
         for method in args.methods:
             row = measure_row(size, method.split("+"), (args.batch, args.image_size, args.num_texts),
-                              args.device, args.iters, args.warmup, not args.no_bf16)
+                              args.device, args.iters, args.warmup, not args.no_bf16, args.channels_last)
             if method == "finetune":
                 baseline = row
             if baseline is not None and row is not baseline and method == "ultralytics":
