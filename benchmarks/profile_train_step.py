@@ -23,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from cl_detect import create_detector
 from cl_detect.engine.ema import ModelEMA
 from cl_detect.methods import ContinualModel, TaskContext, create_method
+from cl_detect.methods.distill.method import DistillMethod
 
 from inference_speed import RESULTS, environment, sync
 from train_speed import TableTextEncoder, make_batch, method_spec
@@ -38,7 +39,7 @@ def profile_steps(size: str, image_size: int, batch_size: int, device: torch.dev
                            [create_method(*method_spec(spec)) for spec in methods])
     model = model.to(device).train()
     for method in model.methods:
-        if hasattr(method, "_run_teacher"):  # distill: time the teacher's forward as a phase of its own
+        if isinstance(method, DistillMethod):  # time the teacher's forward as a phase of its own
             method._run_teacher = _labelled("teacher", method._run_teacher)
     batch = make_batch(batch_size, image_size, 80, torch.device("cpu"))
     batch["images"] = (batch["images"] * 255).round().to(torch.uint8)  # as the loader yields them
