@@ -75,6 +75,14 @@ def gflops_per_image(size: str, image_size: int, num_texts: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def time_first_call(run, device: torch.device) -> float:
+    """Seconds of one call of `run()`: the compile when it is compiled, one more warm-up call otherwise."""
+    start = time.perf_counter()
+    run()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def measure_ours(size: str, batch: int, dtype: str, device: torch.device, image_size: int, num_texts: int,
                  warmup: int, iters: int, fuse: bool = True, compile: bool = False,
                  channels_last: bool = False) -> dict:
@@ -93,10 +101,7 @@ def measure_ours(size: str, batch: int, dtype: str, device: torch.device, image_
         with torch.no_grad(), autocast:
             forward(images, text)
 
-    start = time.perf_counter()
-    run()  # compiles when compiled; one more warm-up call otherwise
-    sync(device)
-    first_call_s = time.perf_counter() - start
+    first_call_s = time_first_call(run, device)
     times = time_forward(run, device, warmup, iters)
     median = statistics.median(times)
     return {"impl": "cl_detect", "fused": fuse, "compiled": compile, "channels_last": channels_last, "size": size,
@@ -125,10 +130,7 @@ def measure_ultralytics(size: str, batch: int, dtype: str, device: torch.device,
         with torch.no_grad(), autocast:
             forward(images)
 
-    start = time.perf_counter()
-    run()
-    sync(device)
-    first_call_s = time.perf_counter() - start
+    first_call_s = time_first_call(run, device)
     times = time_forward(run, device, warmup, iters)
     median = statistics.median(times)
     return {"impl": "ultralytics", "fused": True, "compiled": compile, "size": size, "batch": batch, "dtype": dtype,

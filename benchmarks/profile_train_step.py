@@ -8,7 +8,7 @@ One step as the trainer runs it: embed the prompts (cached frozen tower), forwar
 loss, backward, gradient clipping + AdamW, EMA update, on a uint8 batch with 80 prompts per image
 (`train_speed.make_batch`). Prints the share of each phase and of the top operators (self time,
 CPU or CUDA) and writes them as JSON under benchmarks/results/. With `distill` among the methods
-the teacher's forward is its own phase, "teacher", inside forward+loss.
+the teacher's forward is its own phase, "distill.teacher", inside forward+loss.
 """
 from __future__ import annotations
 
@@ -23,13 +23,12 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from cl_detect import create_detector
 from cl_detect.engine.ema import ModelEMA
 from cl_detect.methods import ContinualModel, TaskContext, create_method
-from cl_detect.methods.distill.method import DistillMethod
 
 from inference_speed import RESULTS, environment, sync
 from train_speed import TableTextEncoder, make_batch, method_spec
 
 PHASES = ("forward+loss", "backward", "clip+adamw", "ema")  # one after the other: they make up a step
-NESTED = ("teacher",)  # inside forward+loss
+NESTED = ("distill.teacher",)  # inside forward+loss: the range distill names its teacher's forward
 
 
 def profile_steps(size: str, image_size: int, batch_size: int, device: torch.device, steps: int,
@@ -38,9 +37,6 @@ def profile_steps(size: str, image_size: int, batch_size: int, device: torch.dev
     model = ContinualModel(detector, TableTextEncoder(detector.config.text_dim),
                            [create_method(*method_spec(spec)) for spec in methods])
     model = model.to(device).train()
-    for method in model.methods:
-        if isinstance(method, DistillMethod):  # time the teacher's forward as a phase of its own
-            method._run_teacher = _labelled("teacher", method._run_teacher)
     batch = make_batch(batch_size, image_size, 80, torch.device("cpu"))
     batch["images"] = (batch["images"] * 255).round().to(torch.uint8)  # as the loader yields them
     model.hook("before_task", TaskContext(index=0, name="profile", vocabulary=tuple(batch["texts"][0])))
@@ -80,13 +76,6 @@ def profile_steps(size: str, image_size: int, batch_size: int, device: torch.dev
                   "calls_per_step": e.count / steps} for e in top[:15] if e.key not in PHASES + NESTED]
     return {"size": size, "methods": list(methods), "image_size": image_size, "batch": batch_size, "steps": steps,
             "phases_per_step": phases, "top_operators_self_time": operators}
-
-
-def _labelled(name: str, function):
-    def run(*args):
-        with record_function(name):
-            return function(*args)
-    return run
 
 
 def main(argv: list[str] | None = None) -> int:
