@@ -67,9 +67,10 @@ def test_exactly_the_chosen_parts_get_gradients(parts, fold_neck):
 
 def test_training_lowers_the_loss():
     model = _folded_model(fold_neck=True)
-    # BatchNorm switches to batch statistics (batch of 2), so the loss first rises, then falls below the start
-    history = train_steps(model, prompt_batch(), steps=10, lr=3e-3)
-    assert history[-1] < 0.8 * history[0]
+    # BatchNorm switches to batch statistics (batch of 2), so the loss first rises, then falls below the
+    # start; it is noisy step to step (and across CPUs' kernels), so the last three are averaged
+    history = train_steps(model, prompt_batch(), steps=15, lr=3e-3)
+    assert sum(history[-3:]) / 3 < 0.8 * history[0]
 
 
 def test_other_prompts_are_refused_clearly(tmp_path):

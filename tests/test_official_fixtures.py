@@ -18,21 +18,44 @@ def fixture_dir(shared):
     return shared / "fixtures" / "yolo_world"
 
 
-def assert_same_top_detections(ours, ref, k=100, box_tol=1e-2, score_tol=1e-5):
+def _find(box, score, label, boxes, scores, labels, box_tol, score_tol) -> list[int]:
+    """Indices of the detections in (boxes, scores, labels) that match one detection."""
+    tied = np.flatnonzero(np.abs(scores - score) <= score_tol)
+    return [j for j in tied if labels[j] == label and np.abs(boxes[j] - box).max() <= box_tol]
+
+
+def assert_same_top_detections(ours, ref, k=100, box_tol=1e-2, score_tol=1e-5, after_tie_misses=5):
     """The top k agree: same scores in order; within each group of tied scores the
-    (label, box) pairs match as sets; the tie group cut at k may differ."""
+    (label, box) pairs match as sets; the tie group cut at k may differ.
+
+    Exactly equal scores of different boxes are ordered by the sort of whichever machine
+    ran NMS (x86-simd-sort on AVX-512 CPUs orders them differently than the fixture's
+    machine did), and NMS then keeps one box or the other and suppresses different ones
+    after it. So the lists may part only where an official detection is missing and we
+    kept, in its place, another box of its label with the same score; from there on
+    `after_tie_misses` more official detections may be missing."""
     (our_boxes, our_scores, our_labels), (ref_boxes, ref_scores, ref_labels) = ours, ref
-    np.testing.assert_allclose(our_scores[:k], ref_scores[:k], atol=score_tol, rtol=0)
     cut = ref_scores[k - 1] if len(ref_scores) >= k else -1.0
-    matched = 0
+    matched, parted = 0, None
     for i in range(min(k, len(ref_scores))):
         if abs(ref_scores[i] - cut) <= score_tol:
             continue
-        tied = np.flatnonzero(np.abs(our_scores - ref_scores[i]) <= score_tol)
-        hits = [j for j in tied if our_labels[j] == ref_labels[i]
-                and np.abs(our_boxes[j] - ref_boxes[i]).max() <= box_tol]
-        assert hits, f"official detection {i} (label {ref_labels[i]}, box {ref_boxes[i]}) not found"
-        matched += 1
+        if _find(ref_boxes[i], ref_scores[i], ref_labels[i], our_boxes, our_scores, our_labels, box_tol, score_tol):
+            matched += 1
+            continue
+        if parted is None:
+            swapped = [j for j in np.flatnonzero(np.abs(our_scores - ref_scores[i]) <= score_tol)
+                       if our_labels[j] == ref_labels[i] and not _find(
+                           our_boxes[j], our_scores[j], our_labels[j], ref_boxes, ref_scores, ref_labels,
+                           box_tol, score_tol)]
+            assert swapped, f"official detection {i} (label {ref_labels[i]}, box {ref_boxes[i]}) not found"
+            parted = i
+    if parted is None:
+        np.testing.assert_allclose(our_scores[:k], ref_scores[:k], atol=score_tol, rtol=0)
+    else:
+        np.testing.assert_allclose(our_scores[:parted], ref_scores[:parted], atol=score_tol, rtol=0)
+        assert min(k, len(ref_scores)) - matched <= after_tie_misses + 1 + np.sum(
+            np.abs(ref_scores[:k] - cut) <= score_tol), f"too many official detections missing after {parted}"
     assert matched >= k // 2  # guards against a degenerate all-tied comparison
 
 
@@ -66,3 +89,26 @@ def test_official_outputs_are_reproduced(fixture_dir, size, capsys):
     assert len(det) == len(ref["det_scores"])
     assert_same_top_detections((det.boxes.numpy(), det.scores.numpy(), det.labels.numpy()),
                                (ref["det_bboxes"], ref["det_scores"], ref["det_labels"]))
+
+
+def test_top_detection_comparison_allows_only_tie_swaps():
+    """The comparison above accepts a tie swap and its aftermath, and nothing else."""
+    scores = np.linspace(0.99, 0.5, 120).astype(np.float32)
+    boxes = np.stack([np.arange(120.0)] * 2 + [np.arange(120.0) + 10] * 2, 1).astype(np.float32)
+    labels = np.zeros(120, dtype=np.int64)
+    ref = (boxes, scores, labels)
+    assert_same_top_detections(ref, ref)
+    moved = boxes.copy()
+    moved[40] += 5  # a box of the same label with the same score: a tie swap, the next two lists part
+    assert_same_top_detections((moved, scores, labels), ref)
+    relabelled = labels.copy()
+    relabelled[40] = 1  # not a tie swap: the official detection is simply missing
+    with pytest.raises(AssertionError, match="official detection 40"):
+        assert_same_top_detections((boxes, scores, relabelled), ref)
+    dropped = tuple(np.delete(a, 40, 0) for a in ref)  # missing, nothing kept in its place
+    with pytest.raises(AssertionError, match="official detection 40"):
+        assert_same_top_detections(dropped, ref)
+    many = moved.copy()
+    many[41:60] += 5  # a swap, then far more missing than a tie explains
+    with pytest.raises(AssertionError, match="too many"):
+        assert_same_top_detections((many, scores, labels), ref)
