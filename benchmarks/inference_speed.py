@@ -38,11 +38,25 @@ RESULTS = Path(__file__).parent / "results"
 ULTRALYTICS_SIZES = ("s", "m", "l", "x")
 
 
+def cpu_description() -> dict:
+    """The CPU's model name and the vector units that decide oneDNN's kernels (Linux /proc/cpuinfo)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu": platform.processor() or platform.machine()}
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    units = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
+    return {"cpu": fields.get("model name", platform.machine()), "cpu_units": [u for u in units if u in flags]}
+
+
 def environment(device: torch.device) -> dict:
     """Device, versions and date recorded with every result."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": name, "device_type": device.type, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {"device": name, "device_type": device.type, **cpu_description(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def sync(device: torch.device) -> None:

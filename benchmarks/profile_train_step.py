@@ -32,7 +32,7 @@ NESTED = ("distill.teacher",)  # inside forward+loss: the range distill names it
 
 
 def profile_steps(size: str, image_size: int, batch_size: int, device: torch.device, steps: int,
-                  methods: tuple[str, ...] = ("finetune",)) -> dict:
+                  methods: tuple[str, ...] = ("finetune",), cpu_bf16: bool = False) -> dict:
     detector = create_detector(f"yolo_world_v2_{size}")
     model = ContinualModel(detector, TableTextEncoder(detector.config.text_dim),
                            [create_method(*method_spec(spec)) for spec in methods])
@@ -42,7 +42,8 @@ def profile_steps(size: str, image_size: int, batch_size: int, device: torch.dev
     model.hook("before_task", TaskContext(index=0, name="profile", vocabulary=tuple(batch["texts"][0])))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, ema = torch.optim.AdamW(params, lr=1e-4), ModelEMA(model.detector, 1e-4, 2000.0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bf16 = device.type == "cuda" or cpu_bf16
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def step():
         with record_function("forward+loss"), autocast:
@@ -74,7 +75,8 @@ def profile_steps(size: str, image_size: int, batch_size: int, device: torch.dev
     top = sorted(events, key=lambda e: e.self_device_time_total if cuda else e.self_cpu_time_total, reverse=True)
     operators = [{"name": e.key, "share": (e.self_device_time_total if cuda else e.self_cpu_time_total) / total_self,
                   "calls_per_step": e.count / steps} for e in top[:15] if e.key not in PHASES + NESTED]
-    return {"size": size, "methods": list(methods), "image_size": image_size, "batch": batch_size, "steps": steps,
+    return {"size": size, "methods": list(methods), "bf16_autocast": bf16, "image_size": image_size,
+            "batch": batch_size, "steps": steps,
             "phases_per_step": phases, "top_operators_self_time": operators}
 
 
@@ -87,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["finetune"],
                         help="methods of the model, with options as in train_speed.py (distill:compile_teacher=true)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on a CPU too (TrainConfig.amp_cpu)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    result = profile_steps(args.size, args.image_size, args.batch, device, args.steps, tuple(args.methods))
+    result = profile_steps(args.size, args.image_size, args.batch, device, args.steps, tuple(args.methods),
+                           args.cpu_bf16)
     key = "device_ms" if device.type == "cuda" else "cpu_ms"
     total = sum(phase[key] for name, phase in result["phases_per_step"].items() if name in PHASES)
     for name, phase in result["phases_per_step"].items():

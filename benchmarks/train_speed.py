@@ -99,7 +99,7 @@ def measure(size: str, method_names: list[str], batch: dict, device: torch.devic
     model.hook("before_task", TaskContext(index=0, name="bench", vocabulary=tuple(batch["texts"][0])))
     params = [p for _, p, _ in model.named_trainable_parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def step():
         with autocast:
@@ -134,7 +134,7 @@ def measure_ultralytics(size: str, batch: dict, device: torch.device, iters: int
               "bboxes": xywh, "txt_feats": torch.nn.functional.normalize(
                   torch.randn(len(images), len(batch["texts"][0]), 512, device=device), dim=-1)}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def step():
         with autocast:
@@ -179,13 +179,34 @@ def measure_isolated(*args, memory_only: bool = False) -> dict:
 
 
 def measure_row(size: str, names: list[str], batch_args: tuple, device: str, iters: int, warmup: int,
-                bf16: bool, channels_last: bool = False) -> dict:
+                bf16: bool, channels_last: bool = False, with_memory: bool = True) -> dict:
     """Time (size, method) in one fresh process; on a CPU take its memory from a second one."""
     row = measure_isolated(size, names, batch_args, device, iters, warmup, bf16, channels_last)
-    if torch.device(device).type == "cpu":
+    if with_memory and torch.device(device).type == "cpu":
         row["peak_memory_mb"] = measure_isolated(size, names, batch_args, device, 1, 1, bf16, channels_last,
                                                  memory_only=True)["peak_memory_mb"]
     return row
+
+
+def uses_bf16(args) -> bool:
+    """bf16 autocast for the steps: on CUDA unless --no-bf16, on a CPU with --cpu-bf16."""
+    return not args.no_bf16 and (torch.device(args.device).type == "cuda" or args.cpu_bf16)
+
+
+def measure_rounds(size: str, args) -> list[dict]:
+    """One row per method: timed `args.rounds` times round-robin (so slow spells of the machine hit
+    every method alike), the median round reported; memory is taken in the first round only."""
+    batch_args = (args.batch, args.image_size, args.num_texts)
+    rounds = [[measure_row(size, method.split("+"), batch_args, args.device, args.iters, args.warmup,
+                           uses_bf16(args), args.channels_last, with_memory=index == 0)
+               for method in args.methods] for index in range(args.rounds)]
+    rows = []
+    for first, *others in zip(*rounds):
+        times = [first["step_ms_median"]] + [row["step_ms_median"] for row in others]
+        median = statistics.median(times)
+        rows.append({**first, "bf16_autocast": uses_bf16(args), "step_ms_median": median, "step_ms_rounds": times,
+                     "images_per_s": first["batch"] / median * 1e3})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,18 +222,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--no-bf16", action="store_true", help="float32 steps on CUDA")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="bf16 autocast on a CPU too, for every row, Ultralytics' included "
+                             "(our trainer: TrainConfig.amp_cpu)")
     parser.add_argument("--channels-last", action="store_true",
                         help="our detector and images in channels_last (NHWC) layout (Ultralytics' row unchanged)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every method this many times, round-robin, each in a fresh process, and "
+                             "report the median round (steadier ratios on a noisy machine)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     device = torch.device(args.device)
     rows = []
     for size in args.sizes:
         baseline = None
-        for method in args.methods:
-            row = measure_row(size, method.split("+"), (args.batch, args.image_size, args.num_texts),
-                              args.device, args.iters, args.warmup, not args.no_bf16, args.channels_last)
+        for method, row in zip(args.methods, measure_rounds(size, args)):
             if method == "finetune":
                 baseline = row
             if baseline is not None and row is not baseline and method == "ultralytics":

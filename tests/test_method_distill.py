@@ -193,3 +193,44 @@ def test_compiled_teacher_gives_the_plain_teachers_losses_also_on_a_smaller_last
     assert method._compiled_teacher is not None
     compiled.load_state_dict(compiled.state_dict())  # new weights may come in: compile again on next use
     assert method._compiled_teacher is None
+
+
+@pytest.mark.parametrize("precision, outer, expected", [
+    ("auto", False, None), ("auto", True, torch.bfloat16), ("bf16", False, torch.bfloat16),
+    ("fp32", True, None)])
+def test_teacher_precision_sets_the_teachers_autocast_on_cpu(precision, outer, expected):
+    """On a CPU "auto" follows the step (bf16 under TrainConfig.amp_cpu), "bf16" and "fp32" override it."""
+    model = _distill_model(teacher_precision=precision).train()
+    seen = []
+    model.method("distill").teacher.register_forward_pre_hook(
+        lambda *_: seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=outer):
+        model(random_batch())
+    assert seen == [expected]
+
+
+def test_teacher_precision_autocasts_to_bf16_on_cuda_unless_fp32(monkeypatch):
+    from contextlib import nullcontext
+
+    from cl_detect.methods.distill.method import teacher_autocast
+    with pytest.raises(ValueError, match="teacher_precision"):
+        create_method("distill", {"teacher_precision": "fp16"})
+    calls = []  # this machine may have no CUDA, where torch.autocast("cuda") switches itself off
+    monkeypatch.setattr(torch, "autocast", lambda device, dtype=None, enabled=True: calls.append(
+        (device, dtype, enabled)) or nullcontext())
+    for precision in ("auto", "bf16", "fp32"):
+        teacher_autocast(precision, torch.device("cuda"))
+    assert calls == [("cuda", torch.bfloat16, True), ("cuda", torch.bfloat16, True), ("cuda", None, False)]
+
+
+def test_bf16_teacher_gives_float32_losses_close_to_the_float32_teachers():
+    models = {p: _calibrated(_distill_model(vocabulary=GENERAL, teacher_precision=p)).eval() for p in ("fp32", "bf16")}
+    for model in models.values():
+        perturb(model.detector.head)
+    batch = random_batch()
+    with torch.no_grad():
+        exact, rounded = (models[p](batch) for p in ("fp32", "bf16"))
+    assert any(not torch.equal(rounded[key], exact[key]) for key in DISTILL_KEYS)  # bf16 rounding shows
+    for key in DISTILL_KEYS:
+        assert rounded[key].dtype == torch.float32, key
+        torch.testing.assert_close(rounded[key], exact[key], rtol=0.05, atol=1e-3)

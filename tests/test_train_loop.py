@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from cl_detect.data.loader import TrainDataset
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
@@ -180,6 +181,14 @@ def test_uint8_batches_give_the_float_batch_loss_and_methods_see_float_images(wo
     assert torch.equal(loss_uint8, loss_float) and seen == [torch.float32, torch.float32]
 
 
+def _paired_detections(a: dict, b: dict):
+    """Row indices pairing two images' detections one to one: same label, nearest score, then nearest box."""
+    from scipy.optimize import linear_sum_assignment
+    cost = (1e6 * (a["labels"][:, None] != b["labels"][None]) + 1e4 * np.abs(a["scores"][:, None] - b["scores"][None])
+            + np.abs(a["boxes"][:, None] - b["boxes"][None]).max(-1))
+    return linear_sum_assignment(cost)
+
+
 @pytest.mark.slow
 @needs_cpp_compiler
 def test_compiled_evaluation_gives_the_eager_detections_and_statistics(world, tmp_path):
@@ -204,12 +213,37 @@ def test_compiled_evaluation_gives_the_eager_detections_and_statistics(world, tm
                               compile=True)
     assert [d["image_id"] for d in compiled] == [d["image_id"] for d in eager]
     assert sum(len(d["scores"]) for d in eager) > 0
-    def ordered(boxes):  # detections with equal scores may come in either order
-        return boxes[np.lexsort(boxes.round(1).T[::-1])]
-
     for a, b in zip(eager, compiled):
         assert len(a["scores"]) == len(b["scores"])
         np.testing.assert_allclose(np.sort(b["scores"]), np.sort(a["scores"]), rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(ordered(b["boxes"]), ordered(a["boxes"]), rtol=1e-4, atol=1e-3)
+        # detections with equal scores may come in either order: pair them up, then compare
+        eager_rows, compiled_rows = _paired_detections(a, b)
+        assert np.array_equal(a["labels"][eager_rows], b["labels"][compiled_rows])
+        np.testing.assert_allclose(b["scores"][compiled_rows], a["scores"][eager_rows], rtol=2e-4, atol=1e-6)
+        boxes_a, boxes_b = a["boxes"][eager_rows], b["boxes"][compiled_rows]
+        same = np.isclose(boxes_b, boxes_a, rtol=1e-4, atol=1e-3).all(1)
+        # logit_scale 300 magnifies float rounding to ~1e-4 in scores: where two boxes of a label
+        # overlap past NMS's IoU 0.7 with scores that close, either may be the one kept
+        swapped = box_iou(torch.from_numpy(boxes_a[~same]), torch.from_numpy(boxes_b[~same])).diagonal()
+        assert (swapped > 0.7).all() and (~same).sum() <= max(1, len(same) // 100), (boxes_a[~same], boxes_b[~same])
     for key, value in _metrics(model, world).items():  # (this barely trained model scores near 0)
         assert stats[key] == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.parametrize("amp_cpu", [False, True])
+def test_amp_cpu_runs_the_cpu_step_under_bf16_autocast_only_when_asked(world, tmp_path, amp_cpu):
+    seen = []
+
+    class Spy(Method):
+        name = "spy"
+
+        def extra_losses(self, model, batch, output, text):
+            seen.append(output.cls_logits[0].dtype)
+            return {}
+
+    model = tiny_model(methods=[create_method("finetune"), Spy(None)])
+    config = tiny_config(epochs=1, amp=True, amp_cpu=amp_cpu)
+    dataset, sampler = build_task_training_set(base_split(world), [], config)
+    result = train_one_task(model, dataset, config, tmp_path, sampler=sampler)
+    assert result.status == "finished" and math.isfinite(result.last_losses["loss"])
+    assert seen and set(seen) == {torch.bfloat16 if amp_cpu else torch.float32}

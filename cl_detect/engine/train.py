@@ -5,9 +5,10 @@
     clip, optimizer.step(), scheduler.step(), ema.update()
 
 AdamW/SGD parameter groups (no decay on norms/biases/logit_scale), warmup then
-linear or cosine decay, the official EMA, bf16 autocast on CUDA, gradient
-clipping and accumulation, close-mosaic epochs, guards, JSONL + TensorBoard
-logs, and atomic checkpoints from which `resume=True` continues bit-exactly.
+linear or cosine decay, the official EMA, bf16 autocast on CUDA (on a CPU with
+`amp_cpu`), gradient clipping and accumulation, close-mosaic epochs, guards,
+JSONL + TensorBoard logs, and atomic checkpoints from which `resume=True`
+continues bit-exactly.
 """
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
                            sampler_state=sampler.state_dict(num_consumed=consumed), progress=progress,
                            guard_steps=guard.stuck_steps, config=dataclasses.asdict(config))
 
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and device.type == "cuda"
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                if config.amp and (device.type == "cuda" or (device.type == "cpu" and config.amp_cpu))
                 else nullcontext())
     params = [p for group in optimizer.param_groups for p in group["params"]]
     start, images_seen, last = time.perf_counter(), 0, {}

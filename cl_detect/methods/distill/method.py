@@ -3,7 +3,8 @@
 The teacher is a deep copy of the detector taken before the first task (or
 refreshed at every task start with `teacher="previous_task"`). It is frozen,
 stays in eval mode when the model trains, and runs under `no_grad` (bf16
-autocast on CUDA) on the batch's own preprocessed images. Three losses:
+autocast on CUDA by default, see `teacher_precision`) on the batch's own
+preprocessed images. Three losses:
 
 - `loss_distill_cls`: Bernoulli KL between teacher and student class
   probabilities for the teacher's vocabulary (a general vocabulary such as the
@@ -41,6 +42,16 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     teacher = copy.deepcopy(module)
     teacher.requires_grad_(False)
     return teacher.eval()
+
+
+def teacher_autocast(precision: str, device: torch.device):
+    """The teacher's precision context: "bf16" and "auto" on CUDA autocast to bf16, "fp32"
+    turns autocast off, "auto" on a CPU keeps the surrounding step's setting."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return nullcontext()
 
 
 def read_vocabulary_file(path: str | Path) -> list[str]:
@@ -151,8 +162,7 @@ class DistillMethod(Method):
             student = model.detector(images, distill_text)
         else:
             distill_text, student = text, output
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), teacher_autocast(config.teacher_precision, device):
             teacher = self._run_teacher(images, distill_text.detach())
         teacher_logits = flatten_levels(teacher.cls_logits)
         confident = confident_locations(teacher_logits, config.confidence_threshold)
