@@ -35,8 +35,9 @@ fi
 # whole trainers on Aquarium at 640, batch 32, mosaic on, 12 workers: ours vs Ultralytics' WorldTrainer
 "$PY" trainer_speed.py --sizes s l --batch 32 --workers 12 --warmup 5 --batches 25 --ultralytics \
     --out "$OUT/trainer_speed_cuda.json"
-# model step: distill and lora against finetune (step time, CUDA peak memory)
-"$PY" train_speed.py --sizes s l --image-size 640 --batch 32 --methods finetune ultralytics distill distill:compile_teacher=true lora \
+# model step: distill (bf16 teacher, the default on CUDA; fp32 teacher; compiled teacher) and lora against
+# finetune (step time, CUDA peak memory)
+"$PY" train_speed.py --sizes s l --image-size 640 --batch 32 --methods finetune ultralytics distill distill:teacher_precision=fp32 distill:compile_teacher=true lora \
     --iters 10 --warmup 3 --out "$OUT/train_speed_cuda.json"
 # the loader alone with the machine's 16 cores
 "$PY" loader_speed.py --images 1024 --workers 0 4 8 16 --out "$OUT/loader_speed_h100.json"

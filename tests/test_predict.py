@@ -54,6 +54,46 @@ def test_postprocess_maps_boxes_back_and_keeps_per_class_duplicates():
     assert det.scores[0] == torch.sigmoid(torch.tensor(5.0))
 
 
+def _one_image_reference(logits, boxes, info, score_thr, nms_pre, iou_thr, max_per_img):
+    """The official procedure for one image, written out step by step: threshold, sort, cut, NMS."""
+    from torchvision.ops import batched_nms
+    scores = logits.sigmoid()
+    anchor_idx, labels = (scores > score_thr).nonzero(as_tuple=True)
+    candidate_scores = scores[anchor_idx, labels]
+    order = candidate_scores.argsort(descending=True)[:nms_pre]
+    candidate_scores, anchor_idx, labels = candidate_scores[order], anchor_idx[order], labels[order]
+    candidate_boxes = info.unmap_boxes(boxes[anchor_idx])
+    kept = batched_nms(candidate_boxes, candidate_scores, labels, iou_thr)[:max_per_img]
+    height, width = info.original_hw
+    final = candidate_boxes[kept]
+    final[:, 0::2], final[:, 1::2] = final[:, 0::2].clamp(0, width), final[:, 1::2].clamp(0, height)
+    return final, candidate_scores[kept], labels[kept]
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("score_thr, nms_pre", [(0.001, 30000), (0.3, 30000), (0.001, 50), (0.999, 30000)])
+def test_postprocess_gives_each_images_own_official_detections(score_thr, nms_pre, batched):
+    from cl_detect.models.predict import flatten_outputs
+    generator = torch.Generator().manual_seed(0)
+    shapes, strides, classes = [(8, 8), (4, 4)], (8, 16), 5
+    count = 3 * classes * sum(h * w for h, w in shapes)  # distinct logits: no ties to order
+    values = torch.linspace(-8, 4, count)[torch.randperm(count, generator=generator)].split(
+        [3 * classes * h * w for h, w in shapes])
+    logits = [v.reshape(3, classes, h, w) for v, (h, w) in zip(values, shapes)]
+    boxes = [torch.rand(3, 4, h, w, generator=generator) * 3 for h, w in shapes]
+    infos = [LetterboxInfo((0.5, 0.5), 16, 0, (32, 128)), LetterboxInfo((1.0, 1.0), 0, 0, (64, 64)),
+             LetterboxInfo((2.0, 1.6), 0, 8, (30, 24))]
+    detections = postprocess(logits, boxes, strides, infos, score_thr, nms_pre, 0.7, 40, batched=batched)
+    flat_logits, flat_boxes = flatten_outputs(logits, boxes, strides)
+    for i, (det, info) in enumerate(zip(detections, infos)):
+        expected = _one_image_reference(flat_logits[i], flat_boxes[i], info, score_thr, nms_pre, 0.7, 40)
+        for got, want in zip((det.boxes, det.scores, det.labels), expected):
+            assert torch.equal(got, want), f"image {i}"
+        assert len(det) <= 40 and (det.scores > score_thr).all()
+    if score_thr == 0.999:  # nothing passes: empty detections, not an error
+        assert all(len(det) == 0 for det in detections)
+
+
 def test_predict_is_batch_invariant_and_within_bounds(tmp_path):
     torch.manual_seed(0)
     detector = _confident(create_detector("yolo_world_v2_t", text_dim=16))

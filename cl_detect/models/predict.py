@@ -47,25 +47,67 @@ def flatten_outputs(cls_logits: list[torch.Tensor], bbox_preds: list[torch.Tenso
     return logits, decode_boxes(points, distances)
 
 
+def select_candidates(scores: torch.Tensor, score_thr: float, nms_pre: int):
+    """Each image's (anchor, class) pairs scoring above `score_thr`, best first, at most `nms_pre`.
+
+    Args:
+        scores: (B, A * N) sigmoid scores, anchor-major.
+
+    Returns:
+        (image, flat index, score) of every candidate, image by image, and the count per image.
+        One host sync for the batch: where some image has more than `nms_pre` candidates, one
+        top-k per image; otherwise the candidates are gathered and sorted for the whole batch
+        (cheaper when few pass the threshold, as with a trained detector).
+    """
+    passed = scores > score_thr
+    counts = passed.sum(1, dtype=torch.int32).tolist()  # (an int32 sum of bools is twice as fast)
+    if max(counts, default=0) > nms_pre:
+        top_scores, top_index = scores.topk(nms_pre, dim=1)
+        keep = torch.arange(nms_pre, device=scores.device) < top_scores.new_tensor(counts)[:, None]
+        image = torch.arange(len(scores), device=scores.device)[:, None].expand_as(keep)
+        return image[keep], top_index[keep], top_scores[keep], [min(c, nms_pre) for c in counts]
+    image, index = passed.nonzero(as_tuple=True)  # image-major
+    candidate_scores = scores[image, index]
+    order = candidate_scores.argsort(descending=True, stable=True)
+    order = order[image[order].argsort(stable=True)]  # by image, best first within each
+    return image[order], index[order], candidate_scores[order], counts
+
+
 def postprocess(cls_logits, bbox_preds, strides, infos: list[LetterboxInfo], score_thr: float = 0.001,
-                nms_pre: int = 30000, iou_thr: float = 0.7, max_per_img: int = 300) -> list[Detections]:
-    """Official multi-label decoding + class-aware NMS for a batch of head outputs."""
+                nms_pre: int = 30000, iou_thr: float = 0.7, max_per_img: int = 300,
+                batched: bool | None = None) -> list[Detections]:
+    """Official multi-label decoding + class-aware NMS for a batch of head outputs.
+
+    Candidates are selected and un-letterboxed (`select_candidates`) for the whole batch at
+    once, with one host sync, when `batched`; image by image otherwise. None picks batched on
+    a GPU and image by image on a CPU, where the smaller working set is faster
+    (benchmarks/postprocess_speed.py). NMS runs image by image. Both give the detections of
+    the per-image official procedure; exactly equal scores may come in another order.
+    """
     logits, boxes = flatten_outputs(cls_logits, bbox_preds, strides)
-    scores_all = logits.sigmoid()
+    settings = (score_thr, nms_pre, iou_thr, max_per_img)
+    if not (logits.device.type != "cpu" if batched is None else batched):
+        return [det for i, info in enumerate(infos)
+                for det in _detections(logits[i:i + 1], boxes[i:i + 1], [info], *settings)]
+    return _detections(logits, boxes, infos, *settings)
+
+
+def _detections(logits, boxes, infos, score_thr, nms_pre, iou_thr, max_per_img) -> list[Detections]:
+    num_classes = logits.shape[-1]
+    image, index, scores, counts = select_candidates(logits.sigmoid().flatten(1), score_thr, nms_pre)
+    offset = boxes.new_tensor([[info.pad_left, info.pad_top, info.pad_left, info.pad_top] for info in infos])
+    scale = boxes.new_tensor([[info.scale[0], info.scale[1], info.scale[0], info.scale[1]] for info in infos])
+    # LetterboxInfo.unmap_boxes' arithmetic, each candidate by its own image's letterbox
+    candidate_boxes = (boxes[image, index // num_classes] - offset[image]) / scale[image]
     results = []
-    for scores, image_boxes, info in zip(scores_all, boxes, infos):
-        keep = scores > score_thr
-        candidate_scores = scores[keep]
-        anchor_idx, labels = keep.nonzero(as_tuple=True)
-        order = candidate_scores.argsort(descending=True)[:nms_pre]
-        candidate_scores, anchor_idx, labels = candidate_scores[order], anchor_idx[order], labels[order]
-        candidate_boxes = info.unmap_boxes(image_boxes[anchor_idx])
-        kept = batched_nms(candidate_boxes, candidate_scores, labels, iou_thr)[:max_per_img]
+    for image_boxes, image_scores, image_labels, info in zip(
+            candidate_boxes.split(counts), scores.split(counts), (index % num_classes).split(counts), infos):
+        kept = batched_nms(image_boxes, image_scores, image_labels, iou_thr)[:max_per_img]
         height, width = info.original_hw
-        final = candidate_boxes[kept]
+        final = image_boxes[kept]
         final[:, 0::2] = final[:, 0::2].clamp(0, width)
         final[:, 1::2] = final[:, 1::2].clamp(0, height)
-        results.append(Detections(final, candidate_scores[kept], labels[kept]))
+        results.append(Detections(final, image_scores[kept], image_labels[kept]))
     return results
 
 
