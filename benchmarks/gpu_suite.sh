@@ -26,6 +26,8 @@ if [ "$PART" = inference ]; then
 # achieved_tflops in the JSON if the lent card is another H100 variant)
 "$PY" inference_speed.py --sizes s l --batches 32 --dtypes bf16 --warmup 5 --iters 20 --ultralytics --compile \
     --channels-last --peak-tflops "${PEAK_TFLOPS:-989}" --out "$OUT/inference_cuda.json"
+# post-processing: candidates selected for the batch at once (the GPU default) vs image by image
+"$PY" postprocess_speed.py --batch 32 --iters 10 --out "$OUT/postprocess_speed_cuda.json"
 # the fine-tuning step in channels_last (NHWC) layout, against train_speed_cuda.json's default layout
 "$PY" train_speed.py --sizes s l --image-size 640 --batch 32 --methods finetune --channels-last \
     --iters 10 --warmup 3 --out "$OUT/train_speed_cuda_channels_last.json"

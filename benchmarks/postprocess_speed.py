@@ -23,7 +23,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ import torch
 from cl_detect.data.preprocess import LetterboxInfo
 from cl_detect.models.predict import postprocess
 
-from inference_speed import RESULTS, environment, sync
+from inference_speed import RESULTS, environment, time_forward
 
 REGIMES = {"dense": (0.0, 1.0), "sparse": (-12.0, 2.0)}
 SHAPES, STRIDES = [(80, 80), (40, 40), (20, 20)], (8, 16, 32)
@@ -44,20 +43,6 @@ def head_outputs(batch: int, num_classes: int, regime: str, device: torch.device
     logits = [(torch.randn(batch, num_classes, h, w, generator=generator) * std + mean).to(device) for h, w in SHAPES]
     boxes = [(torch.rand(batch, 4, h, w, generator=generator) * 6).to(device) for h, w in SHAPES]
     return logits, boxes
-
-
-def time_calls(run, device: torch.device, warmup: int, iters: int) -> float:
-    """Median seconds of `run()`."""
-    for _ in range(warmup):
-        run()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        run()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def commit() -> str:
@@ -83,10 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for regime in args.regimes:
         logits, boxes = head_outputs(args.batch, args.num_classes, regime, device)
-        batched = time_calls(lambda: postprocess(logits, boxes, STRIDES, infos, batched=True), device,
-                             args.warmup, args.iters)
-        alone = time_calls(lambda: postprocess(logits, boxes, STRIDES, infos, batched=False), device,
-                           args.warmup, args.iters)
+        batched, alone = (statistics.median(time_forward(
+            lambda: postprocess(logits, boxes, STRIDES, infos, batched=flag), device, args.warmup, args.iters))
+            for flag in (True, False))
         candidates = sum(int((x.sigmoid() > 0.001).sum()) for x in logits) / args.batch
         row = {"regime": regime, "batch": args.batch, "candidates_per_image": candidates,
                "batched_ms_per_image": batched * 1e3 / args.batch, "alone_ms_per_image": alone * 1e3 / args.batch,

@@ -30,7 +30,7 @@ class TrainConfig:
         num_workers: data loader processes.
         amp: bf16 autocast on CUDA (on a CPU only with `amp_cpu`).
         amp_cpu: with `amp`, bf16 autocast on a CPU too. Off by default, so CPU runs
-            stay float32 and comparable; about 1.6x faster steps on a CPU with bf16
+            stay float32 and comparable; about 1.75x faster steps on a CPU with bf16
             units (AVX512_BF16 or AMX, docs/performance.md), slower on one without.
         seed: seeds sampling, augmentation and initialisation.
         checkpoint_every_steps: also checkpoint inside an epoch (0 = only at epoch ends).

@@ -44,7 +44,7 @@ class DistillConfig:
             differ from the plain teacher's by float rounding (about 1e-6).
         teacher_precision: "auto" (default: bf16 autocast on CUDA; on a CPU the
             training step's precision, float32 unless TrainConfig.amp_cpu), "bf16"
-            (bf16 autocast on any device: about 2x faster on a CPU with bf16 units,
+            (bf16 autocast on any device: 1.5-2x faster on a CPU with bf16 units,
             slow on one without) or "fp32" (autocast off). Only the teacher's forward
             pass is affected; the losses are computed in float32.
     """
