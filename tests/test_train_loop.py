@@ -195,8 +195,8 @@ def test_compiled_evaluation_gives_the_eager_detections_and_statistics(world, tm
     model, result = _train(world, tmp_path, tiny_config(epochs=2))
     assert result.status == "finished"
     for contrast in model.detector.head.cls_contrasts:  # two tiny epochs leave every score under 0.001:
-        contrast.bias.data.zero_()  # spread the scores (no near-ties) and let many of them pass
-        contrast.logit_scale.data.fill_(math.log(300.0))
+        contrast.bias.data.zero_()  # spread the scores and let many of them pass; a scale of 20 keeps
+        contrast.logit_scale.data.fill_(math.log(20.0))  # them off 1.0, where they would tie exactly
     test_set = base_split(world, "test")
     batch_size = 3 if len(test_set) % 3 else 5  # the last batch is smaller: padded, not compiled again
     assert len(test_set) % batch_size
@@ -213,19 +213,21 @@ def test_compiled_evaluation_gives_the_eager_detections_and_statistics(world, tm
                               compile=True)
     assert [d["image_id"] for d in compiled] == [d["image_id"] for d in eager]
     assert sum(len(d["scores"]) for d in eager) > 0
+    # Fused, frozen and compiled code rounds differently: the scale of 20 turns that into score
+    # differences up to ~1e-4, and where two near-equal boxes of a label overlap past NMS's IoU
+    # 0.7, either may be the one kept, or a box may cross the 0.001 threshold. So detections are
+    # paired one to one, and at most 1% of an image's may be such a swap or lack a partner.
     for a, b in zip(eager, compiled):
-        assert len(a["scores"]) == len(b["scores"])
-        np.testing.assert_allclose(np.sort(b["scores"]), np.sort(a["scores"]), rtol=1e-4, atol=1e-6)
-        # detections with equal scores may come in either order: pair them up, then compare
+        allowed = max(1, len(a["scores"]) // 100)
+        assert abs(len(a["scores"]) - len(b["scores"])) <= allowed
         eager_rows, compiled_rows = _paired_detections(a, b)
         assert np.array_equal(a["labels"][eager_rows], b["labels"][compiled_rows])
-        np.testing.assert_allclose(b["scores"][compiled_rows], a["scores"][eager_rows], rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(b["scores"][compiled_rows], a["scores"][eager_rows], rtol=1e-3, atol=1e-5)
         boxes_a, boxes_b = a["boxes"][eager_rows], b["boxes"][compiled_rows]
         same = np.isclose(boxes_b, boxes_a, rtol=1e-4, atol=1e-3).all(1)
-        # logit_scale 300 magnifies float rounding to ~1e-4 in scores: where two boxes of a label
-        # overlap past NMS's IoU 0.7 with scores that close, either may be the one kept
         swapped = box_iou(torch.from_numpy(boxes_a[~same]), torch.from_numpy(boxes_b[~same])).diagonal()
-        assert (swapped > 0.7).all() and (~same).sum() <= max(1, len(same) // 100), (boxes_a[~same], boxes_b[~same])
+        assert (swapped > 0.7).all(), (boxes_a[~same], boxes_b[~same])
+        assert (~same).sum() + abs(len(a["scores"]) - len(b["scores"])) <= allowed
     for key, value in _metrics(model, world).items():  # (this barely trained model scores near 0)
         assert stats[key] == pytest.approx(value, abs=1e-6), key
 
