@@ -29,9 +29,8 @@ def assert_same_top_detections(ours, ref, k=100, box_tol=1e-2, score_tol=1e-5, a
     (label, box) pairs match as sets; the tie group cut at k may differ.
 
     Exactly equal scores of different boxes are ordered by the sort of whichever machine
-    ran NMS (x86-simd-sort on AVX-512 CPUs orders them differently than the fixture's
-    machine did), and NMS then keeps one box or the other and suppresses different ones
-    after it. So the lists may part only where an official detection is missing and we
+    ran NMS (PyTorch sorts with other kernels on AVX-512 CPUs), and NMS then keeps one box
+    or the other and suppresses different ones after it. So the lists may part only where an official detection is missing and we
     kept, in its place, another box of its label with the same score; from there on
     `after_tie_misses` more official detections may be missing."""
     (our_boxes, our_scores, our_labels), (ref_boxes, ref_scores, ref_labels) = ours, ref
@@ -99,7 +98,7 @@ def test_top_detection_comparison_allows_only_tie_swaps():
     ref = (boxes, scores, labels)
     assert_same_top_detections(ref, ref)
     moved = boxes.copy()
-    moved[40] += 5  # a box of the same label with the same score: a tie swap, the next two lists part
+    moved[40] += 5  # ours kept another box of the same label and score at 40: a tie swap
     assert_same_top_detections((moved, scores, labels), ref)
     relabelled = labels.copy()
     relabelled[40] = 1  # not a tie swap: the official detection is simply missing

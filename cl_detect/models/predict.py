@@ -86,10 +86,12 @@ def postprocess(cls_logits, bbox_preds, strides, infos: list[LetterboxInfo], sco
     """
     logits, boxes = flatten_outputs(cls_logits, bbox_preds, strides)
     settings = (score_thr, nms_pre, iou_thr, max_per_img)
-    if not (logits.device.type != "cpu" if batched is None else batched):
-        return [det for i, info in enumerate(infos)
-                for det in _detections(logits[i:i + 1], boxes[i:i + 1], [info], *settings)]
-    return _detections(logits, boxes, infos, *settings)
+    if batched is None:
+        batched = logits.device.type != "cpu"
+    if batched:
+        return _detections(logits, boxes, infos, *settings)
+    return [det for i, info in enumerate(infos)
+            for det in _detections(logits[i:i + 1], boxes[i:i + 1], [info], *settings)]
 
 
 def _detections(logits, boxes, infos, score_thr, nms_pre, iou_thr, max_per_img) -> list[Detections]:
