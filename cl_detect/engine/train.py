@@ -32,6 +32,7 @@ from cl_detect.engine.optim import build_optimizer, build_scheduler, parameter_g
 from cl_detect.engine.runlog import RunLogger, peak_memory_mb
 from cl_detect.engine.state import (
     load_model_state, load_trainer_state, save_trainer_state, set_rng_state)
+from cl_detect.models.precision import bf16_autocast
 
 
 @dataclass
@@ -121,9 +122,7 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
                            sampler_state=sampler.state_dict(num_consumed=consumed), progress=progress,
                            guard_steps=guard.stuck_steps, config=dataclasses.asdict(config))
 
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
-                if config.amp and (device.type == "cuda" or (device.type == "cpu" and config.amp_cpu))
-                else nullcontext())
+    autocast = bf16_autocast(device, cuda=config.amp, cpu=config.amp and config.amp_cpu)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     start, images_seen, last = time.perf_counter(), 0, {}
     window_start, window_images = start, 0

@@ -6,7 +6,6 @@ preprocessing, and post-processing keeps 300 detections per image unless asked.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from cl_detect.data.loader import EvalDataset, build_eval_loader
 from cl_detect.data.preprocess import images_to_device
 from cl_detect.data.records import DetectionDataset, Vocabulary
 from cl_detect.models.fuse import compile_for_inference, fused_copy
+from cl_detect.models.precision import bf16_autocast
 from cl_detect.models.predict import postprocess
 
 PADDING_PROMPT = " "
@@ -47,7 +47,7 @@ def run_detector(detector, text_embeddings: torch.Tensor, dataset: DetectionData
         runner = compile_for_inference(runner, min(batch_size, len(dataset)))
     device = next(detector.parameters()).device
     text = text_embeddings.to(device)[None]
-    context = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+    context = bf16_autocast(device, cuda=bf16)
     loader = build_eval_loader(EvalDataset(dataset, image_size), batch_size, num_workers)
     results = []
     for batch in tqdm(loader, desc="detect", disable=None, leave=False):

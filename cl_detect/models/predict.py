@@ -7,7 +7,6 @@ the image.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from torchvision.ops import batched_nms
 from cl_detect.data.preprocess import LetterboxInfo, images_to_device, letterbox, load_image_bgr, to_uint8_tensor
 from cl_detect.engine._box_ops import decode_boxes, make_priors
 from cl_detect.models.fuse import compile_for_inference, fused_copy
+from cl_detect.models.precision import bf16_autocast
 
 
 @dataclass
@@ -149,13 +149,12 @@ def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 6
     runner = compile_for_inference(detector, min(batch_size, len(images))) if compile else detector
     text = text_embeddings if text_embeddings.dim() == 3 else text_embeddings[None]
     text = text.to(device)
-    use_autocast = bf16 and device.type == "cuda"
+    autocast = bf16_autocast(device, cuda=bf16)
     results: list[Detections] = []
     for start in range(0, len(images), batch_size):
         chunk = [letterbox(_as_bgr(image), image_size) for image in images[start:start + batch_size]]
         batch = images_to_device(torch.stack([to_uint8_tensor(padded) for padded, _ in chunk]), device)
-        context = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else nullcontext()
-        with context:
+        with autocast:
             out = runner(batch, text)
         results += postprocess(out.cls_logits, out.bbox_preds, detector.strides, [info for _, info in chunk],
                                score_thr, nms_pre, iou_thr, max_per_img)

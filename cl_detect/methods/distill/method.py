@@ -22,7 +22,6 @@ so checkpoints hold it and a resumed run distils from the same teacher.
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from cl_detect.methods.distill._losses import (
 from cl_detect.methods.distill._reference import ReferenceImages
 from cl_detect.methods.distill.config import DistillConfig
 from cl_detect.models.fuse import compile_for_inference, fused_copy
+from cl_detect.models.precision import bf16_autocast
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -47,11 +47,9 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 def teacher_autocast(precision: str, device: torch.device):
     """The teacher's precision context: "bf16" and "auto" on CUDA autocast to bf16, "fp32"
     turns autocast off, "auto" on a CPU keeps the surrounding step's setting."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
-    return nullcontext()
+    return bf16_autocast(device, cuda=True, cpu=precision == "bf16")
 
 
 def read_vocabulary_file(path: str | Path) -> list[str]:
