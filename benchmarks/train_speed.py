@@ -15,6 +15,9 @@ is built, measured in a second fresh process whose glibc returns every freed
 tensor to the system (MALLOC_MMAP_THRESHOLD_), so the peak RSS follows live tensor
 memory rather than the allocator's retained free blocks. That process is slower
 and is used for memory only; the total peak RSS of the timing process is kept too.
+The RSS also counts the runtime's own buffers (oneDNN's among them), so that process
+also records `peak_tensor_mb`, the peak of live tensor memory by the profiler's
+allocation record (tensor_memory.py): the same quantity CUDA's figure counts.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from cl_detect.models.text_encoders import TextEncoder
 from cl_detect.engine.runlog import peak_memory_mb
 
 from inference_speed import RESULTS, environment, time_forward
+from tensor_memory import TensorPeak
 
 
 class TableTextEncoder(TextEncoder):
@@ -152,13 +156,19 @@ def measure_ultralytics(size: str, batch: dict, device: torch.device, iters: int
             "total_params": sum(p.numel() for p in model.parameters())}
 
 
-def _measure_args(args: tuple) -> dict:
+def _measure_args(args: tuple, trace_tensors: bool = False) -> dict:
+    """`measure` or `measure_ultralytics`; `trace_tensors`: also the peak of live tensor memory,
+    batch, model and optimizer state included (`peak_tensor_mb`, the CPU counterpart of CUDA's
+    `max_memory_allocated`; profiling makes the run slower, so it is for memory-only runs)."""
     size, names, batch_args, device_name, iters, warmup, bf16, channels_last = args
     device = torch.device(device_name)
-    batch = make_batch(*batch_args, device)
-    if names == ["ultralytics"]:
-        return measure_ultralytics(size, batch, device, iters, warmup, bf16)
-    return measure(size, names, batch, device, iters, warmup, bf16, channels_last)
+    with TensorPeak() if trace_tensors else nullcontext() as peak:
+        batch = make_batch(*batch_args, device)
+        if names == ["ultralytics"]:
+            row = measure_ultralytics(size, batch, device, iters, warmup, bf16)
+        else:
+            row = measure(size, names, batch, device, iters, warmup, bf16, channels_last)
+    return {**row, "peak_tensor_mb": peak.mb} if trace_tensors else row
 
 
 def measure_isolated(*args, memory_only: bool = False) -> dict:
@@ -170,7 +180,7 @@ def measure_isolated(*args, memory_only: bool = False) -> dict:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD  # the spawned interpreter's glibc reads it at start
     try:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
-            return pool.apply(_measure_args, (args,))
+            return pool.apply(_measure_args, (args, memory_only))
     finally:
         if saved is None:
             os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
@@ -183,8 +193,8 @@ def measure_row(size: str, names: list[str], batch_args: tuple, device: str, ite
     """Time (size, method) in one fresh process; on a CPU take its memory from a second one."""
     row = measure_isolated(size, names, batch_args, device, iters, warmup, bf16, channels_last)
     if with_memory and torch.device(device).type == "cpu":
-        row["peak_memory_mb"] = measure_isolated(size, names, batch_args, device, 1, 1, bf16, channels_last,
-                                                 memory_only=True)["peak_memory_mb"]
+        memory = measure_isolated(size, names, batch_args, device, 1, 1, bf16, channels_last, memory_only=True)
+        row.update(peak_memory_mb=memory["peak_memory_mb"], peak_tensor_mb=memory["peak_tensor_mb"])
     return row
 
 
@@ -247,9 +257,13 @@ def main(argv: list[str] | None = None) -> int:
             elif baseline is not None and row is not baseline:
                 row["step_time_vs_finetune"] = row["step_ms_median"] / baseline["step_ms_median"]
                 row["memory_vs_finetune"] = row["peak_memory_mb"] / baseline["peak_memory_mb"]
+                if "peak_tensor_mb" in row:
+                    row["tensor_memory_vs_finetune"] = row["peak_tensor_mb"] / baseline["peak_tensor_mb"]
             rows.append(row)
             extra = (f", {row['step_time_vs_finetune']:.2f}x step, {row['memory_vs_finetune']:.2f}x memory"
                      if "step_time_vs_finetune" in row else "")
+            if "tensor_memory_vs_finetune" in row:
+                extra += f" ({row['tensor_memory_vs_finetune']:.2f}x tensor memory)"
             if "finetune_speed_vs_ultralytics" in row:
                 extra = f", our finetune step is {row['finetune_speed_vs_ultralytics']:.2f}x as fast"
             print(f"{size} {row['method']:<16} {row['images_per_s']:8.2f} img/s  {row['step_ms_median']:9.1f} ms/step"
@@ -258,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     note = ("each row is timed in a fresh process; peak_memory_mb is the peak RSS growth over the process before "
             "the model was built, in a second fresh process with MALLOC_MMAP_THRESHOLD_=" + MMAP_THRESHOLD
+            + "; peak_tensor_mb is, in that process, the peak of live tensor memory by the profiler's allocation "
+            "record (batch, model, optimizer state, activations; the counterpart of CUDA's max_memory_allocated)"
             + "; peak_rss_mb is the timing process's whole peak RSS") if device.type == "cpu" else (
             "each row runs in a fresh process; peak_memory_mb is torch.cuda.max_memory_allocated")
     out.write_text(json.dumps({"benchmark": "train_speed", "command": "python benchmarks/train_speed.py "
