@@ -1,7 +1,10 @@
-"""One check for every config mapping read into a dataclass: unknown keys are errors that list the valid ones."""
+"""Checks shared by every config: unknown keys are errors that list the valid ones, an input size
+must suit the detector's strides, and a list of class names or prompts must be one distinct,
+non-empty string per class."""
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 
 def reject_unknown_keys(config_cls: type, data: dict | None, what: str) -> None:
@@ -16,3 +19,53 @@ def reject_unknown_keys(config_cls: type, data: dict | None, what: str) -> None:
     unknown = sorted(set(data or {}) - valid)
     if unknown:
         raise ValueError(f"unknown {what} {unknown}; valid: {sorted(valid)}")
+
+
+LARGEST_STRIDE = 32  # YOLO-World's coarsest feature level (strides 8, 16, 32)
+
+
+def check_image_size(size, name: str = "image_size") -> None:
+    """Raise ValueError unless `size` is a positive multiple of the largest stride.
+
+    The letterboxed input is square, so every level's map must halve evenly: at 500 the neck's
+    upsampled 16x16 map meets a 15x15 one and fails deep in the network.
+    """
+    is_int = isinstance(size, numbers.Integral) and not isinstance(size, bool)
+    if is_int and size >= LARGEST_STRIDE and size % LARGEST_STRIDE == 0:
+        return
+    hint = ""
+    if is_int and size > 0:
+        lower = max(size // LARGEST_STRIDE, 1) * LARGEST_STRIDE
+        hint = f"; the nearest are {lower} and {lower + LARGEST_STRIDE}" if size > lower else f"; use {lower}"
+    raise ValueError(f"{name} must be a positive multiple of {LARGEST_STRIDE} (the detector's largest stride), "
+                     f"got {size!r}{hint}")
+
+
+def check_names(names, where: str, what: str = "prompts") -> None:
+    """Raise ValueError unless `names` is None or a list of distinct, non-empty strings, one per class.
+
+    A protocol's prompts replace the class names in training and evaluation, so a comma
+    string (read letter by letter), a YAML boolean (`yes` -> True), a list of synonyms, an empty
+    or a repeated prompt (one text as positive and negative at once) would all train on
+    something else than the user meant. `what` names the setting in the message.
+    """
+    if names is None:
+        return
+    if isinstance(names, str):
+        items = [n.strip() for n in names.split(",")]
+        raise ValueError(f"{where}: {what} is the single string {names!r}; give a list, one name per class, "
+                         f"e.g. {what}: {items}")
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"{where}: {what} must be a list of strings, one per class, got {names!r}")
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ValueError(f"{where}: {what} entry {index} is {name!r} ({type(name).__name__}), not a string; "
+                             f"give one string per class and quote words YAML reads otherwise "
+                             f"('yes', 'no', 'on', '1')")
+    from cl_detect.data.doctor import check_vocabulary
+    from cl_detect.data.records import Vocabulary
+    problems = []
+    check_vocabulary(Vocabulary(tuple(names)), f"{where} {what}",
+                     lambda severity, code, message, fix="": problems.append(f"{message} ({fix})"))
+    if problems:
+        raise ValueError("; ".join(problems))

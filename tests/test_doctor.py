@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _data_builders import load, tiny_coco_images, tiny_coco_json
 
-from cl_detect.data.doctor import check_dataset
+from cl_detect.data.doctor import DoctorReport, check_dataset, check_texts, load_texts
 from cl_detect.data.errors import DatasetError
 from cl_detect.data.readers import read_dataset
 from cl_detect.data.records import DetectionDataset, Vocabulary
@@ -246,6 +246,86 @@ def test_png_images_verify_cleanly(tmp_path):
     from cl_detect.data._doctor_images import inspect_image
     path = tmp_path / "ok.png"
     cv2.imwrite(str(path), np.zeros((8, 12, 3), np.uint8))
-    assert inspect_image(path) == (None, "", {(12, 8)})
+    assert inspect_image(path) == (None, "", (12, 8), (12, 8))
     path.write_bytes(path.read_bytes()[:-20])
     assert inspect_image(path)[0] in ("image_truncated", "image_unreadable")
+
+
+def _write_coco(tmp_path: Path, images: list[dict]) -> Path:
+    """A COCO json for the given image entries, one 'red box' per image."""
+    annotations = [{"id": i + 1, "image_id": image["id"], "category_id": 1, "bbox": [2, 2, 20, 10], "area": 200,
+                    "iscrowd": 0} for i, image in enumerate(images)]
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "red box"}]}))
+    return path
+
+
+@pytest.mark.parametrize("ids, code", [([1, 1], "duplicate_image_id"), (["img1", "img2"], "invalid_image_id")])
+def test_bad_image_ids_are_findings(tmp_path, ids, code):
+    images = [{"id": image_id, "file_name": f"img{i}.png", "width": 64, "height": 64} for i, image_id in enumerate(ids)]
+    report = check_dataset(_write_coco(tmp_path, images), check_images=False)
+    assert _codes(report) == {code} and "annotations.json" in report.errors[0].message
+
+
+def _noise_image(path: Path, width: int, height: int, orientation: int = 1) -> None:
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), np.uint8))
+    exif = image.getexif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    image.save(path, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("annotated, code", [
+    ((120, 60), "image_exif_transposed"), ((60, 120), None), ((100, 50), "image_size_mismatch")])
+def test_exif_rotated_image_must_be_annotated_as_displayed(tmp_path, annotated, code):
+    """Stored 120x60 with orientation 6: cv2 (training) loads it as 60x120, so only 60x120 is right."""
+    import cv2
+
+    _noise_image(tmp_path / "rot.jpg", 120, 60, orientation=6)
+    assert cv2.imread(str(tmp_path / "rot.jpg")).shape[:2] == (120, 60)  # (H, W): the displayed frame
+    width, height = annotated
+    report = check_dataset(_write_coco(tmp_path, [{"id": 1, "file_name": "rot.jpg", "width": width,
+                                                   "height": height}]))
+    assert _codes(report) == ({code} if code else set())
+    if code == "image_exif_transposed":
+        assert "rot.jpg" in report.errors[0].message and "EXIF orientation" in report.errors[0].message
+        assert "without the EXIF orientation tag" in report.errors[0].fix
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_png_and_jpeg_are_image_truncated(tmp_path, suffix):
+    """Pillow says 'Truncated File Read' (capital T) for these; that is image_truncated, not unreadable."""
+    from PIL import Image
+
+    path = tmp_path / f"t{suffix}"
+    Image.new("RGB", (96, 96), (200, 30, 30)).save(path)  # flat: half the JPEG ends inside its headers
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    report = check_dataset(_write_coco(tmp_path, [{"id": 1, "file_name": path.name, "width": 96, "height": 96}]))
+    assert _codes(report) == {"image_truncated"}
+
+
+def test_prompt_files_with_byte_order_mark(tmp_path):
+    """Windows editors start UTF-8 files with a BOM; it must not become part of the first prompt."""
+    from cl_detect.methods.distill.method import read_vocabulary_file
+
+    texts = tmp_path / "prompts.txt"
+    texts.write_text("\ufeffred box\nblue circle\n", encoding="utf-8")
+    dataset = DetectionDataset([], Vocabulary(("red box", "blue circle")), source="x.json")
+    report = DoctorReport("x.json")
+    check_texts(dataset.vocabulary, texts, dataset.source, report.add)
+    assert report.findings == []
+    assert read_vocabulary_file(texts) == ["red box", "blue circle"]
+    json_texts = tmp_path / "prompts.json"
+    json_texts.write_text('\ufeff["red box", "blue circle"]', encoding="utf-8")
+    assert load_texts(json_texts) == [["red box"], ["blue circle"]]
+
+
+def test_yaml_names_yes_no_is_a_finding(tmp_path):
+    (tmp_path / "train/images").mkdir(parents=True)
+    (tmp_path / "train/labels").mkdir(parents=True)
+    (tmp_path / "data.yaml").write_text("train: train/images\nnames: [yes, no]\n")
+    report = check_dataset(tmp_path / "data.yaml", split="train")
+    assert _codes(report) == {"non_string_class_name"} and "data.yaml" in report.errors[0].message

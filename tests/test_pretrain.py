@@ -8,6 +8,7 @@ import yaml
 
 from cl_detect.cli import main
 from cl_detect.data.errors import DatasetError
+from cl_detect.data.readers.coco import records_from_coco
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 from cl_detect.data.sampling import MixedDataset
 from cl_detect.engine.config import TrainConfig
@@ -98,6 +99,20 @@ def test_doctor_errors_refuse_training_unless_allowed(tmp_path):
     assert (tmp_path / "model.pt").is_file()
 
 
+def test_allowed_data_errors_drop_boxes_of_unknown_classes_and_say_so(tmp_path, capsys):
+    from cl_detect.data.checked import checked_dataset
+    world = tiny_world(tmp_path)
+    data = json.loads((world / "base" / "train.json").read_text())
+    data["annotations"][0]["category_id"] = 999  # no such category: read as label -1
+    dataset = records_from_coco(data, world / "base" / "train.json")
+    with pytest.raises(DatasetError, match="label_out_of_range"):
+        checked_dataset(dataset, allow_errors=False, where="base", check_images=False)
+    kept = checked_dataset(dataset, allow_errors=True, where="base", check_images=False)
+    assert kept.num_boxes == dataset.num_boxes - 1
+    assert all((r.labels >= 0).all() for r in kept.records)
+    assert "going on without 1 box(es) whose class is not in the vocabulary" in capsys.readouterr().err
+
+
 def test_config_rejects_unknown_keys_and_settings(tmp_path):
     world = tiny_world(tmp_path)
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['epochs'\]"):
@@ -106,6 +121,11 @@ def test_config_rejects_unknown_keys_and_settings(tmp_path):
         load_config(_config(world, tmp_path, train={"lr_mult": 2}))
     with pytest.raises(ValueError, match="negatives must be"):
         load_config(_config(world, tmp_path, negatives="all"))
+    with pytest.raises(ValueError, match="eval_image_size must be a positive multiple of 32.*got 100"):
+        load_config(_config(world, tmp_path, eval_image_size=100))  # before training, not after it
+    voc_names = [{"path": str(world / "base" / "train.json"), "class_names": "fox, raccoon"}]
+    with pytest.raises(ValueError, match=r"class_names is the single string 'fox, raccoon'; give a list"):
+        load_config(_config(world, tmp_path, datasets=voc_names))
 
 
 def _dataset(names, labels, phrases=None) -> DetectionDataset:

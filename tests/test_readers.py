@@ -200,6 +200,18 @@ def test_yolo_bad_label_line_names_file_and_line(shared_data, tmp_path):
         read_dataset(yaml_path, split="val")
 
 
+def test_yolo_label_files_with_a_byte_order_mark_read_like_plain_ones(shared_data, tmp_path):
+    yaml_path = _yolo_copy(shared_data, tmp_path, f"val: valid/images\nnames: {NAMES}\n", n=2)
+    plain = read_dataset(yaml_path, split="val")
+    for label in (tmp_path / "data/valid/labels").iterdir():
+        text = label.read_text()
+        label.unlink()
+        label.write_text("\ufeff" + text, encoding="utf-8")  # as Windows editors save them
+    marked = read_dataset(yaml_path, split="val")
+    assert [r.labels.tolist() for r in marked.records] == [r.labels.tolist() for r in plain.records]
+    assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(marked.records, plain.records))
+
+
 def test_unknown_coco_category_kept_with_label_minus_one(shared_data, tmp_path):
     data = load(tiny_coco_json(shared_data))
     data["annotations"][0]["category_id"] = 999
@@ -208,3 +220,111 @@ def test_unknown_coco_category_kept_with_label_minus_one(shared_data, tmp_path):
     dataset = read_dataset(path, image_root=tiny_coco_images(shared_data))
     assert dataset.num_boxes + sum(len(r.ignore_boxes) for r in dataset.records) == 382
     assert (np.concatenate([r.labels for r in dataset.records]) == -1).sum() == 1
+
+
+def _tiny_coco(tmp_path: Path, image_ids: list, grounding: bool = False) -> Path:
+    """A COCO (or grounding) json with one 64x64 image per id and one box on each; no image files."""
+    images = [{"id": image_id, "file_name": f"img{i}.png", "width": 64, "height": 64}
+              for i, image_id in enumerate(image_ids)]
+    annotations = [{"id": i + 1, "image_id": image_id, "category_id": 1, "bbox": [4 + i, 4, 20, 20], "area": 400,
+                    "iscrowd": 0} for i, image_id in enumerate(image_ids)]
+    if grounding:
+        for image in images:
+            image["caption"] = "a red box"
+        for annotation in annotations:
+            annotation["tokens_positive"] = [[2, 9]]
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "red box"}]}))
+    return path
+
+
+@pytest.mark.parametrize("grounding", [False, True])
+def test_duplicate_coco_image_ids_refused(tmp_path, grounding):
+    """Two images sharing id 1 would each get both boxes; the reader must say so, not mix them."""
+    path = _tiny_coco(tmp_path, [1, 1, 3], grounding)
+    with pytest.raises(DatasetFormatError, match=r"id 1: img0\.png, img1\.png") as error:
+        read_dataset(path)
+    assert error.value.code == "duplicate_image_id" and str(path) in str(error.value)
+    assert "give every image its own id" in str(error.value)
+
+
+@pytest.mark.parametrize("bad_id", ["img1", "1", None, True, 1.5])
+def test_non_integer_coco_image_ids_refused(tmp_path, bad_id):
+    path = _tiny_coco(tmp_path, [bad_id, 2])
+    with pytest.raises(DatasetFormatError, match=r"images\[0\] \('img0\.png'\) has id") as error:
+        read_dataset(path)
+    assert error.value.code == "invalid_image_id" and str(path) in str(error.value)
+    assert "must be integers" in str(error.value)
+
+
+def test_whole_float_coco_image_ids_still_read(tmp_path):
+    dataset = read_dataset(_tiny_coco(tmp_path, [1.0, 2]))
+    assert [r.image_id for r in dataset.records] == [1, 2] and dataset.num_boxes == 2
+
+
+def _tiny_yolo(tmp_path: Path, names: str) -> Path:
+    """A YOLO dataset of one 32x32 image with one box, and the given yaml `names` text."""
+    import cv2
+
+    for sub in ("images", "labels"):
+        (tmp_path / "train" / sub).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "train/images/a.png"), np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "train/labels/a.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    yaml_path = tmp_path / "data.yaml"
+    yaml_path.write_text(f"train: train/images\nnames: {names}\n")
+    return yaml_path
+
+
+@pytest.mark.parametrize("names, shown", [
+    ("[yes, no]", "True (bool)"), ("[on, 'off']", "True (bool)"), ("[1, 2]", "1 (int)"),
+    ("{0: red, 1: 1.50}", "1.5 (float)"), ("['red', ~]", "None (NoneType)")])
+def test_yolo_non_string_names_refused(tmp_path, names, shown):
+    """YAML reads yes/no as booleans and 1 as a number: the prompts would be 'True', '1'."""
+    yaml_path = _tiny_yolo(tmp_path, names)
+    with pytest.raises(DatasetFormatError, match="not a string") as error:
+        read_dataset(yaml_path, split="train")
+    assert error.value.code == "non_string_class_name"
+    assert str(yaml_path) in str(error.value) and shown in str(error.value) and "quote" in str(error.value)
+
+
+def test_yolo_quoted_names_read_as_written(tmp_path):
+    dataset = read_dataset(_tiny_yolo(tmp_path, "['yes', 'no', '1']"), split="train")
+    assert dataset.vocabulary.names == ("yes", "no", "1")
+
+
+def test_coco_areas_reach_the_harness_ground_truth_so_size_ranges_match_the_file(shared_data, tmp_path):
+    # COCO sorts objects into small / medium / large by the annotation's `area` (the mask's),
+    # not the box's; the harness scores against the ground truth rebuilt from records
+    from cl_detect.data.pack import pack_record
+    from cl_detect.eval.coco_eval import evaluate_coco
+    from cl_detect.eval.detector_eval import ground_truth
+    gt_path = tiny_coco_json(shared_data)
+    original = load(gt_path)
+    dataset = read_dataset(gt_path)
+    rebuilt, vocabulary = ground_truth(dataset)
+    by_id = {a["id"]: a for a in original["annotations"]}
+    box_area = [a["bbox"][2] * a["bbox"][3] for a in original["annotations"]]
+    assert sum(abs(a - b["area"]) > 1 for a, b in zip(box_area, original["annotations"])) > 100  # they differ
+    assert sorted(a["area"] for a in rebuilt["annotations"]) == pytest.approx(sorted(by_id[i]["area"] for i in by_id))
+    rng = np.random.default_rng(0)
+    names = {c["id"]: c["name"] for c in original["categories"]}
+    theirs, ours = [], {}
+    for annotation in original["annotations"]:
+        x, y, w, h = (np.array(annotation["bbox"]) + rng.normal(0, 2, 4)).tolist()
+        score = float(rng.random())
+        theirs.append({"image_id": annotation["image_id"], "category_id": annotation["category_id"],
+                       "bbox": [x, y, w, h], "score": score})
+        row = ours.setdefault(annotation["image_id"], {"image_id": annotation["image_id"], "boxes": [], "scores": [],
+                                                         "labels": []})
+        row["boxes"].append([x, y, x + w, y + h])
+        row["scores"].append(score)
+        row["labels"].append(vocabulary.names.index(names[annotation["category_id"]]))
+    reference = evaluate_coco(gt_path, theirs)
+    harness = evaluate_coco(rebuilt, list(ours.values()), vocabulary=vocabulary)
+    for key in ("AP", "APs", "APm", "APl", "ARs", "ARm", "ARl"):
+        assert harness[key] == pytest.approx(reference[key], abs=1e-12), key
+    record = next(r for r in dataset.records if len(r.boxes))
+    packed = pack_record(record, tmp_path / "small.jpg", max_side=max(record.width, record.height) // 2, quality=90)
+    scale = packed.width / record.width * packed.height / record.height
+    np.testing.assert_allclose(packed.areas, record.areas * scale)

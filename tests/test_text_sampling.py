@@ -64,3 +64,10 @@ def test_same_generator_state_same_prompts():
 
 def test_eval_texts_are_the_vocabulary_in_order():
     assert eval_texts(Vocabulary(("b", "a"))) == ["b", "a"]
+
+
+@pytest.mark.parametrize("labels", [[-1, 0], [0, 3]])
+def test_labels_outside_the_classes_are_an_error_not_another_class(labels):
+    # -1 (a category the vocabulary lacks) once indexed the last class's position
+    with pytest.raises(ValueError, match=r"outside the 3 classes.*cl-detect data check"):
+        sample_texts(np.array(labels), [("red",), ("green",), ("blue",)], np.random.default_rng(0), 4)

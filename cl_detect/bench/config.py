@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from cl_detect._config_keys import reject_unknown_keys
+from cl_detect._config_keys import check_image_size, check_names, reject_unknown_keys
 from cl_detect._shared import expand_variables
 from cl_detect.engine.config import TrainConfig
 
@@ -40,6 +40,9 @@ class DataSpec:
         image_list: keep only the images named in this file (a csv with a `filename`
             column, or one file name per line), e.g. Raccoon's `test_labels.csv`.
         max_images: keep at most this many images (a fixed-seed random subset).
+        class_names: VOC only: the class list in label order. VOC files do not store one, so
+            by default it is the sorted names found in the split's xml files, which differ
+            between splits when one lacks a class; give the same list to a task's train and test.
     """
 
     path: str
@@ -48,6 +51,10 @@ class DataSpec:
     image_root: str | None = None
     image_list: str | None = None
     max_images: int | None = None
+    class_names: list[str] | None = None
+
+    def __post_init__(self):
+        check_names(self.class_names, str(self.path), "class_names")
 
 
 @dataclass
@@ -64,6 +71,9 @@ class TaskSpec:
     train: DataSpec
     test: DataSpec
     prompts: list[str] | None = None
+
+    def __post_init__(self):
+        check_names(self.prompts, f"task {self.name!r}")
 
 
 @dataclass
@@ -84,6 +94,7 @@ class RetentionSpec:
     prompts: list[str] | None = None
 
     def __post_init__(self):
+        check_names(self.prompts, f"retention set {self.name!r}")
         if self.protocol not in RETENTION_PROTOCOLS:
             raise ValueError(f"retention set {self.name!r}: protocol must be one of {RETENTION_PROTOCOLS}, "
                              f"got {self.protocol!r}")
@@ -131,6 +142,11 @@ class EvalSettings:
     backend: str = "fast"
     num_workers: int = 0
     compile: bool = False
+
+    def __post_init__(self):
+        check_image_size(self.image_size, "eval image_size")
+        if self.batch_size < 1:
+            raise ValueError(f"eval batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass

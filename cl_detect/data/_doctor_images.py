@@ -1,14 +1,36 @@
-"""Doctor checks on image files: missing, unreadable, truncated, size differing from the annotation."""
+"""Doctor checks on image files: missing, unreadable, truncated, size differing from the annotation.
+
+Sizes are compared in the displayed frame (EXIF rotation applied), because
+that is what `cv2.imread` gives the training path and what COCO annotates.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image
 
 from cl_detect.data.records import DetectionDataset
 
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
+# EXIF orientations 5-8 rotate by 90 degrees: the decoded image has width and height swapped
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+
+
+class ImageCheck(NamedTuple):
+    """What `inspect_image` found.
+
+    Args:
+        problem: a finding code, or None when the file is fine.
+        detail: what is wrong, for the message.
+        stored: (width, height) as stored in the file, None when unknown.
+        displayed: (width, height) after EXIF rotation (what decoders return), None when unknown.
+    """
+
+    problem: str | None
+    detail: str
+    stored: tuple[int, int] | None
+    displayed: tuple[int, int] | None
 
 
 def _jpeg_is_complete(path: Path) -> bool:
@@ -19,15 +41,14 @@ def _jpeg_is_complete(path: Path) -> bool:
         return b"\xff\xd9" in handle.read()
 
 
-def inspect_image(path: Path) -> tuple[str | None, str, set[tuple[int, int]]]:
-    """Open and verify one image cheaply.
+def _displayed(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    return (size[1], size[0]) if orientation in _TRANSPOSED_ORIENTATIONS else size
 
-    Returns:
-        (problem code or None, detail, accepted (width, height) sizes: as stored and
-        as shown after EXIF rotation).
-    """
+
+def inspect_image(path: Path) -> ImageCheck:
+    """Open and verify one image cheaply; see `ImageCheck` for what comes back."""
     if not path.is_file():
-        return "image_missing", "the file does not exist", set()
+        return ImageCheck("image_missing", "the file does not exist", None, None)
     try:
         with Image.open(path) as image:
             # verify() must come right after open (Pillow refuses it once e.g. PNG chunks were read)
@@ -39,16 +60,15 @@ def inspect_image(path: Path) -> tuple[str | None, str, set[tuple[int, int]]]:
                 # verify() does not decode; for non-JPEG formats decoding is the only tail check
                 image.load()
         if path.suffix.lower() in _JPEG_SUFFIXES and not _jpeg_is_complete(path):
-            return "image_truncated", "the JPEG end marker is missing (the file was cut short)", {size}
+            return ImageCheck("image_truncated", "the JPEG end marker is missing (the file was cut short)",
+                              size, _displayed(size, orientation))
     except OSError as error:
-        code = "image_truncated" if "truncated" in str(error) else "image_unreadable"
-        return code, f"{type(error).__name__}: {error}", set()
+        # Pillow words it "image file is truncated" or "Truncated File Read"
+        code = "image_truncated" if "truncated" in str(error).lower() else "image_unreadable"
+        return ImageCheck(code, f"{type(error).__name__}: {error}", None, None)
     except Exception as error:  # PIL raises assorted types (SyntaxError, ValueError) on corrupt headers
-        return "image_unreadable", f"{type(error).__name__}: {error}", set()
-    sizes = {size}
-    if orientation in _TRANSPOSED_ORIENTATIONS:
-        sizes.add((size[1], size[0]))
-    return None, "", sizes
+        return ImageCheck("image_unreadable", f"{type(error).__name__}: {error}", None, None)
+    return ImageCheck(None, "", size, _displayed(size, orientation))
 
 
 _FIXES = {
@@ -70,12 +90,28 @@ def check_images(dataset: DetectionDataset, add) -> None:
         if record.image_path in seen:
             continue
         seen.add(record.image_path)
-        code, detail, sizes = inspect_image(Path(record.image_path))
+        check = inspect_image(Path(record.image_path))
         name = f"{record.image_path} (image id {record.image_id})"
-        if code:
-            add("error", code, f"{name}: {detail}", _FIXES[code])
-        if sizes and (record.width, record.height) not in sizes:
-            actual = " or ".join(f"{w}x{h}" for w, h in sorted(sizes))
-            add("error", "image_size_mismatch",
-                f"{name}: annotated as {record.width}x{record.height} but the file is {actual}",
-                "fix width/height in the annotation (boxes may need rescaling), or restore the original image")
+        if check.problem:
+            add("error", check.problem, f"{name}: {check.detail}", _FIXES[check.problem])
+        if check.displayed:
+            _check_size(record.width, record.height, check, name, add)
+
+
+def _check_size(width: int, height: int, check: ImageCheck, name: str, add) -> None:
+    """The annotated size must be the displayed one; the stored one is wrong when EXIF rotates by 90 degrees."""
+    if (width, height) == check.displayed:
+        return
+    if (width, height) == check.stored:
+        displayed_w, displayed_h = check.displayed
+        add("error", "image_exif_transposed",
+            f"{name}: annotated as {width}x{height}, the size stored in the file, but its EXIF orientation "
+            f"rotates it by 90 degrees: decoders (and training) load it as {displayed_w}x{displayed_h}, so the "
+            f"boxes do not land on the objects",
+            "re-save the image without the EXIF orientation tag (keeping the stored pixels), or annotate the "
+            "displayed (rotated) frame")
+        return
+    stored = f" (stored as {check.stored[0]}x{check.stored[1]})" if check.stored != check.displayed else ""
+    add("error", "image_size_mismatch",
+        f"{name}: annotated as {width}x{height} but the file is {check.displayed[0]}x{check.displayed[1]}{stored}",
+        "fix width/height in the annotation (boxes may need rescaling), or restore the original image")

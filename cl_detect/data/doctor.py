@@ -99,11 +99,12 @@ def load_texts(texts: str | Path | list | tuple) -> list[list[str]]:
     """Text prompts as [[name, synonym, ...], ...] from a list or a file.
 
     A file is a json list (of strings, or of lists like YOLO-World's `texts.json`)
-    or plain text with one prompt per line.
+    or plain text with one prompt per line. A UTF-8 byte order mark (Windows editors
+    write one) is dropped rather than becoming part of the first prompt.
     """
     if isinstance(texts, (str, Path)):
         path = Path(texts)
-        content = path.read_text(encoding="utf-8")
+        content = path.read_text(encoding="utf-8-sig")
         try:
             texts = json.loads(content) if path.suffix == ".json" else None
         except json.JSONDecodeError:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cl_detect._config_keys import check_image_size
 from cl_detect.data.augment import Sample, letterbox_sample
 from cl_detect.data.preprocess import load_image_bgr, to_uint8_tensor
 from cl_detect.data.records import DetectionDataset, DetectionRecord
@@ -88,7 +89,11 @@ class TrainDataset(Dataset):
         samples = [load_sample(self.dataset.records[i]) for i in [index, *partners]]
         sample = self.augment(samples, rng)
         class_texts = self._class_texts if sample.texts is None else [(t,) for t in sample.texts]
-        sampled = sample_texts(sample.labels, class_texts, rng, self.num_texts, self.use_synonyms)
+        try:
+            sampled = sample_texts(sample.labels, class_texts, rng, self.num_texts, self.use_synonyms)
+        except ValueError as error:
+            paths = ", ".join(self.dataset.records[i].image_path for i in [index, *partners])
+            raise ValueError(f"training image {paths}: {error}") from None
         return {
             "image": to_uint8_tensor(sample.image),
             "boxes": torch.from_numpy(np.ascontiguousarray(sample.boxes[sampled.keep])),
@@ -114,6 +119,7 @@ class EvalDataset(Dataset):
     """
 
     def __init__(self, dataset: DetectionDataset, image_size: int = 640):
+        check_image_size(image_size)
         self.dataset = dataset
         self.image_size = image_size
         self._texts = eval_texts(dataset.vocabulary)

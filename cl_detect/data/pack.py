@@ -44,8 +44,11 @@ def pack_record(record: DetectionRecord, out_path: Path, max_side: int, quality:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out_path), image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     scale = [new_w / width, new_h / height] * 2
+    area_scale = scale[0] * scale[1]
     return replace(record, image_path=str(out_path), width=new_w, height=new_h,
-                   boxes=record.boxes * scale, ignore_boxes=record.ignore_boxes * scale)
+                   boxes=record.boxes * scale, ignore_boxes=record.ignore_boxes * scale,
+                   areas=None if record.areas is None else record.areas * area_scale,
+                   ignore_areas=None if record.ignore_areas is None else record.ignore_areas * area_scale)
 
 
 def pack_dataset(dataset: DetectionDataset, out_dir: str | Path, max_side: int = 640, limit: int | None = None,

@@ -7,6 +7,7 @@ caption the phrases come from, with character spans.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +72,10 @@ class DetectionRecord:
         not_exhaustive_category_ids: LVIS: categories not exhaustively annotated.
         ignore_labels: (M,) class of each ignore region (-1 when unknown); kept so a crowd
             region written back to COCO json still ignores only its own class in evaluation.
+        areas, ignore_areas: (K,) / (M,) the annotated areas (COCO's `area`: the segmentation's,
+            which is what COCO evaluation sorts into small / medium / large); NaN where the
+            source gave none; None when no source area is known. Where unknown, the box area
+            w*h stands in.
     """
 
     image_path: str
@@ -86,6 +91,8 @@ class DetectionRecord:
     neg_category_ids: tuple[int, ...] = ()
     not_exhaustive_category_ids: tuple[int, ...] = ()
     ignore_labels: np.ndarray | None = None
+    areas: np.ndarray | None = None
+    ignore_areas: np.ndarray | None = None
 
     def __post_init__(self):
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -99,6 +106,18 @@ class DetectionRecord:
                              f"{len(self.ignore_labels)} ignore labels")
         if len(self.boxes) != len(self.labels):
             raise ValueError(f"{self.image_path}: {len(self.boxes)} boxes but {len(self.labels)} labels")
+        for name, boxes in (("areas", self.boxes), ("ignore_areas", self.ignore_boxes)):
+            areas = getattr(self, name)
+            if areas is not None:
+                areas = np.asarray(areas, dtype=np.float64).reshape(-1)
+                if len(areas) != len(boxes):
+                    raise ValueError(f"{self.image_path}: {len(boxes)} boxes but {len(areas)} {name}")
+                setattr(self, name, areas)
+
+    def keep_boxes(self, keep: np.ndarray) -> "DetectionRecord":
+        """A copy with only the boxes where `keep` is True, with their labels and areas."""
+        areas = self.areas[keep] if self.areas is not None else None
+        return dataclasses.replace(self, boxes=self.boxes[keep], labels=self.labels[keep], areas=areas)
 
     @property
     def is_grounding(self) -> bool:

@@ -75,6 +75,11 @@ def sample_texts(labels: np.ndarray, class_texts: list[tuple[str, ...]], rng: np
         The padded prompts, the remapped labels and the keep mask over the boxes.
     """
     labels = np.asarray(labels, np.int64)
+    outside = labels[(labels < 0) | (labels >= len(class_texts))]
+    if len(outside):
+        raise ValueError(f"box labels {sorted(set(outside.tolist()))} are outside the {len(class_texts)} classes "
+                         f"(-1: a category the vocabulary does not have); run `cl-detect data check` and fix or "
+                         f"remove those boxes")
     positives = np.unique(labels)
     if len(positives) > num_texts:
         positives = np.sort(rng.choice(positives, size=num_texts, replace=False))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cl_detect._config_keys import check_image_size
 from cl_detect.data.augment import Sample, hsv_jitter, horizontal_flip, letterbox_sample, random_affine
 from cl_detect.data.mosaic import mosaic4
 
@@ -52,8 +53,7 @@ class AugmentConfig:
     flip_prob: float = 0.5
 
     def __post_init__(self):
-        if self.image_size <= 0 or self.image_size % 32:
-            raise ValueError(f"image_size must be a positive multiple of 32 (the largest stride), got {self.image_size}")
+        check_image_size(self.image_size)
         low, high = self.scale_range
         if not 0 < low <= high:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {self.scale_range}")

@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from cl_detect.data.errors import DatasetFormatError
 from cl_detect.data.records import DetectionDataset, DetectionRecord
 
@@ -39,7 +41,9 @@ def _xywh(box) -> list[float]:
 
 def _annotations(record: DetectionRecord, image_id: int, num_classes: int, next_id: int) -> list[dict]:
     annotations = []
-    for box, label in zip(record.boxes, record.labels):
+    areas = record.areas if record.areas is not None else [None] * len(record.boxes)
+    ignore_areas = record.ignore_areas if record.ignore_areas is not None else [None] * len(record.ignore_boxes)
+    for box, label, area in zip(record.boxes, record.labels, areas):
         if record.is_grounding:
             extra = {"category_id": 1, "tokens_positive": [list(s) for s in record.phrase_spans[label]],
                      "phrase": record.phrases[label]}
@@ -48,18 +52,20 @@ def _annotations(record: DetectionRecord, image_id: int, num_classes: int, next_
         else:
             raise DatasetFormatError(f"{record.image_path}: label {int(label)} is outside the {num_classes} "
                                      f"classes; run `cl-detect data check` and fix the source annotations")
-        annotations.append(_annotation(box, image_id, next_id + len(annotations), 0, extra))
-    for box, label in zip(record.ignore_boxes, record.ignore_labels):
+        annotations.append(_annotation(box, area, image_id, next_id + len(annotations), 0, extra))
+    for box, label, area in zip(record.ignore_boxes, record.ignore_labels, ignore_areas):
         # an ignore region of unknown class gets category 0, which the reader maps back to -1
         category = 1 if record.is_grounding else int(label) + 1 if 0 <= label < num_classes else 0
-        annotations.append(_annotation(box, image_id, next_id + len(annotations), 1, {"category_id": category}))
+        annotations.append(_annotation(box, area, image_id, next_id + len(annotations), 1, {"category_id": category}))
     return annotations
 
 
-def _annotation(box, image_id: int, annotation_id: int, iscrowd: int, extra: dict) -> dict:
+def _annotation(box, area, image_id: int, annotation_id: int, iscrowd: int, extra: dict) -> dict:
+    """One COCO annotation; `area` is the source's (None or NaN: the box area stands in)."""
     xywh = _xywh(box)
-    return {"id": annotation_id, "image_id": image_id, "bbox": xywh, "area": max(xywh[2], 0) * max(xywh[3], 0),
-            "iscrowd": iscrowd, **extra}
+    if area is None or not np.isfinite(area):
+        area = max(xywh[2], 0) * max(xywh[3], 0)
+    return {"id": annotation_id, "image_id": image_id, "bbox": xywh, "area": float(area), "iscrowd": iscrowd, **extra}
 
 
 def coco_dict(dataset: DetectionDataset, out_dir: Path, image_root: Path) -> dict:

@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cl_detect._config_keys import reject_unknown_keys
+from cl_detect._config_keys import check_image_size, check_names, reject_unknown_keys
 from cl_detect._shared import expand_variables
 from cl_detect.engine.config import TrainConfig
 
@@ -37,6 +37,8 @@ class DatasetSpec:
         split: split to read (YOLO/VOC/COCO folder); None reads everything.
         name: name of a test set in the metrics (default: the file stem).
         check_images: let the doctor open every image (slow for large sets).
+        class_names: VOC only: the class list in label order (VOC stores none: by default it is
+            the sorted names in the split's xml files; give train and test sets the same list).
     """
 
     path: str
@@ -44,9 +46,11 @@ class DatasetSpec:
     split: str | None = None
     name: str = ""
     check_images: bool = True
+    class_names: list[str] | None = None
 
     def __post_init__(self):
         self.path = expand_variables(self.path)  # an unset ${VAR} is an error, not a literal path
+        check_names(self.class_names, self.path, "class_names")
         if not self.name:
             self.name = Path(self.path).stem
 
@@ -88,6 +92,8 @@ class PretrainConfig:
     def __post_init__(self):
         if not self.datasets:
             raise ValueError("datasets is empty: list at least one training dataset")
+        if self.eval_image_size is not None:
+            check_image_size(self.eval_image_size, "eval_image_size")
         if self.negatives not in ("union", "own"):
             raise ValueError(f"negatives must be 'union' or 'own', got {self.negatives!r}")
         if self.synthetic_world is not None and "path" not in self.synthetic_world:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cl_detect._config_keys import check_image_size
+
 
 @dataclass
 class TrainConfig:
@@ -71,8 +73,10 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
-            raise ValueError("epochs, batch_size and accumulate must be >= 1")
+        too_small = [f"{name} = {getattr(self, name)}" for name in ("epochs", "batch_size", "accumulate", "num_texts")
+                     if getattr(self, name) < 1]
+        if too_small:
+            raise ValueError(f"epochs, batch_size, accumulate and num_texts must be >= 1, got {', '.join(too_small)}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.schedule not in ("linear", "cosine"):
@@ -81,5 +85,4 @@ class TrainConfig:
             raise ValueError(f"cls_loss must be 'bce' or 'focal', got {self.cls_loss!r}")
         if not 0 <= self.close_mosaic_epochs <= self.epochs:
             raise ValueError("close_mosaic_epochs must be between 0 and epochs")
-        if self.image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32 (the largest stride), got {self.image_size}")
+        check_image_size(self.image_size)

@@ -26,7 +26,6 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -53,16 +52,12 @@ def load_config(config: dict | str | Path) -> PretrainConfig:
 
 def read_checked(spec: DatasetSpec, allow_data_errors: bool) -> DetectionDataset:
     """Read a dataset and run the doctor on it; refuse it on errors unless allowed."""
-    from cl_detect.data.doctor import check_dataset
+    from cl_detect.data.checked import checked_dataset
     from cl_detect.data.readers import read_dataset
 
-    dataset = read_dataset(spec.path, format=spec.format, split=spec.split)
-    report = check_dataset(dataset, check_images=spec.check_images)
-    if not report.ok:
-        print(report.format_text(), file=sys.stderr)
-        if not allow_data_errors:
-            report.raise_on_errors()
-    return dataset
+    options = {"class_names": list(spec.class_names)} if spec.class_names is not None else {}
+    dataset = read_dataset(spec.path, format=spec.format, split=spec.split, **options)
+    return checked_dataset(dataset, allow_data_errors, str(spec.path), check_images=spec.check_images)
 
 
 def merge_vocabularies(datasets: list[DetectionDataset]) -> DetectionDataset:

@@ -84,6 +84,9 @@ def read_dataset(src: str | Path, format: str | None = None, split: str | None =
     format = format or detect_format(src)
     if format not in FORMATS:
         raise DatasetFormatError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    if kwargs.get("class_names") is not None and format != "voc":
+        raise DatasetFormatError(f"{src}: class_names applies to VOC data only; {format} files store their own "
+                                 f"class list (rename classes with prompts instead)")
     if format == "yolo":
         return read_yolo(src, split=split, **kwargs)
     if format == "voc":

@@ -4,6 +4,8 @@ Boxes are converted from xywh to xyxy pixels, crowd boxes become
 `ignore_boxes`, and the original category ids (1..90 for COCO) are kept in the
 vocabulary so evaluation can map labels back. Annotations whose category id is
 not in `categories` are kept with label -1 so the doctor can report them.
+Image ids must be distinct integers; anything else is refused, since boxes are
+attached to images by id.
 """
 from __future__ import annotations
 
@@ -63,8 +65,45 @@ def image_root_of(data: dict, json_path: Path, image_root: str | Path | None) ->
     return find_image_root(json_path, [im.get("file_name", "") for im in data.get("images", [])], recorded)
 
 
+def _integer_id(value) -> int | None:
+    """An image id as an int, or None when it is not a whole number (strings and booleans included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def check_image_ids(images: list[dict], json_path: Path) -> None:
+    """Every image needs its own integer id: annotations, evaluation and written detections key on it.
+
+    Raises:
+        DatasetFormatError: code 'invalid_image_id' for a missing or non-integer id (e.g. "img1"),
+            'duplicate_image_id' when images share an id (each of their boxes would land on all of them).
+    """
+    files_of = defaultdict(list)
+    for number, image in enumerate(images):
+        image_id = _integer_id(image.get("id"))
+        if image_id is None:
+            raise DatasetFormatError(
+                f"{json_path}: images[{number}] ({image.get('file_name')!r}) has id {image.get('id')!r}; COCO image "
+                f"ids must be integers (evaluation and written detections use them as numbers); renumber the "
+                f"images 1..N and set each annotation's image_id to its image's new id", code="invalid_image_id")
+        files_of[image_id].append(str(image.get("file_name")))
+    shared = {image_id: names for image_id, names in files_of.items() if len(names) > 1}
+    if shared:
+        examples = "; ".join(f"id {image_id}: {', '.join(names)}" for image_id, names in list(shared.items())[:5])
+        raise DatasetFormatError(
+            f"{json_path}: {len(shared)} image id(s) used by more than one image ({examples}); annotations name "
+            f"their image by id, so these images would get each other's boxes; give every image its own id and "
+            f"point each annotation's image_id at its image", code="duplicate_image_id")
+
+
 def group_annotations(data: dict, json_path: Path) -> dict[int, list[dict]]:
-    """Annotations per image id; an annotation for an image that is not listed cannot be placed."""
+    """Annotations per image id, after `check_image_ids`; an annotation for an unlisted image cannot be placed."""
+    check_image_ids(data.get("images", []), json_path)
     image_ids = {image["id"] for image in data.get("images", [])}
     per_image = defaultdict(list)
     for annotation in data.get("annotations", []):
@@ -88,6 +127,18 @@ def image_record_size(image: dict, path: Path, json_path: Path) -> tuple[int, in
             f"add width and height to the image entry") from error
 
 
+def _area(annotation: dict, json_path: Path) -> float:
+    """The annotation's `area` (COCO: the segmentation's, used for small / medium / large), NaN if absent."""
+    area = annotation.get("area")
+    if area is None:
+        return float("nan")
+    try:
+        return float(area)
+    except (TypeError, ValueError):
+        raise DatasetFormatError(f"{json_path}: annotation {annotation.get('id')} has area {area!r}, not a number; "
+                                 f"fix it or remove the key (the box area is used then)") from None
+
+
 def records_from_coco(data: dict, json_path: str | Path, image_root: str | Path | None = None) -> DetectionDataset:
     """Build records from an already loaded COCO dict (see `read_coco`)."""
     json_path = Path(json_path)
@@ -100,20 +151,23 @@ def records_from_coco(data: dict, json_path: str | Path, image_root: str | Path 
     for image in images:
         path = image_root / image["file_name"]
         width, height = image_record_size(image, path, json_path)
-        boxes, labels, ignore, ignore_labels = [], [], [], []
+        boxes, labels, areas, ignore, ignore_labels, ignore_areas = [], [], [], [], [], []
         for annotation in per_image.get(image["id"], []):
             box = _box_xyxy(annotation, json_path)
             label = index_of.get(annotation.get("category_id"), -1)
+            area = _area(annotation, json_path)
             if annotation.get("iscrowd", 0):
                 ignore.append(box)
                 ignore_labels.append(label)
+                ignore_areas.append(area)
             else:
                 boxes.append(box)
                 labels.append(label)
+                areas.append(area)
         records.append(DetectionRecord(
             str(path), width, height, np.array(boxes, np.float32), np.array(labels, np.int64),
             image_id=int(image["id"]), ignore_boxes=np.array(ignore, np.float32),
-            ignore_labels=np.array(ignore_labels, np.int64),
+            ignore_labels=np.array(ignore_labels, np.int64), areas=areas, ignore_areas=ignore_areas,
             neg_category_ids=tuple(image.get("neg_category_ids", ())),
             not_exhaustive_category_ids=tuple(image.get("not_exhaustive_category_ids", ()))))
     return DetectionDataset(records, vocabulary, source=str(json_path), image_root=str(image_root))

@@ -38,7 +38,7 @@ def find_yaml(folder: Path) -> Path:
 
 
 def vocabulary_from_yaml(config: dict, yaml_path: Path) -> Vocabulary:
-    """Class names from `names` (list, or dict {index: name}); a bare string is refused."""
+    """Class names from `names` (list, or dict {index: name}); a bare string or a non-string entry is refused."""
     names = config.get("names")
     if isinstance(names, str):
         raise DatasetFormatError(
@@ -56,7 +56,20 @@ def vocabulary_from_yaml(config: dict, yaml_path: Path) -> Vocabulary:
     if "nc" in config and int(config["nc"]) != len(names):
         raise DatasetFormatError(f"{yaml_path}: nc is {config['nc']} but 'names' lists {len(names)} classes; "
                                  f"make them agree", code="class_count_mismatch")
-    return Vocabulary(tuple(str(n) for n in names))
+    _refuse_non_string_names(names, yaml_path)
+    return Vocabulary(tuple(names))
+
+
+def _refuse_non_string_names(names: list, yaml_path: Path) -> None:
+    """YAML turns unquoted yes/no/on/off into booleans and 1, 1.50, 010 into numbers: the prompt
+    would be 'True' or '1.5' instead of what was written, so only strings are accepted."""
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            raise DatasetFormatError(
+                f"{yaml_path}: 'names' entry {index} is {name!r} ({type(name).__name__}), not a string: YAML reads "
+                f"unquoted yes/no/on/off/true/false as booleans, numbers as numbers and an empty entry as null, "
+                f"so the class prompt would be {str(name)!r}; quote every name in the yaml "
+                f"(e.g. names: ['yes', 'no', '1'])", code="non_string_class_name")
 
 
 def _resolve(entry: str, root: Path, yaml_dir: Path) -> Path | None:
@@ -114,7 +127,7 @@ def parse_label_file(path: Path, width: int, height: int) -> tuple[np.ndarray, n
     if not path.is_file():
         return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
     boxes, labels = [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -140,7 +153,8 @@ def _image_paths(source: Path) -> list[Path]:
     if source.is_dir():
         return list_images(source)
     # a .txt file listing images, one per line, relative to the list's folder
-    return [(source.parent / line.strip()).resolve() for line in source.read_text().splitlines() if line.strip()]
+    lines = source.read_text(encoding="utf-8-sig").splitlines()
+    return [(source.parent / line.strip()).resolve() for line in lines if line.strip()]
 
 
 def read_yolo(src: str | Path, split: str | None = None) -> DetectionDataset:

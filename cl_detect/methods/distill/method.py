@@ -53,11 +53,11 @@ def teacher_autocast(precision: str, device: torch.device):
 
 
 def read_vocabulary_file(path: str | Path) -> list[str]:
-    """Names from a text file, one per line (blank lines skipped)."""
+    """Names from a UTF-8 text file, one per line (blank lines and a byte order mark skipped)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"distill vocabulary file {path} does not exist")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     if not names:
         raise ValueError(f"distill vocabulary file {path} holds no names")
     return names

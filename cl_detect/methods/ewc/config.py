@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cl_detect._config_keys import check_image_size
+
 
 @dataclass
 class EwcConfig:
@@ -34,7 +36,6 @@ class EwcConfig:
         if self.fisher_batches < 1 or self.batch_size < 1:
             raise ValueError(f"fisher_batches and batch_size must be >= 1, got "
                              f"{self.fisher_batches} and {self.batch_size}")
-        if self.image_size < 32 or self.image_size % 32:
-            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
+        check_image_size(self.image_size)
         if not 0 <= self.decay <= 1:
             raise ValueError(f"decay must be in [0, 1], got {self.decay}")

@@ -32,7 +32,7 @@ def _known_labels(record: DetectionRecord) -> DetectionRecord:
     keep = record.labels >= 0
     if keep.all():
         return record
-    return DetectionRecord(**{**vars(record), "boxes": record.boxes[keep], "labels": record.labels[keep]})
+    return record.keep_boxes(keep)
 
 
 def split_by_kind(dataset: DetectionDataset) -> list[DetectionDataset]:

@@ -59,7 +59,7 @@ def _without_unknown_labels(record: DetectionRecord) -> DetectionRecord:
     keep = record.labels >= 0
     if keep.all():
         return record
-    return DetectionRecord(**{**vars(record), "boxes": record.boxes[keep], "labels": record.labels[keep]})
+    return record.keep_boxes(keep)
 
 
 class ReplayBuffer:
