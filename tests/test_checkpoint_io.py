@@ -1,4 +1,5 @@
-"""Checkpoint safety and the official layout round trip (save -> load gives the same model)."""
+"""Checkpoint safety, unreadable files, and the official layout round trip (save -> load gives the same model)."""
+import io
 import pickle
 import sys
 import types
@@ -102,3 +103,49 @@ def test_shape_mismatch_and_missing_keys_fail_loudly():
         load_official_checkpoint(partial)
     with pytest.raises(ValueError, match="not a YOLO-World checkpoint"):
         load_official_checkpoint({"foo": torch.zeros(1)})
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("content, found", [
+    (b"", "the file is empty"),
+    (b'{"state_dict": {}}', "not a torch file: it starts with b'{\"state_dict"),
+    (bytes(range(7, 107)), "not a torch file"),
+    (b"checkpoint\nweights\n", "not a torch file"),  # starts like a pickle GLOBAL opcode
+    ("zip_half", "a zip archive of .* bytes that is truncated or corrupted"),
+    (pickle.dumps({"a": list(range(100))})[:40], "a pickle of 40 bytes .*truncated"),
+], ids=["empty", "json", "binary", "text", "truncated_zip", "truncated_pickle"])
+def test_unreadable_files_are_named(tmp_path, content, found):
+    if content == "zip_half":
+        whole = _torch_bytes({"x": torch.ones(64)})
+        content = whole[:len(whole) // 2]
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"model.pth: not a readable torch checkpoint \\({found}.*re-saving") as info:
+        read_checkpoint(path)
+    assert info.value.__cause__ is not None  # torch's own error stays chained
+
+
+def test_refused_global_in_readable_file_keeps_its_error(tmp_path):
+    path = tmp_path / "evil_legacy.pth"
+    torch.save({"payload": types.SimpleNamespace(a=1)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle types.SimpleNamespace"):
+        read_checkpoint(path)
+
+
+class _CallsPrint:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_legacy_header_pickle_is_restricted_too(tmp_path, capsys):
+    # torch's legacy reader unpickles the header with pickle_module.load, not Unpickler
+    path = tmp_path / "header_payload.pth"
+    path.write_bytes(pickle.dumps(_CallsPrint(), protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle .*print"):
+        read_checkpoint(path)
+    assert "this must never run" not in capsys.readouterr().out

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cl_detect import create_detector, list_detectors
+from cl_detect import create_detector, list_detectors, save_official_checkpoint
 from cl_detect.models.official import check_head_variant, official_state_dict
 
 OFFICIAL_PARAMS_M = {"yolo_world_v2_s": 12.76, "yolo_world_v2_m": 28.38, "yolo_world_v2_l": 46.83,
@@ -42,10 +42,16 @@ def test_output_shapes_and_text_broadcast(text_dim):
         assert out.bbox_preds[level].min() >= 0 and out.bbox_preds[level].max() <= 15
 
 
-def test_wrong_text_width_is_a_clear_error():
+def test_wrong_text_width_no_prompts_and_odd_image_sides_are_clear_errors():
     detector = create_detector("yolo_world_v2_t", text_dim=384)
     with pytest.raises(ValueError, match=r"\(B, N, 384\)"):
         detector(torch.rand(1, 3, 64, 64), torch.randn(1, 3, 512))
+    detector = create_detector("yolo_world_v2_t")
+    with pytest.raises(ValueError, match="no prompts"):
+        detector(torch.zeros(1, 3, 64, 64), torch.zeros(1, 0, 512))
+    with pytest.raises(ValueError, match=r"images are 64x500 \(HxW\); both sides must be multiples of 32"):
+        detector(torch.zeros(1, 3, 64, 500), torch.zeros(1, 2, 512))
+    assert detector(torch.zeros(1, 3, 64, 96), torch.zeros(1, 2, 512)).cls_logits[0].shape == (1, 2, 8, 12)
 
 
 def test_logits_depend_on_the_texts():
@@ -78,6 +84,8 @@ def test_timm_backbone_feeds_the_same_neck_and_head():
     assert [tuple(x.shape[-2:]) for x in out.cls_logits] == [(8, 8), (4, 4), (2, 2)]
     with pytest.raises(ValueError, match="backbone must be"):
         create_detector("yolo_world_v2_t", backbone="resnet18")
+    with pytest.raises(ValueError, match="official layout holds YOLO-World's CSPDarknet.*save_model"):
+        save_official_checkpoint(detector, "unused.pth")
 
 
 def test_training_step_gives_gradients_everywhere():

@@ -175,3 +175,58 @@ def test_cli_eval_prints_json(coco_val, tmp_path, capsys):
     assert printed["backend"] == "fast" and "per_category_ap" not in printed
     assert abs(printed["AP"] - raw_pycocotools(coco_val, detections).stats[0]) <= 1e-12
     assert main(["eval", "--gt", coco_val, "--dets", str(dets_path), "--fixed-ap"]) == 2
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "fast"])
+@pytest.mark.parametrize("bad_bbox", [[1.0, 2.0, 3.0, 4.0, 0.0], [1.0, 2.0], [1.0, 2.0, 3.0, None], None],
+                         ids=["5_values", "2_values", "none_value", "no_list"])
+def test_bbox_that_is_not_4_numbers_is_named(coco_val, backend, bad_bbox):
+    image_id = json.load(open(coco_val))["images"][0]["id"]
+    good = {"image_id": image_id, "category_id": 1, "bbox": [0.0, 0.0, 5.0, 5.0], "score": 0.5}
+    # all bad and equally long would reshape into other boxes; one bad among good ones would not stack
+    for detections, index in (([dict(good, bbox=bad_bbox)] * 4, 0), ([good, good, dict(good, bbox=bad_bbox)], 2)):
+        with pytest.raises(ValueError, match=rf"entry {index} has bbox .*not 4 numbers.*\[x, y, width, height\]"):
+            evaluate_coco(coco_val, detections, backend=backend)
+
+
+def test_per_image_boxes_must_be_n_by_4(coco_val):
+    image_id = json.load(open(coco_val))["images"][0]["id"]
+    vocabulary = Vocabulary(names=("person",), category_ids=(1,))
+    with pytest.raises(ValueError, match=rf"image {image_id}: boxes have shape \(4, 5\)"):
+        evaluate_coco(coco_val, [{"image_id": image_id, "boxes": np.zeros((4, 5)), "scores": np.ones(5),
+                                  "labels": np.zeros(5, np.int64)}], vocabulary=vocabulary)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "fast"])
+@pytest.mark.parametrize("key", ["area", "iscrowd"])
+def test_ground_truth_without_area_or_iscrowd_is_named(coco_val, tmp_path, backend, key):
+    # pycocotools raises a bare KeyError on these; both backends name the file and the record instead
+    dataset = json.load(open(coco_val))
+    first = dataset["annotations"][3]
+    for annotation in dataset["annotations"][3:]:
+        del annotation[key]
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(dataset))
+    detections = [{"image_id": first["image_id"], "category_id": first["category_id"], "bbox": first["bbox"],
+                   "score": 0.9}]
+    lacking = len(dataset["annotations"]) - 3
+    with pytest.raises(ValueError, match=rf"gt.json: annotations\[3\] \(id {first['id']}\) has no '{key}' "
+                                         rf"\({lacking} of .*add it.*{key}"):
+        evaluate_coco(str(gt_path), detections, backend=backend)
+    with pytest.raises(ValueError, match="the ground-truth dict: annotations"):
+        evaluate_coco(dataset, detections, backend=backend)
+
+
+def test_cli_eval_names_bad_files(coco_val, tmp_path, capsys):
+    dataset = json.load(open(coco_val))
+    annotation = dataset["annotations"][0]
+    dets_path = tmp_path / "dets.json"
+    dets_path.write_text(json.dumps([{"image_id": annotation["image_id"], "category_id": annotation["category_id"],
+                                      "bbox": annotation["bbox"] + [0.0], "score": 0.9}]))
+    assert main(["eval", "--gt", coco_val, "--dets", str(dets_path), "--backend", "fast"]) == 2
+    assert f"{dets_path}: COCO results entry 0 has bbox" in capsys.readouterr().err
+    good_path = tmp_path / "good.json"
+    good_path.write_text(json.dumps([{"image_id": annotation["image_id"], "category_id": annotation["category_id"],
+                                      "bbox": annotation["bbox"], "score": 0.9}]))
+    assert main(["eval", "--gt", coco_val, "--dets", str(good_path), "--lvis"]) == 2
+    assert f"{coco_val}: not an LVIS annotation file" in capsys.readouterr().err

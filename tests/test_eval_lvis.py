@@ -131,3 +131,28 @@ def test_per_image_arrays_and_empty_detections():
     assert evaluate_lvis(gt, [])["AP"] == 0.0
     with pytest.raises(ValueError, match="category_id 3"):
         evaluate_lvis(gt, [{"image_id": 10, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 1.0}])
+
+
+def test_coco_ground_truth_is_not_lvis(shared_data):
+    coco_val = shared_data / "tiny_coco" / "tiny_coco" / "annotations" / "instances_val2017.json"
+    image_id = json.load(open(coco_val))["images"][0]["id"]
+    detections = [{"image_id": image_id, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}]
+    with pytest.raises(ValueError, match=r"instances_val2017.json: not an LVIS annotation file.*drop --lvis"):
+        evaluate_lvis(str(coco_val), detections)
+
+
+@pytest.mark.parametrize("part, key", [("images", "not_exhaustive_category_ids"), ("categories", "frequency"),
+                                       ("annotations", "area")])
+def test_lvis_ground_truth_missing_key_is_named(part, key):
+    gt = hand_made_lvis()
+    del gt[part][-1][key]
+    index = len(gt[part]) - 1
+    with pytest.raises(ValueError, match=rf"the ground-truth dict: {part}\[{index}\] .*has no '{key}'.*add it"):
+        evaluate_lvis(gt, [])
+
+
+@pytest.mark.parametrize("bad_bbox", [[10, 10, 40, 40, 1], [10, 10]])
+def test_lvis_bbox_that_is_not_4_numbers_is_named(bad_bbox):
+    detections = [{"image_id": 10, "category_id": 1, "bbox": bad_bbox, "score": 0.5}] * 4
+    with pytest.raises(ValueError, match="entry 0 has bbox .*not 4 numbers"):
+        evaluate_lvis(hand_made_lvis(), detections)

@@ -128,6 +128,24 @@ def test_predict_cli_draws_boxes(tmp_path, capsys):
     assert {d["label"] for d in row["detections"]} <= {"person", "dog"}
     with pytest.raises(SystemExit, match="empty prompt"):
         main(["predict", "--weights", str(weights), "--texts", "person,,dog", str(image), "--out", str(out)])
+    with pytest.raises(ValueError, match="multiple of 32.*got 500; the nearest are 480 and 512"):
+        main(["predict", "--weights", str(weights), "--texts", "person", str(image), "--out", str(out),
+              "--image-size", "500"])
+
+
+@pytest.mark.slow
+def test_predict_cli_reads_the_checkpoints_that_training_writes(tmp_path, capsys):
+    from cl_detect.models.checkpoint import save_model
+    detector = _confident(create_detector("yolo_world_v2_t", text_dim=384))
+    weights = tmp_path / "finetuned.pt"
+    save_model(weights, detector, "minilm-random")  # as finetune/pretrain write it
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), np.full((40, 56, 3), 90, np.uint8))
+    out = tmp_path / "vis.png"
+    assert main(["predict", "--weights", str(weights), "--texts", "fish,shark", str(image), "--out", str(out),
+                 "--image-size", "64", "--score-thr", "0.0"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["detections"] and {d["label"] for d in row["detections"]} <= {"fish", "shark"}
 
 
 @pytest.mark.slow
@@ -172,3 +190,112 @@ def test_compiled_code_serves_other_weights_of_the_same_architecture_without_rec
                     assert (other - b).abs().max() > 100 * tolerance  # the first detector's outputs differ
                 for param in second.parameters():  # as a further task's training would change them
                     param.mul_(1.5).add_(0.01)
+
+
+def test_draw_detections_leaves_out_the_blank_padding_class():
+    from cl_detect.commands.predict import draw_detections
+    from cl_detect.models.predict import Detections
+    image = np.full((64, 64, 3), 200, np.uint8)
+    # label 2 is the blank " " prompt appended after the user's two classes
+    detections = Detections(torch.tensor([[4.0, 4, 20, 20], [36, 36, 60, 60]]), torch.tensor([0.9, 0.8]),
+                            torch.tensor([2, 0]))
+    canvas = draw_detections(image, detections, ["person", "dog"], 0.3)
+    assert (canvas[:30, :30] == 200).all()  # the blank class's box is not drawn
+    assert (canvas[30:, 30:] != 200).any()  # the person's is
+
+
+def test_outputs_of_inputs_sharing_a_name_get_their_folder_name(tmp_path):
+    from cl_detect.commands.predict import output_paths
+    out = tmp_path / "vis"
+    images = [str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"), str(tmp_path / "a" / "y.jpg")]
+    assert output_paths(str(out), images) == [out / "a_x_det.png", out / "b_x_det.png", out / "y_det.png"]
+    with pytest.raises(SystemExit, match=r"would all be written as a_x_det.png; give them in separate runs"):
+        output_paths(str(out), [str(tmp_path / "a" / "x.png"), str(tmp_path / "a" / "x.jpg")])
+
+
+def test_out_for_one_image_is_a_file_with_an_image_extension_or_a_folder(tmp_path):
+    from cl_detect.commands.predict import output_paths, write_image
+    image = str(tmp_path / "in" / "x.jpg")
+    assert output_paths(str(tmp_path / "vis.PNG"), [image]) == [tmp_path / "vis.PNG"]
+    (tmp_path / "existing").mkdir()
+    assert output_paths(str(tmp_path / "existing"), [image]) == [tmp_path / "existing" / "x_det.png"]
+    assert output_paths(str(tmp_path / "new") + "/", [image]) == [tmp_path / "new" / "x_det.png"]
+    with pytest.raises(SystemExit, match=r"'.*vis' is neither an image file \(.png, .jpg"):
+        output_paths(str(tmp_path / "vis"), [image])
+    with pytest.raises(SystemExit, match="is an image file name, but 2 images were given; give a folder"):
+        output_paths(str(tmp_path / "vis.png"), [image, str(tmp_path / "y.jpg")])
+    with pytest.raises(SystemExit, match="neither an image file"):  # refused before the weights are read
+        main(["predict", "--weights", str(tmp_path / "model.pt"), "--texts", "person", image,
+              "--out", str(tmp_path / "existing" / "vis")])
+    (tmp_path / "taken_det.png").mkdir()  # cv2.imwrite returns False rather than raising here
+    with pytest.raises(SystemExit, match="could not write .*taken_det.png"):
+        write_image(tmp_path / "taken_det.png", np.zeros((8, 8, 3), np.uint8))
+
+
+def test_texts_naming_a_file_are_read_from_it(tmp_path):
+    from cl_detect.commands.predict import parse_texts
+    lines = tmp_path / "prompts.txt"
+    lines.write_text("\ufeffperson\n\n  red car, parked \ndog\n", encoding="utf-8")  # a BOM, as Windows writes
+    assert parse_texts(str(lines)) == ["person", "red car, parked", "dog"]
+    listed = tmp_path / "prompts.json"
+    listed.write_text(json.dumps(["person", ["dog", "puppy"]]))
+    assert parse_texts(str(listed)) == ["person", "dog"]
+    assert parse_texts("person, dog") == ["person", "dog"]
+    with pytest.raises(SystemExit, match="looks like a prompt file but there is no such file"):
+        parse_texts(str(tmp_path / "missing.txt"))
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(SystemExit, match="has no prompts"):
+        parse_texts(str(tmp_path / "empty.txt"))
+
+
+def test_predict_refuses_float_and_16_bit_arrays_saying_how_to_convert():
+    detector = create_detector("yolo_world_v2_t", text_dim=16)
+    image = np.random.default_rng(0).integers(0, 255, (8, 10, 3), dtype=np.uint8)
+    text = torch.randn(2, 16)
+    # a float array was fed unscaled (every score 1.0); a uint16 one failed deep inside torch
+    with pytest.raises(ValueError, match=r"uint8 \(0-255\) BGR, got float32 .*\(image \* 255\)\.clip\(0, 255\)"):
+        detector.predict(image.astype(np.float32) / 255, text, image_size=64)
+    with pytest.raises(ValueError, match=r"got uint16 .*\(image // 257\)\.astype\(np.uint8\)"):
+        detector.predict(image.astype(np.uint16) * 257, text, image_size=64)
+
+
+def test_predict_takes_gray_and_bgra_arrays_as_reading_their_files_would():
+    from cl_detect.models.predict import _as_bgr
+    bgr = np.random.default_rng(0).integers(0, 255, (8, 10, 3), dtype=np.uint8)
+    assert _as_bgr(bgr) is bgr
+    assert np.array_equal(_as_bgr(np.dstack([bgr, np.full((8, 10), 7, np.uint8)])), bgr)  # alpha dropped
+    gray = bgr[:, :, 0]
+    assert np.array_equal(_as_bgr(gray), np.dstack([gray] * 3))
+    assert np.array_equal(_as_bgr(gray[:, :, None]), np.dstack([gray] * 3))
+    with pytest.raises(ValueError, match="got shape \\(8, 10, 2\\)"):
+        _as_bgr(bgr[:, :, :2])
+
+
+@pytest.mark.slow
+def test_predict_cli_reads_prompt_files_and_keeps_outputs_of_same_named_inputs_apart(tmp_path, capsys, monkeypatch):
+    from cl_detect.commands import predict as predict_command
+    from cl_detect.models.checkpoint import save_model
+    weights = tmp_path / "finetuned.pt"
+    save_model(weights, _confident(create_detector("yolo_world_v2_t", text_dim=384)), "minilm-random")
+    for folder, value in (("a", 90), ("b", 160)):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "x.png"), np.full((40, 56, 3), value, np.uint8))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("fish\nshark, big\n")
+    drawn_names = []
+    draw = predict_command.draw_detections
+    monkeypatch.setattr(predict_command, "draw_detections",
+                        lambda image, dets, names, thr: drawn_names.append(names) or draw(image, dets, names, thr))
+    out = tmp_path / "vis"
+    assert main(["predict", "--weights", str(weights), "--texts", str(prompts), str(tmp_path / "a" / "x.png"),
+                 str(tmp_path / "b" / "x.png"), "--out", str(out), "--image-size", "64", "--score-thr", "0.0"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-2:]]
+    assert [row["out"] for row in rows] == [str(out / "a_x_det.png"), str(out / "b_x_det.png")]
+    assert cv2.imread(rows[0]["out"]).shape == cv2.imread(rows[1]["out"]).shape == (40, 56, 3)
+    assert {d["label"] for row in rows for d in row["detections"]} <= {"fish", "shark, big"}
+    assert drawn_names == [["fish", "shark, big"]] * 2  # the blank padding prompt is not drawn
+    # one image into an existing folder
+    assert main(["predict", "--weights", str(weights), "--texts", "fish", str(tmp_path / "a" / "x.png"),
+                 "--out", str(out), "--image-size", "64"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["out"] == str(out / "x_det.png")
+    assert cv2.imread(str(out / "x_det.png")) is not None

@@ -30,14 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
 
 
-def _load_detections(path: str) -> list[dict]:
+def _load_detections(path: str):
+    """The detections file as `DetectionColumns`; format errors name the file."""
+    from cl_detect.eval._detections import to_columns
+
     detections = json.loads(Path(path).read_text())
     if isinstance(detections, dict) and "annotations" in detections:
         detections = detections["annotations"]
     if not isinstance(detections, list):
         raise ValueError(f"{path}: expected a JSON list of detections (each with image_id, category_id, "
                          f"bbox [x, y, w, h] and score), got {type(detections).__name__}")
-    return detections
+    try:
+        return to_columns(detections)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:

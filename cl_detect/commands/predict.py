@@ -1,21 +1,34 @@
 """`cl-detect predict`: detect objects named by text prompts and draw them.
 
     cl-detect predict --weights yolo_world_v2_s.pth --texts "person,dog" street.jpg --out vis.png
+    cl-detect predict --weights finetuned.pt --texts prompts.txt a/*.jpg b/*.jpg --out vis/
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections import Counter
 from pathlib import Path
+
+IMAGE_SUFFIXES = ".png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--weights", required=True, help="official YOLO-World v2 checkpoint (or state dict file)")
-    parser.add_argument("--texts", required=True, help="comma-separated prompts, e.g. 'person,dog'")
-    parser.add_argument("--out", required=True, help="output PNG (one image) or folder (several images)")
+    parser.add_argument("--weights", required=True,
+                        help="a cl_detect checkpoint (what pretrain/finetune write) or an official YOLO-World v2 one")
+    parser.add_argument("--texts", required=True,
+                        help="comma-separated prompts, e.g. 'person,dog', or a prompt file: one prompt per line "
+                             "(blank lines skipped) or a .json list of strings, as `data check --texts` reads; "
+                             "a prompt with a comma in it needs a file")
+    parser.add_argument("--out", required=True,
+                        help=f"one image: an output image file ({IMAGE_SUFFIXES}) or a folder (existing, or "
+                             "ending in '/') that gets <name>_det.png; several images: a folder that gets "
+                             "<name>_det.png each, inputs sharing a name (a/x.png, b/x.png) with their "
+                             "folder's in front (a_x_det.png, b_x_det.png)")
     parser.add_argument("--text-encoder", default=None,
-                        help="text encoder spec when the checkpoint has none (e.g. 'clip:ViT-B-32:openai')")
+                        help="text encoder spec, replacing the checkpoint's (e.g. 'clip:ViT-B-32:openai')")
     parser.add_argument("--image-size", type=int, default=640)
     parser.add_argument("--score-thr", type=float, default=0.3, help="only draw/print detections above this")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -29,22 +42,86 @@ def _cuda() -> bool:
 
 
 def parse_texts(texts: str) -> list[str]:
-    """'person, dog' -> ['person', 'dog']; empty entries are an error, not silently dropped."""
+    """'person, dog' -> ['person', 'dog'], or the prompts of the file `texts` names.
+
+    A file is read by `load_texts`, as `data check --texts` reads it (the first name of
+    each json entry with synonyms). Empty prompts are an error, not silently dropped.
+    """
+    path = Path(texts)
+    if path.is_file():
+        from cl_detect.data.doctor import load_texts
+        names = [item[0].strip() if item else "" for item in load_texts(path)]
+        if not names or any(not n for n in names):
+            raise SystemExit(f"--texts file {path} has no prompts or an empty one; write one prompt per line "
+                             "or a .json list of non-empty strings")
+        return names
+    if path.suffix.lower() in (".txt", ".json"):
+        raise SystemExit(f"--texts {texts!r} looks like a prompt file but there is no such file; "
+                         "check the path, or give comma-separated names like 'person,dog'")
     names = [t.strip() for t in texts.split(",")]
     if not names or any(not n for n in names):
         raise SystemExit(f"--texts {texts!r} has an empty prompt; give comma-separated names like 'person,dog'")
     return names
 
 
+def _output_names(images: list[str]) -> list[str]:
+    """'<stem>_det.png' per image; inputs sharing a stem get their folder's name in front."""
+    stems = [Path(p).stem for p in images]
+    repeated = {stem for stem, count in Counter(stems).items() if count > 1}
+    names = [f"{Path(p).resolve().parent.name}_{stem}" if stem in repeated else stem
+             for p, stem in zip(images, stems)]
+    clashes = sorted(name for name, count in Counter(names).items() if count > 1)
+    if clashes:  # the same folder name as well, x.png beside x.jpg, or one file given twice
+        same = [p for p, name in zip(images, names) if name == clashes[0]]
+        raise SystemExit(f"inputs {same} would all be written as {clashes[0]}_det.png; "
+                         "give them in separate runs or rename them")
+    return [f"{name}_det.png" for name in names]
+
+
+def output_paths(out: str, images: list[str]) -> list[Path]:
+    """Where each drawn image goes (see --out), checked before any work is done."""
+    import cv2
+
+    folder = Path(out)
+    if len(images) == 1 and not folder.is_dir() and not out.endswith(("/", os.sep)):
+        if not cv2.haveImageWriter(out):
+            raise SystemExit(f"--out {out!r} is neither an image file ({IMAGE_SUFFIXES}) nor a folder; give "
+                             "e.g. --out vis.png, or an existing folder (or one ending in '/') for <name>_det.png")
+        return [folder]
+    if folder.is_file() or (not folder.is_dir() and cv2.haveImageWriter(out)):
+        what = "an existing file" if folder.is_file() else "an image file name"
+        raise SystemExit(f"--out {out!r} is {what}, but {len(images)} images were given; "
+                         "give a folder for their <name>_det.png files")
+    return [folder / name for name in _output_names(images)]
+
+
+def write_image(target: Path, image) -> None:
+    """cv2.imwrite that fails loudly: it returns False instead of raising."""
+    import cv2
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(target), image):
+        raise SystemExit(f"could not write {target}: check that its folder is writable and the name is "
+                         f"not a folder; image types: {IMAGE_SUFFIXES}")
+
+
+def shown_detections(detections, names: list[str], score_thr: float):
+    """(box, score, label) of the detections at or above `score_thr` of the user's classes.
+
+    Labels from len(names) on are the blank padding prompt appended after the user's; not shown.
+    """
+    return [(box, score, label) for box, score, label in zip(
+        detections.boxes.tolist(), detections.scores.tolist(), detections.labels.tolist())
+        if score >= score_thr and label < len(names)]
+
+
 def draw_detections(image_bgr, detections, names: list[str], score_thr: float):
-    """Draw boxes with 'name score' labels on a copy of the image."""
+    """Draw boxes with 'name score' labels on a copy of the image, for the classes in `names` only."""
     import cv2
     import numpy as np
 
     canvas = image_bgr.copy()
-    for box, score, label in zip(detections.boxes.tolist(), detections.scores.tolist(), detections.labels.tolist()):
-        if score < score_thr:
-            continue
+    for box, score, label in shown_detections(detections, names, score_thr):
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         hsv = np.uint8([[[(37 * label) % 180, 220, 255]]])  # a distinct hue per class
         color = tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
@@ -55,30 +132,23 @@ def draw_detections(image_bgr, detections, names: list[str], score_thr: float):
 
 
 def run(args: argparse.Namespace) -> int:
-    import cv2
     import torch
 
     from cl_detect.data.preprocess import load_image_bgr
-    from cl_detect.models.official import load_official_checkpoint
+    from cl_detect.models.checkpoint import load_model
 
     names = parse_texts(args.texts)
-    detector, text_encoder = load_official_checkpoint(args.weights, device=args.device)
-    if args.text_encoder:
-        from cl_detect.models.text_encoders import create_text_encoder
-        text_encoder = create_text_encoder(args.text_encoder).to(args.device)
+    targets = output_paths(args.out, args.images)
+    detector, text_encoder = load_model(args.weights, device=args.device, text_encoder_spec=args.text_encoder)
     if text_encoder is None:
         raise SystemExit(f"{args.weights} carries no text encoder; pass --text-encoder")
     with torch.no_grad():
         embeddings = text_encoder(names + [" "])  # official blank padding class
     images = [load_image_bgr(p) for p in args.images]
     results = detector.predict(images, embeddings, image_size=args.image_size, compile=args.compile)
-    out = Path(args.out)
-    targets = [out] if len(images) == 1 else [out / (Path(p).stem + "_det.png") for p in args.images]
     for path, image, detections, target in zip(args.images, images, results, targets):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(target), draw_detections(image, detections, names + [" "], args.score_thr))
-        shown = [{"label": names[l], "score": round(s, 4), "box_xyxy": [round(v, 1) for v in b]}
-                 for b, s, l in zip(detections.boxes.tolist(), detections.scores.tolist(),
-                                    detections.labels.tolist()) if s >= args.score_thr and l < len(names)]
+        write_image(target, draw_detections(image, detections, names, args.score_thr))
+        shown = [{"label": names[label], "score": round(score, 4), "box_xyxy": [round(v, 1) for v in box]}
+                 for box, score, label in shown_detections(detections, names, args.score_thr)]
         print(json.dumps({"image": str(path), "out": str(target), "detections": shown}))
     return 0

@@ -5,9 +5,14 @@ category_id, bbox as xywh, score) or per-image arrays (dicts with image_id,
 boxes as xyxy pixels, scores, labels indexing a `Vocabulary`). Both become a
 `DetectionColumns`, which the fast backend reads directly and which turns back
 into a results list for pycocotools / lvis-api with the very same float values.
+
+Every results-list bbox must be exactly 4 numbers and every per-image `boxes`
+array (N, 4); anything else is an error naming the first bad entry, never
+reshaped into other boxes.
 """
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -52,11 +57,38 @@ def _empty() -> DetectionColumns:
     return DetectionColumns(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0))
 
 
+def _is_box(bbox) -> bool:
+    """True for 4 numbers (NaN and inf included: the evaluators' own rules decide on those)."""
+    try:
+        values = np.asarray(bbox)
+    except ValueError:  # ragged nesting
+        return False
+    return values.shape == (4,) and values.dtype.kind in "iuf"
+
+
+def _boxes_of_results(results: Sequence[Mapping]) -> np.ndarray:
+    """(N, 4) float64 from each entry's bbox; a ValueError names the first entry that is not 4 numbers."""
+    bboxes = [r["bbox"] for r in results]
+    try:
+        boxes = np.asarray(bboxes)
+    except ValueError:  # ragged: some bbox has another length
+        boxes = None
+    if boxes is not None and boxes.shape == (len(bboxes), 4) and boxes.dtype.kind in "iuf":
+        return boxes.astype(np.float64)
+    bad = [index for index, bbox in enumerate(bboxes) if not _is_box(bbox)]
+    if not bad:  # every bbox is fine on its own, but of types np.asarray could not stack at once
+        return np.stack([np.asarray(bbox, dtype=np.float64) for bbox in bboxes])
+    raise ValueError(
+        f"COCO results entry {bad[0]} has bbox {reprlib.repr(bboxes[bad[0]])}, not 4 numbers "
+        f"({len(bad)} of {len(bboxes)} entries are bad); write each bbox as [x, y, width, height] in pixels "
+        "(per-image xyxy boxes go in dicts with boxes, scores, labels instead)")
+
+
 def _from_results(results: Sequence[Mapping]) -> DetectionColumns:
     try:
         image_ids = np.array([r["image_id"] for r in results], dtype=np.int64)
         category_ids = np.array([r["category_id"] for r in results], dtype=np.int64)
-        boxes = np.array([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4)
+        boxes = _boxes_of_results(results)
         scores = np.array([r["score"] for r in results], dtype=np.float64)
     except KeyError as err:
         raise ValueError(
@@ -75,7 +107,13 @@ def _from_arrays(per_image: Sequence[Mapping], vocabulary: Vocabulary | None) ->
     for item in per_image:
         # float64 before subtracting, so width = x2 - x1 is what a caller doing
         # the same conversion in float64 gets
-        xyxy = np.asarray(item["boxes"], dtype=np.float64).reshape(-1, 4)
+        xyxy = np.asarray(item["boxes"], dtype=np.float64)
+        if xyxy.size == 0:
+            xyxy = xyxy.reshape(0, 4)
+        if xyxy.ndim != 2 or xyxy.shape[1] != 4:
+            raise ValueError(
+                f"image {item['image_id']}: boxes have shape {xyxy.shape}; per-image boxes must be (N, 4) "
+                "[x1, y1, x2, y2] in pixels")
         labels = np.asarray(item["labels"], dtype=np.int64).reshape(-1)
         scores = np.asarray(item["scores"], dtype=np.float64).reshape(-1)
         if not len(xyxy) == len(labels) == len(scores):

@@ -12,6 +12,10 @@ A category without ground truth has AP -1 (pycocotools' convention) and is
 left out of every mean; no ground truth at all gives -1 overall. Detections on
 images that do have ground truth but nothing detected still count, so empty
 detections score 0.0.
+
+The ground truth must carry every key pycocotools reads, annotations' `area`
+and `iscrowd` included; a missing one is a ValueError naming the first record
+that lacks it, for both backends (no default that pycocotools would not apply).
 """
 from __future__ import annotations
 
@@ -33,6 +37,42 @@ BACKENDS = ("pycocotools", "fast")
 AREA_NAMES = ("all", "small", "medium", "large")
 
 
+# What pycocotools reads from every record (COCO.createIndex, COCOeval.evaluateImg, our summary).
+COCO_REQUIRED_KEYS = {
+    "images": ("id",),
+    "categories": ("id", "name"),
+    "annotations": ("id", "image_id", "category_id", "bbox", "area", "iscrowd"),
+}
+COCO_KEYS_FIX = ("add it to every record: pycocotools reads images' id, categories' id and name, and "
+                 "annotations' id, image_id, category_id, bbox, area (the object's area in pixels, which decides "
+                 "small / medium / large: width * height of the bbox when there is no mask) and iscrowd (0, or "
+                 "1 for crowd regions)")
+
+
+def check_gt_keys(dataset, source: str, required: Mapping[str, Sequence[str]], fix: str) -> None:
+    """Raise a ValueError naming the first ground-truth record that lacks a required key.
+
+    Args:
+        dataset: the parsed annotation file.
+        source: how to name it in errors (its path).
+        required: per top-level list ("images", ...), the keys each record must have.
+        fix: what the error tells the user to do.
+    """
+    if not isinstance(dataset, dict) or not all(isinstance(dataset.get(part), list) for part in required):
+        found = sorted(dataset) if isinstance(dataset, dict) else type(dataset).__name__
+        raise ValueError(f"{source}: not a COCO-format annotation file: expected a JSON object with the lists "
+                         f"{', '.join(required)}, found {found}")
+    for part, keys in required.items():
+        records = dataset[part]
+        for key in keys:
+            lacking = [index for index, record in enumerate(records) if key not in record]
+            if lacking:
+                record = records[lacking[0]]
+                raise ValueError(
+                    f"{source}: {part}[{lacking[0]}] (id {record.get('id')}) has no {key!r} "
+                    f"({len(lacking)} of {len(records)} {part} lack it); {fix}")
+
+
 def load_coco_gt(gt: str | Path | dict | COCO) -> COCO:
     """Return a pycocotools COCO object from a path, a dataset dict or a COCO object.
 
@@ -41,10 +81,18 @@ def load_coco_gt(gt: str | Path | dict | COCO) -> COCO:
 
     Returns:
         The COCO ground truth, built without pycocotools' progress prints.
+
+    Raises:
+        ValueError: a record lacks a key pycocotools reads (named, with the fix).
     """
     if isinstance(gt, COCO):
+        check_gt_keys(gt.dataset, "the ground truth", COCO_REQUIRED_KEYS, COCO_KEYS_FIX)
         return gt
-    dataset = json.loads(Path(gt).read_text()) if isinstance(gt, (str, Path)) else copy.deepcopy(dict(gt))
+    if isinstance(gt, (str, Path)):
+        dataset, source = json.loads(Path(gt).read_text()), str(gt)
+    else:
+        dataset, source = copy.deepcopy(dict(gt)), "the ground-truth dict"
+    check_gt_keys(dataset, source, COCO_REQUIRED_KEYS, COCO_KEYS_FIX)
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):

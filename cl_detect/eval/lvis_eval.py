@@ -14,6 +14,8 @@ Two protocols, named in the result's "protocol" field:
 Federated rules (lvis-api): a detection counts only on images where its
 category is annotated as present or listed in `neg_category_ids`; unmatched
 detections of a category in `not_exhaustive_category_ids` are ignored.
+Ground truth without these lists (a COCO file) or lacking another key the
+lvis-api reads is a ValueError naming the file and the first such record.
 
 The lvis package is imported inside the functions: importing it loads cv2
 and matplotlib. lvis 0.5.3 calls `np.float`, removed in NumPy 1.24; `lvis_numpy_compat()`
@@ -36,11 +38,21 @@ import numpy as np
 
 from cl_detect.data.records import Vocabulary
 from cl_detect.eval._detections import DetectionColumns, check_ids, to_columns
+from cl_detect.eval.coco_eval import check_gt_keys
 
 if TYPE_CHECKING:
     from lvis import LVIS, LVISResults
 
 FIXED_AP_DETS_PER_CATEGORY = 10_000
+# What the lvis-api reads from every record (LVIS._create_index, LVISEval._prepare, evaluate_img).
+LVIS_REQUIRED_KEYS = {
+    "images": ("id", "neg_category_ids", "not_exhaustive_category_ids"),
+    "categories": ("id", "name", "frequency"),
+    "annotations": ("id", "image_id", "category_id", "bbox", "area"),
+}
+LVIS_KEYS_FIX = ("add it to every record: the lvis-api reads images' id, neg_category_ids and "
+                 "not_exhaustive_category_ids, categories' id, name and frequency ('r', 'c' or 'f'), and "
+                 "annotations' id, image_id, category_id, bbox and area")
 
 
 class _NumpyWithFloat(types.ModuleType):
@@ -71,16 +83,38 @@ def lvis_numpy_compat() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def check_lvis_gt(dataset, source: str) -> None:
+    """Raise a ValueError if `dataset` is not LVIS ground truth or a record lacks a key the lvis-api reads.
+
+    Args:
+        dataset: the parsed annotation file.
+        source: how to name it in errors (its path).
+    """
+    images = dataset.get("images") if isinstance(dataset, dict) else None
+    if isinstance(images, list) and images and not any("neg_category_ids" in image for image in images):
+        raise ValueError(
+            f"{source}: not an LVIS annotation file: none of its {len(images)} images has neg_category_ids, "
+            "which the federated rules need; score COCO-format ground truth with COCO rules (drop --lvis from "
+            "cl-detect eval, or call evaluate_coco)")
+    check_gt_keys(dataset, source, LVIS_REQUIRED_KEYS, LVIS_KEYS_FIX)
+
+
 def load_lvis_gt(gt: str | Path | dict | LVIS) -> LVIS:
-    """Return an lvis-api LVIS object from a path, a dataset dict (copied) or an LVIS object."""
+    """Return an lvis-api LVIS object from a path, a dataset dict (copied) or an LVIS object.
+
+    Raises:
+        ValueError: the file is not LVIS ground truth, or a record lacks a key the lvis-api reads.
+    """
     from lvis import LVIS
 
     if isinstance(gt, LVIS):
+        check_lvis_gt(gt.dataset, "the ground truth")
         return gt
     if isinstance(gt, (str, Path)):
-        dataset = json.loads(Path(gt).read_text())
+        dataset, source = json.loads(Path(gt).read_text()), str(gt)
     else:
-        dataset = copy.deepcopy(dict(gt))
+        dataset, source = copy.deepcopy(dict(gt)), "the ground-truth dict"
+    check_lvis_gt(dataset, source)
     # LVIS() only reads files; build the same object from the dict
     lvis_gt = LVIS.__new__(LVIS)
     lvis_gt.logger = logging.getLogger("lvis.lvis")

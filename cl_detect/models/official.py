@@ -187,5 +187,8 @@ def official_state_dict(model: YOLOWorldDetector, text_encoder=None) -> dict[str
 
 def save_official_checkpoint(model: YOLOWorldDetector, path: str | Path, text_encoder=None) -> None:
     """Write `{'state_dict': ..., 'meta': ...}` so official tooling can load it (atomically)."""
+    if model.config.backbone != "csp_darknet":
+        raise ValueError(f"the official layout holds YOLO-World's CSPDarknet backbone, not {model.config.backbone!r}: "
+                         f"save this detector with cl_detect.models.checkpoint.save_model (load_model reads it)")
     meta = {"saved_by": "cl_detect", "config": dataclasses.asdict(model.config)}
     atomic_save({"state_dict": official_state_dict(model, text_encoder), "meta": meta}, path)

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
+from cl_detect._config_keys import check_image_size
 from cl_detect.data.preprocess import LetterboxInfo, images_to_device, letterbox, load_image_bgr, to_uint8_tensor
 from cl_detect.engine._box_ops import decode_boxes, make_priors
 from cl_detect.models.fuse import compile_for_inference, fused_copy
@@ -114,11 +116,30 @@ def _detections(logits, boxes, infos, score_thr, nms_pre, iou_thr, max_per_img) 
 
 
 def _as_bgr(image) -> np.ndarray:
+    """A file path or a uint8 array as an (H, W, 3) uint8 BGR array.
+
+    Arrays are taken as OpenCV reads them: (H, W, 3) BGR, (H, W) or (H, W, 1) grayscale,
+    or (H, W, 4) BGRA; gray is repeated and alpha dropped, as reading such a file does.
+    Other dtypes are refused: the network scales 0-255 to 0-1 itself, so a float array
+    would be fed unscaled.
+    """
     if isinstance(image, (str, Path)):
         return load_image_bgr(image)
-    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3:
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"images must be file paths or uint8 BGR arrays, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8 (0-255) BGR, got {image.dtype} with shape {image.shape}; "
+                         "convert floats in [0, 1] with (image * 255).clip(0, 255).astype(np.uint8), "
+                         "16-bit images with (image // 257).astype(np.uint8)")
+    channels = 1 if image.ndim == 2 else image.shape[2] if image.ndim == 3 else None
+    if channels == 3:
         return image
-    raise TypeError(f"images must be file paths or (H, W, 3) uint8 BGR arrays, got {type(image).__name__}")
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    raise ValueError(f"image arrays must be (H, W, 3) BGR, (H, W) grayscale or (H, W, 4) BGRA, "
+                     f"got shape {image.shape}")
 
 
 @torch.no_grad()
@@ -129,7 +150,7 @@ def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 6
 
     Args:
         detector: a YOLOWorldDetector (put in eval mode here).
-        images: a path, a BGR array, or a list of them.
+        images: a path, a uint8 BGR (or gray, BGRA) array, or a list of them.
         text_embeddings: (N, D) or (1, N, D) embeddings of the prompts (same for all images).
         image_size: letterbox size (official: 640).
         batch_size: images per forward pass.
@@ -142,6 +163,7 @@ def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 6
     Returns:
         One `Detections` per image, boxes in original pixels.
     """
+    check_image_size(image_size)
     if not isinstance(images, (list, tuple)):
         images = [images]
     detector = fused_copy(detector) if fuse else detector.eval()

@@ -236,6 +236,12 @@ class YOLOWorldDetector(nn.Module):
         if text_embeddings.dim() != 3 or text_embeddings.shape[-1] != self.config.text_dim:
             raise ValueError(f"text embeddings must be (B, N, {self.config.text_dim}), "
                              f"got {tuple(text_embeddings.shape)}")
+        if text_embeddings.shape[1] == 0:
+            raise ValueError("no prompts: text embeddings are (B, 0, D); give at least one text")
+        height, width = images.shape[-2:]
+        if height % STRIDES[-1] or width % STRIDES[-1]:
+            raise ValueError(f"images are {height}x{width} (HxW); both sides must be multiples of {STRIDES[-1]}, "
+                             f"the largest stride: letterbox them (cl_detect.data.preprocess.letterbox) or pad")
         if text_embeddings.shape[0] == 1 and images.shape[0] > 1:
             text_embeddings = text_embeddings.expand(images.shape[0], -1, -1)
         neck_feats = self.neck(self.backbone(images), text_embeddings)
