@@ -30,3 +30,9 @@ def test_no_retention_sets_skips_pareto(tmp_path):
     assert main(["plot", str(write_results(tmp_path, [result])[0]), "--out", str(tmp_path / "fig")]) == 0
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["plain_finetune_accuracy.png",
                                                                     "plain_task_curves.png"]
+
+
+def test_only_failed_runs_is_an_error_not_a_silent_success(tmp_path, capsys):
+    failed = result_dict("finetune", 0, (0.3, 0.7), 0.2, status="failed", error="Traceback ...")
+    assert main(["plot", str(write_results(tmp_path, [failed])[0]), "--out", str(tmp_path / "fig")]) == 1
+    assert "no finished runs" in capsys.readouterr().err

@@ -153,12 +153,15 @@ def test_interrupted_training_resumes_without_redoing_finished_work(protocol, tm
     work = out / "tiny" / "work" / "finetune_seed0"
     assert (work / "state.pt").exists() and (work / "task1_task1" / "checkpoint.pt").exists()
     assert not (out / "tiny" / "finetune_seed0.json").exists() and len(evaluated) == 1
+    first_session = torch.load(work / "state.pt", weights_only=False)["progress"]["elapsed_s"]
+    assert first_session > 0  # the base evaluation's time is saved with it, not lost on interruption
 
     second = run_experiment(config, ["finetune"], [0], out, log=lambda line: None)
     assert second[0]["status"] == "finished"
     assert len(evaluated) == 3  # the base model was evaluated once, then once per task
     result = _result(out)
     assert [t["steps"] for t in result["train"]] == [2, 2]
+    assert result["wall_time_s"] >= first_session + sum(t["wall_time_s"] for t in result["train"])
     log_steps = [json.loads(line)["step"] for line in (work / "task1_task1" / "log.jsonl").read_text().splitlines()]
     assert log_steps == [1, 2]  # step 1 from the first call, step 2 after resuming
 

@@ -105,9 +105,43 @@ def test_bad_result_names_the_file(tmp_path):
         load_results([path])
 
 
+def test_a_run_given_twice_counts_once_and_two_files_for_one_seed_are_refused(tmp_path):
+    paths = write_results(tmp_path / "runs", standard_results())
+    once = load_results([paths[0].parent])
+    again = load_results([paths[0].parent, paths[0].parent, paths[0]])  # the same files named twice
+    assert [r.source for r in again] == [r.source for r in once]
+    copy = tmp_path / "copy" / paths[0].name
+    copy.parent.mkdir()
+    copy.write_text(paths[0].read_text())
+    with pytest.raises(ResultError, match=f"{paths[0].name} and .*copy.*seed would count twice"):
+        load_results([paths[0].parent, copy])
+
+
+def test_runs_of_one_protocol_over_other_tasks_are_refused(tmp_path):
+    longer = result_dict("lora", 0, (0.3, 0.7), 0.2)
+    longer["tasks"] = ["shapes", "domain", "third"]
+    longer["accuracy_matrix"] = [row + [0.1] for row in longer["accuracy_matrix"]] + [[0.2, 0.3, 0.4]]
+    longer["retention_matrix"] += [[0.3]]
+    paths = write_results(tmp_path, [result_dict("finetune", 0, (0.3, 0.7), 0.2), longer])
+    with pytest.raises(ResultError, match=r"different tasks \(\['shapes', 'domain'\] vs \['shapes', 'domain', 'third'\]\)"):
+        load_results(paths)
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "plots")]) == 2  # not a shape error
+
+
 def test_cli_writes_table(tmp_path):
     folder = write_results(tmp_path / "runs", standard_results())[0].parent
     out = tmp_path / "table.tex"
     assert main(["table", str(folder), "--format", "latex", "--out", str(out)]) == 0
     assert "\\toprule" in out.read_text()
     assert main(["table", str(tmp_path / "missing")]) == 2
+
+
+def test_a_value_defined_by_fewer_seeds_says_so(tmp_path):
+    runs = [result_dict("finetune", seed, (0.3, 0.7), 0.2) for seed in range(3)]
+    runs[0]["retention_matrix"][0][0] = 0.0  # this seed's base AP is 0: its retention ratio is undefined
+    text = format_table(load_results(write_results(tmp_path, runs)), "md")
+    header, row = _md_row(text, "Method"), _md_row(text, "finetune")
+    assert row[1] == "3" and row[header.index("R coco")].endswith("(n=2)")
+    assert "(n=" not in row[header.index("In-domain Avg")]
+    rows = list(csv.DictReader(io.StringIO(format_table(load_results(write_results(tmp_path, runs)), "csv"))))
+    assert rows[0]["retention_coco_n"] == "2" and rows[0]["in_domain_avg_n"] == "3"

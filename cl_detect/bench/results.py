@@ -213,9 +213,10 @@ def load_results(paths: Sequence[str | Path]) -> list[RunResult]:
         Results sorted by (protocol, method, seed).
 
     Raises:
-        ResultError: an unreadable file, a bad result, or nothing found at all.
+        ResultError: an unreadable file, a bad result, nothing found at all, two files for one
+            (protocol, method, seed), or runs of one protocol over different task lists.
     """
-    results = []
+    results, read = [], set()
     for path in map(Path, paths):
         if path.is_dir():
             files, explicit = sorted(path.rglob("*.json")), False
@@ -224,6 +225,9 @@ def load_results(paths: Sequence[str | Path]) -> list[RunResult]:
         else:
             raise ResultError(f"{path}: no such file or folder")
         for file in files:
+            if file.resolve() in read:  # named twice, or inside two of the given folders
+                continue
+            read.add(file.resolve())
             try:
                 data = json.loads(file.read_text())
             except json.JSONDecodeError as err:
@@ -234,4 +238,29 @@ def load_results(paths: Sequence[str | Path]) -> list[RunResult]:
                 results.append(validate_result(data, str(file)))
     if not results:
         raise ResultError(f"no result files found in {', '.join(map(str, paths))}")
+    check_comparable(results)
     return sorted(results, key=lambda r: (r.protocol, r.method, r.seed))
+
+
+def check_comparable(results: Sequence[RunResult]) -> None:
+    """Refuse what would skew a table: two files for one (protocol, method, seed) (one seed counted
+    twice), and runs of one protocol name over different task lists (matrices of other shapes).
+
+    Raises:
+        ResultError: naming both files and the fix.
+    """
+    by_run, tasks_of = {}, {}
+    for result in results:
+        key = (result.protocol, result.method, result.seed)
+        if key in by_run:
+            raise ResultError(f"{by_run[key].source} and {result.source} are both protocol {result.protocol!r}, "
+                              f"method {result.method!r}, seed {result.seed}: a seed would count twice; pass one "
+                              f"of them (a copy, or an older run of the same seed)")
+        by_run[key] = result
+        if not result.finished:  # a failed run has no matrices to compare
+            continue
+        first = tasks_of.setdefault(result.protocol, result)
+        if result.tasks != first.tasks:
+            raise ResultError(f"{first.source} and {result.source} are both protocol {result.protocol!r} but over "
+                              f"different tasks ({first.tasks} vs {result.tasks}); give the protocol versions "
+                              f"different names, or table them separately")

@@ -107,10 +107,15 @@ def _restore(model: ContinualModel, work: Path) -> Progress:
     return Progress(**saved["progress"])
 
 
-def _save(model: ContinualModel, work: Path, progress: Progress, with_model: bool) -> None:
+def _save(model: ContinualModel, work: Path, progress: Progress, with_model: bool, since: float) -> float:
+    """Write `state.pt` with the time since `since` (a perf_counter mark) added to the run's
+    elapsed time, so a resumed run's wall time counts every session; returns the new mark."""
+    now = time.perf_counter()
+    progress.elapsed_s += now - since
     work.mkdir(parents=True, exist_ok=True)
     atomic_save({"progress": asdict(progress), "model": model_state(model) if with_model else None},
                 work / "state.pt")
+    return now
 
 
 def _evaluate_stage(model, data, config, progress: Progress, stage: int, train_task: str | None) -> None:
@@ -139,7 +144,7 @@ def continual_run(config: RunConfig, data: ProtocolData, method_names: list[str]
     if progress.completed_tasks < 0:
         _evaluate_stage(model, data, config, progress, 0, None)
         progress.completed_tasks = 0
-        _save(model, work, progress, with_model=False)
+        start = _save(model, work, progress, with_model=False, since=start)
     train_config = config.train_config(seed)
     evaluate_fn = sweep_evaluator(data, config.eval)
     tasks = [joint_task(data.tasks)] if config.joint else data.tasks
@@ -174,7 +179,7 @@ def continual_run(config: RunConfig, data: ProtocolData, method_names: list[str]
                                "total_params": total})
         progress.trainable_params = max(progress.trainable_params, trainable)
         progress.completed_tasks = len(data.tasks) if config.joint else index + 1
-        _save(model, work, progress, with_model=True)
+        start = _save(model, work, progress, with_model=True, since=start)
         (task_dir / "checkpoint.pt").unlink(missing_ok=True)  # state.pt now holds this task's model
     progress.elapsed_s += time.perf_counter() - start
     return "finished", progress, model
@@ -230,15 +235,17 @@ def run_one(config: RunConfig, data: ProtocolData, method_names: list[str], seed
     if force:
         shutil.rmtree(work, ignore_errors=True)
     device = resolve_device(config.train_config().device)
-    progress, error, start = Progress(), None, time.perf_counter()
+    progress, error, started = Progress(), None, time.time()
     try:
         status, progress, _ = continual_run(config, data, method_names, seed, work, base, stop_after_steps)
     except Exception:  # a failed run is recorded with its traceback and the loop goes on
         status, error = "failed", traceback.format_exc()
         state_file = work / "state.pt"
+        saved = started
         if state_file.exists():
             progress = Progress(**torch.load(state_file, map_location="cpu", weights_only=False)["progress"])
-        progress.elapsed_s += time.perf_counter() - start
+            saved = max(started, state_file.stat().st_mtime)  # its elapsed time runs to its last save
+        progress.elapsed_s += time.time() - saved
     if status == "interrupted":
         return status
     path.parent.mkdir(parents=True, exist_ok=True)

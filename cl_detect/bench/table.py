@@ -13,7 +13,9 @@ percent with one decimal. The best mean per column is bold (highest for AP,
 BWT and R; lowest for F), comparing the values as displayed so equal-looking
 means are all marked. "–" is a metric that is undefined (F and BWT of a
 one-task run) or not applicable (a closed-set specialist on other
-vocabularies). Failed runs are never averaged: they are listed under the
+vocabularies). A value that only some seeds define (e.g. a retention ratio
+where one seed's base AP is 0) is the statistic of those seeds and reads
+`(n=k)`; CSV gives every metric's n. Failed runs are never averaged: they are listed under the
 table with the first line of their error. CSV gives plain numbers in the
 units of the result files (AP in [0, 1], seconds) and lists failed runs as
 rows with status "failed".
@@ -141,20 +143,22 @@ def _number(column: Column, value: float, fmt: str = "md") -> str:
     return f"{value:.0f}{space}s" if value < 120 else f"{value / 60:.1f}{space}min"
 
 
-def _cell(column: Column, stat: Stat, best: float | None, fmt: str) -> str:
+def _cell(column: Column, stat: Stat, best: float | None, fmt: str, seeds: int) -> str:
+    """`mean ± std [interval]`, with `(n=k)` when only k of the row's `seeds` define the value."""
     if stat.n == 0:
         return "–" if fmt == "md" else "--"
+    fewer = f" (n={stat.n})" if stat.n < seeds else ""
     mean = _number(column, stat.mean, fmt)
     if best is not None and _shown(column, stat.mean) == best:
         mean = f"**{mean}**" if fmt == "md" else f"\\textbf{{{mean}}}"
     if column.kind != "percent":
-        return mean
+        return mean + fewer
     plus_minus = " ± " if fmt == "md" else " $\\pm$ "
     text = mean + (plus_minus + _number(column, stat.std) if stat.n >= 2 else "")
     if stat.n >= 3:
         interval = f"[{_number(column, stat.ci_low)}, {_number(column, stat.ci_high)}]"
         text += f" {interval}" if fmt == "md" else f" {{\\scriptsize {interval}}}"
-    return text
+    return text + fewer
 
 
 def _latex_escape(text: str) -> str:
@@ -169,10 +173,11 @@ def _markdown(protocol: str, columns: list[Column], rows: list[MethodRow], faile
     lines = [f"### {protocol}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
-        cells = [row.method, str(len(row.seeds))] + [_cell(c, row.stats[c.key], best[c.key], "md") for c in columns]
+        cells = [row.method, str(len(row.seeds))] + [_cell(c, row.stats[c.key], best[c.key], "md", len(row.seeds))
+                                                        for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "AP, F, BWT and R in %; mean ± std over n seeds, [95% t-interval] when n ≥ 3; "
-              "bold = best; – = undefined or not applicable."]
+              "(n=k): only k seeds define the value; bold = best; – = undefined or not applicable."]
     if failed:
         lines += ["", "Failed runs (not averaged):"]
         lines += [f"- {r.method} (seed {r.seed}): {r.error_line}" for r in failed]
@@ -191,7 +196,7 @@ def _latex(protocol: str, columns: list[Column], rows: list[MethodRow], failed: 
              " & ".join(header) + " \\\\", "\\midrule"]
     for row in rows:
         cells = [_latex_escape(row.method), str(len(row.seeds))]
-        cells += [_cell(c, row.stats[c.key], best[c.key], "latex") for c in columns]
+        cells += [_cell(c, row.stats[c.key], best[c.key], "latex", len(row.seeds)) for c in columns]
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     # failed runs stay visible to the author without ending up in the paper
@@ -210,7 +215,7 @@ def _csv(tables: dict) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     all_columns = list(dict.fromkeys(c for columns, _, _ in tables.values() for c in columns))
     metric_keys = [c.key for c in all_columns if c.kind == "percent"]
-    fields = [f"{k}_{part}" for k in metric_keys for part in ("mean", "std", "ci_low", "ci_high")]
+    fields = [f"{k}_{part}" for k in metric_keys for part in ("mean", "std", "ci_low", "ci_high", "n")]
     writer.writerow(["protocol", "method", "status", "n", "seeds"] + fields +
                     ["trainable_params", "wall_time_s", "error"])
     for protocol, (_, rows, failed) in tables.items():
@@ -218,7 +223,7 @@ def _csv(tables: dict) -> str:
             values = []
             for key in metric_keys:
                 stat = row.stats.get(key, Stat.of([]))
-                values += [_plain(stat.mean), _plain(stat.std), _plain(stat.ci_low), _plain(stat.ci_high)]
+                values += [_plain(stat.mean), _plain(stat.std), _plain(stat.ci_low), _plain(stat.ci_high), stat.n]
             writer.writerow([protocol, row.method, "finished", len(row.seeds), " ".join(map(str, row.seeds))] +
                             values + [_plain(row.stats["trainable_params"].mean),
                                       _plain(row.stats["wall_time_s"].mean), ""])

@@ -25,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
     except ResultError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not written:
+        print("error: nothing to plot: no finished runs among the results", file=sys.stderr)
+        return 1
     for path in written:
         print(f"wrote {path}")
     return 0
