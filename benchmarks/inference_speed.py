@@ -51,11 +51,25 @@ def cpu_description() -> dict:
     return {"cpu": fields.get("model name", platform.machine()), "cpu_units": [u for u in units if u in flags]}
 
 
+def code_version() -> dict:
+    """The checkout's commit, and whether it had uncommitted changes (nothing outside a git checkout)."""
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": commit, "uncommitted_changes": bool(changed)}
+
+
 def environment(device: torch.device) -> dict:
-    """Device, versions and date recorded with every result."""
+    """Device, versions, commit and date recorded with every result."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {"device": name, "device_type": device.type, **cpu_description(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "python": platform.python_version(), **code_version(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
