@@ -94,6 +94,14 @@ def test_mix_with_replay_shares_the_epoch(data):
     assert Counter(item["meta"]["dataset_index"] for item in items) == {0: 12, 1: 4, 2: 4}
 
 
+def test_mix_and_replay_shares_summing_to_one_are_rejected_at_build(data):
+    # replay adds data only from the second task on: the sum must be checked before the first
+    methods = [create_method("mix", {"data": [{"path": str(data["grounding"]), "ratio": 0.5}]}),
+               create_method("replay", {"capacity": 8, "ratio": 0.6})]
+    with pytest.raises(ValueError, match=r"mix 0\.50 \+ replay 0\.60 = 1\.10"):
+        tiny_model(methods)
+
+
 def test_training_with_grounding_mix_gives_a_finite_loss(data, tmp_path):
     mix = create_method("mix", {"data": [{"path": str(data["grounding"]), "format": "grounding", "ratio": 0.25}]})
     model = tiny_model([mix])

@@ -121,3 +121,27 @@ def test_composes_with_trainers_at_alpha_zero(trainer):
     assert len(history) == 2 and not _equal(snapshot(model.detector), anchor)
     model.hook("after_task", TaskContext(0, "t0", ("a",)))
     assert _equal(snapshot(model.detector), anchor)
+
+
+@pytest.mark.parametrize("lora_options, wise_options, order", [
+    ({"merge_after_task": True}, {}, ("lora", "wise")),
+    ({"per_task_adapters": True}, {}, ("lora", "wise")),
+    ({"per_task_adapters": True}, {"anchor": "previous_task"}, ("wise", "lora")),
+])
+def test_lora_settings_that_rename_tensors_are_rejected_at_build(lora_options, wise_options, order):
+    if "lora" not in list_methods():
+        pytest.skip("lora is not registered")
+    options = {"lora": lora_options, "wise": wise_options}
+    with pytest.raises(ValueError, match="merge_after_task|per_task_adapters"):
+        tiny_continual([(name, options[name]) for name in order])
+
+
+def test_per_task_adapters_with_previous_task_anchor_interpolate():
+    if "lora" not in list_methods():
+        pytest.skip("lora is not registered")
+    model = tiny_continual([("lora", {"per_task_adapters": True}), ("wise", {"anchor": "previous_task"})])
+    for index in range(2):  # the second task adds adapter task1; the anchor is taken after it
+        task = TaskContext(index, f"t{index}", ("a",))
+        model.hook("before_task", task)
+        model.hook("after_task", task)
+    assert model.method("lora").adapters() == ["task0", "task1"]

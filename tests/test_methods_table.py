@@ -20,7 +20,7 @@ from cl_detect.models.registry import create_detector
 
 from _mixing_data import TEXT_DIM, text_encoder, write_grounding_json, write_task
 
-COMPOSITIONS = [("lora", "distill"), ("finetune", "replay"), ("finetune", "distill", "replay"), ("prompt", "distill")]
+COMPOSITIONS = [("lora", "distill"), ("finetune", "replay"), ("finetune", "distill", "replay"), ("prompt", "replay")]
 CASES = [(name,) for name in list_methods()] + [c for c in COMPOSITIONS if set(c) <= set(list_methods())]
 
 
@@ -138,6 +138,20 @@ def test_two_trainers_are_rejected_with_the_reason():
     with pytest.raises(ValueError, match="decide which parameters train"):
         ContinualModel(create_detector("yolo_world_v2_t", text_dim=TEXT_DIM), text_encoder(),
                        [create_method(trainers[0]), create_method(trainers[1])])
+
+
+@pytest.mark.parametrize("names, reason", [
+    (("prompt", "ewc"), "anchors each parameter by its name"),  # class rows rebuilt per task vocabulary
+    (("reparam", "ewc"), "anchors each parameter by its name"),
+    (("prompt", "distill"), "freezes the detector"),  # every distill loss would be exactly 0
+    (("prompt", "wise"), "freezes the detector"),  # nothing for wise to interpolate
+])
+def test_compositions_that_cannot_work_are_rejected_with_the_reason(names, reason):
+    if not set(names) <= set(list_methods()):
+        pytest.skip(f"needs {names}")
+    with pytest.raises(ValueError, match=f"cannot be combined with .*{reason}"):
+        ContinualModel(create_detector("yolo_world_v2_t", text_dim=TEXT_DIM), text_encoder(),
+                       [create_method(n) for n in names])
 
 
 def test_regulariser_alone_implies_full_finetuning():

@@ -108,3 +108,23 @@ def test_mixed_dataset_routes_keys_and_tags_the_source(tmp_path):
     assert not first.mosaic_enabled and not second.mosaic_enabled
     with pytest.raises(IndexError):
         mixed.locate(8)
+
+
+def test_class_balancing_applies_to_the_task_part_of_a_mix():
+    from cl_detect.engine.config import TrainConfig
+    from cl_detect.engine.task_data import build_task_training_set
+
+    # f(rare) = 1 / 4000 under the default threshold 0.001 -> the last image has factor 2
+    task = _records([[0]] * 3999 + [[0, 1]])
+    extra = _records([[0]] * 50)
+    config = TrainConfig(image_size=64, device="cpu", class_balanced=True, seed=2)
+    dataset, sampler = build_task_training_set(task, [(extra, 0.2)], config)
+    for epoch in range(2):
+        order = sampler.epoch_order(epoch)
+        task_draws = order[order < 4000]
+        assert np.bincount(task_draws, minlength=4000).tolist() == [1] * 3999 + [2]
+        assert len(order) == round(4001 / 0.8) and len(order) - len(task_draws) == 1000
+        assert set(order[order >= 4000].tolist()) == set(range(4000, 4050))
+    assert len(dataset) == 4050
+    first = sampler.epoch_order(0)
+    assert not np.array_equal(first, sampler.epoch_order(1)) and np.array_equal(first, sampler.epoch_order(0))

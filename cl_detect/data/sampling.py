@@ -217,3 +217,32 @@ class MixedDataset(Dataset):
         for dataset in self.datasets:
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
+
+
+class MixedRepeatFactorSampler(RepeatFactorSampler):
+    """Repeat-factor sampling of the task's images, with other datasets mixed in at fixed shares.
+
+    Each epoch the task's draws are those of `RepeatFactorSampler` (their number varies with the
+    stochastic rounding); the other datasets, laid after the task as in `MixedDataset`, add draws
+    so that each takes its ratio of the epoch (as `MixingSampler` allocates them); all draws are
+    shuffled together.
+
+    Args:
+        factors: the task's per-image repeat factors.
+        extra_sizes: number of items of each mixed-in dataset.
+        extra_ratios: each one's share of every epoch's draws; they sum below 1.
+        seed: the same seed gives the same order, epoch by epoch.
+    """
+
+    def __init__(self, factors: np.ndarray, extra_sizes: list[int], extra_ratios: list[float], seed: int = 0):
+        super().__init__(factors, seed)
+        self.extra_sizes, self.extra_ratios = list(extra_sizes), list(extra_ratios)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        task = super().epoch_order(epoch)
+        samples = round(len(task) / (1 - sum(self.extra_ratios)))
+        extras = MixingSampler(self.extra_sizes, self.extra_ratios, samples_per_epoch=samples - len(task),
+                               seed=self.seed + 1)
+        order = np.concatenate([task, len(self.factors) + extras.epoch_order(epoch)])
+        np.random.default_rng([self.seed, epoch, 1]).shuffle(order)
+        return order

@@ -3,7 +3,8 @@
 Methods (replay, mix) return `(DetectionDataset, ratio)` pairs from
 `train_datasets()`; a ratio is the share of each epoch's draws taken from that
 dataset. The task keeps the rest, and the epoch is sized so that every task image
-is still drawn once per epoch.
+is still drawn once per epoch (with `class_balanced`, as often as its repeat
+factor says: the balancing applies to the task's own images, not to the mixed-in data).
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from torch.utils.data import Dataset, Sampler
 
 from cl_detect.data.loader import TrainDataset
 from cl_detect.data.records import DetectionDataset
-from cl_detect.data.sampling import MixedDataset, MixingSampler, RepeatFactorSampler, repeat_factors
+from cl_detect.data.sampling import (MixedDataset, MixedRepeatFactorSampler, MixingSampler, RepeatFactorSampler,
+                                     repeat_factors)
 from cl_detect.data.transforms import AugmentConfig
 from cl_detect.engine.config import TrainConfig
 
@@ -42,6 +44,10 @@ def build_task_training_set(task_dataset: DetectionDataset, extras: list[tuple[D
         raise ValueError(f"mixed-in data takes {extra_share:.2f} of every epoch; the shares must sum below 1")
     parts = [task_set] + [TrainDataset(d, augment, num_texts=config.num_texts, seed=config.seed + 1 + i)
                           for i, (d, _) in enumerate(extras)]
+    if config.class_balanced:
+        sampler = MixedRepeatFactorSampler(repeat_factors(task_dataset), [len(p) for p in parts[1:]],
+                                           [r for _, r in extras], seed=config.seed)
+        return MixedDataset(parts), sampler
     ratios = [1 - extra_share] + [r for _, r in extras]
     samples = round(len(task_set) / (1 - extra_share))
     sampler = MixingSampler([len(p) for p in parts], ratios, samples_per_epoch=samples, seed=config.seed)

@@ -11,7 +11,9 @@ the text encoder and the loss, and calls each method's hooks:
   (prompt tuning owns them as parameters).
 - `extra_losses(model, batch, output, text)`: added to the returned dict; every
   key starting with "loss_" is summed into "loss".
-- `train_datasets(model, task)`: datasets mixed into training with ratios (replay, mix).
+- `train_datasets(model, task)`: datasets mixed into training with ratios (replay, mix);
+  `data_share()` declares their total share up front, so shares summing to 1 or more are
+  rejected when the model is built, not at the task where every method first adds data.
 - `before_task(model, task)` / `after_task(model, task)`: task-boundary hooks.
 - `parameter_lr_multipliers()`: per-parameter LR multipliers (name prefix -> multiplier).
 State a method owns (teacher, buffer, prompts, adapters) lives in its own
@@ -88,6 +90,10 @@ class Method(nn.Module):
     def train_datasets(self, model: "ContinualModel", task: TaskContext) -> list[tuple[Any, float]]:
         return []
 
+    def data_share(self) -> float:
+        """Share of each epoch's draws `train_datasets` may take at most (checked when composed)."""
+        return 0.0
+
     def before_task(self, model: "ContinualModel", task: TaskContext) -> None:
         pass
 
@@ -115,6 +121,11 @@ def check_composition(methods: list[Method]) -> None:
         if clash:
             raise ValueError(f"{method.name} cannot be combined with {', '.join(clash)}: "
                              f"{method.incompatibility_reason()}")
+    shares = {m.name: m.data_share() for m in methods if m.data_share() > 0}
+    if sum(shares.values()) >= 1:
+        listed = " + ".join(f"{name} {share:.2f}" for name, share in shares.items())
+        raise ValueError(f"the data mixed into every epoch takes {listed} = {sum(shares.values()):.2f} of the "
+                         f"draws; the task needs a share too, so lower these ratios until they sum below 1")
 
 
 class ContinualModel(nn.Module):

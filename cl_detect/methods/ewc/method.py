@@ -25,12 +25,21 @@ State = dict[str, torch.Tensor]
 class EwcMethod(Method):
     """EWC regulariser; see the module docstring."""
 
+    # both rebuild their class parameters for every task vocabulary under the same names
+    incompatible_with = ("prompt", "reparam")
+
     def __init__(self, config: EwcConfig):
         super().__init__(config)
         self.fisher: State = {}
         self.anchor: State = {}
         self.tasks_consolidated = 0
         self._on_device: tuple[torch.device, State, State] | None = None
+
+    def incompatibility_reason(self) -> str:
+        return ("ewc anchors each parameter by its name, but prompt (the class embeddings) and reparam (the folded "
+                "class convs) rebuild their class rows for every task's vocabulary under the same names: a new "
+                "vocabulary of another size fails with a shape mismatch, one of the same size pulls the new "
+                "classes towards the old classes' rows; use ewc with finetune or lora")
 
     def after_task(self, model: ContinualModel, task: TaskContext) -> None:
         if task.train_dataset is None:

@@ -6,7 +6,7 @@ unless asked for, then trained at a lower LR.
 """
 from __future__ import annotations
 
-from cl_detect.methods.base import ContinualModel, Method
+from cl_detect.methods.base import ContinualModel, Method, TaskContext
 from cl_detect.methods.finetune.config import PART_PREFIXES, FinetuneConfig
 
 _PART_OF_PREFIX = {"detector.backbone.": "backbone", "detector.neck.": "neck", "detector.head.": "head",
@@ -55,6 +55,10 @@ class FinetuneMethod(Method):
                        for prefix, part in _PART_OF_PREFIX.items() if part in self.config.lr_multipliers}
         multipliers.setdefault("text_encoder.", self.config.text_lr_factor)
         return multipliers
+
+    def before_task(self, model: ContinualModel, task: TaskContext) -> None:
+        # `unfreeze_epochs` counts from each task's first epoch; the model re-marks after this hook
+        self.epoch = 0
 
     def before_epoch(self, model: ContinualModel, epoch: int) -> None:
         if self.config.unfreeze_epochs:

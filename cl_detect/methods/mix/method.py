@@ -79,6 +79,9 @@ class MixMethod(Method):
         return DetectionDataset([dataset.records[i] for i in chosen], dataset.vocabulary, dataset.source,
                                 dataset.image_root)
 
+    def data_share(self) -> float:
+        return sum(source.ratio for source in self.config.data)
+
     def train_datasets(self, model: ContinualModel, task: TaskContext) -> list[tuple[DetectionDataset, float]]:
         """Each source at its ratio (split by record kind in proportion to size when it holds both)."""
         mixed = []

@@ -31,6 +31,14 @@ logger = logging.getLogger(__name__)
 
 class PromptMethod(Method):
     is_trainer = True
+    # both act on detector weights only, which prompt tuning freezes
+    incompatible_with = ("distill", "wise")
+
+    def incompatibility_reason(self) -> str:
+        return ("prompt tuning freezes the detector and trains only class embeddings, so distill (student and "
+                "teacher are the same detector given the same text: every loss is exactly 0, at the cost of a "
+                "teacher pass per step) and wise (it interpolates detector weights, which prompt never changes) "
+                "would do nothing; prompt tuning already keeps the pre-trained detector untouched")
 
     def __init__(self, config: PromptConfig):
         super().__init__(config)

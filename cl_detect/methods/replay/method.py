@@ -40,6 +40,9 @@ class ReplayMethod(Method):
             self.pretraining_added = True
             log.info("replay: offered %d pretraining images, buffer holds %d", len(pretraining), len(self.buffer))
 
+    def data_share(self) -> float:
+        return self.config.ratio  # from the second task on (the first when pretraining data is buffered)
+
     def train_datasets(self, model: ContinualModel, task: TaskContext) -> list[tuple[DetectionDataset, float]]:
         """The buffer's parts, sharing `ratio` of the draws in proportion to their sizes."""
         parts = self.buffer.datasets()

@@ -76,6 +76,13 @@ class ClosedSetScore(nn.Module):
         return gathered.masked_fill(~known[..., None, None], self.absent_logit)
 
 
+def _class_counts(score: nn.Module) -> list[int] | None:
+    """Classes of each task classifier of a closed-set score; None for any other head level."""
+    if not isinstance(score, ClosedSetScore):
+        return None
+    return [classifier.out_channels for classifier in score.classifiers]
+
+
 class SpecialistMethod(Method):
     is_trainer = True
     # prompt tuning learns the class embeddings this head only uses as names; WiSE would
@@ -92,7 +99,8 @@ class SpecialistMethod(Method):
 
     def setup(self, model: ContinualModel) -> None:
         # a saved specialist has closed-set heads the freshly built detector lacks: rebuild them
-        # from the checkpoint's shapes before its tensors are copied in (resume across tasks)
+        # from the checkpoint's shapes before its tensors are copied in (resume across tasks);
+        # heads that already have those shapes are kept, so the optimizer's parameters stay the model's
         model.register_load_state_dict_pre_hook(self._rebuild_heads)
 
     def _rebuild_heads(self, model: ContinualModel, state_dict: dict, prefix: str, *args) -> None:
@@ -101,7 +109,8 @@ class SpecialistMethod(Method):
             key = f"{prefix}detector.head.cls_contrasts.{level}.classifiers."
             sizes = {int(k[len(key):].split(".")[0]): v.shape[0] for k, v in state_dict.items()
                      if k.startswith(key) and k.endswith(".weight")}
-            if not sizes:
+            if not sizes or _class_counts(head.cls_contrasts[level]) == [sizes[t] for t in range(len(sizes))]:
+                # already the checkpoint's layout (a resumed task): keep the modules the optimizer holds
                 continue
             device = next(model.detector.parameters()).device
             score = ClosedSetScore(model.detector.config.text_dim, stride, self.config.match_threshold,

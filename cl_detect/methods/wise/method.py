@@ -13,9 +13,11 @@ nearer end's value. The anchor is part of the method's `state_dict`, so
 checkpoints hold it (one extra copy of the detector).
 
 Interpolation is per tensor name, so a detector whose names changed since the
-anchor was stored (e.g. LoRA injected after `wise` was set up) is rejected with
-an error; with LoRA, list it before `wise` so both ends have the same names
-(note that interpolating LoRA factors A and B is not linear in their product).
+anchor was stored is rejected with an error. LoRA settings that change the names
+between a task's start and end (`merge_after_task`; `per_task_adapters` unless
+the anchor is "previous_task" and lora is listed before wise) are rejected when
+the model is built (note that interpolating LoRA factors A and B is not linear
+in their product).
 """
 from __future__ import annotations
 
@@ -53,8 +55,8 @@ def interpolate_states(anchor: State, finetuned: State, alpha: float) -> State:
         missing, new = sorted(anchor.keys() - finetuned.keys()), sorted(finetuned.keys() - anchor.keys())
         raise ValueError(
             f"wise: the detector's tensor names differ from the stored anchor (missing {missing[:3]}, new "
-            f"{new[:3]}); this happens when adapters (LoRA) are injected after wise was set up: list lora "
-            f"before wise, or merge the adapters before interpolating")
+            f"{new[:3]}); this happens when lora adapters are injected, added or merged after the anchor was "
+            f"stored: keep one unmerged lora adapter set while wise is used")
     mixed = {}
     for name, start in anchor.items():
         end = finetuned[name]
@@ -117,6 +119,30 @@ def _json_value(value):
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
+def check_adapter_names(model: ContinualModel, wise: "WiseMethod") -> None:
+    """Reject LoRA settings that change the detector's tensor names between the anchor and a task's end.
+
+    Interpolation is tensor by tensor name; with `merge_after_task` each task's adapter is folded
+    into the base weights and dropped, and with `per_task_adapters` each task adds new adapter
+    tensors, which a base anchor (or one taken before lora adds them) does not have.
+    """
+    lora = model.method("lora")
+    if lora is None:
+        return
+    if lora.config.merge_after_task:
+        raise ValueError("wise cannot be combined with lora's merge_after_task: merging folds each task's adapter "
+                         "into the base weights and drops it, so after a task the detector's tensors no longer "
+                         "match the anchor's name by name; set merge_after_task false (merge after the run "
+                         "instead) or drop wise")
+    methods = list(model.methods)
+    lora_first = methods.index(lora) < methods.index(wise)
+    if lora.config.per_task_adapters and not (wise.config.anchor == "previous_task" and lora_first):
+        raise ValueError("wise with lora's per_task_adapters needs wise anchor 'previous_task' and lora listed "
+                         "before wise: every task adds a new adapter (task1, task2, ...) whose tensors the anchor "
+                         "lacks unless it is taken again after lora adds them at each task start, so "
+                         "interpolation would fail after the task has trained")
+
+
 class WiseMethod(Method):
     """WiSE-FT post-processing; see the module docstring."""
 
@@ -126,6 +152,7 @@ class WiseMethod(Method):
         self.sweep_results: dict[str, list[dict]] = {}  # task name -> sweep rows
 
     def setup(self, model: ContinualModel) -> None:
+        check_adapter_names(model, self)
         self.anchor = snapshot(model.detector)
 
     def before_task(self, model: ContinualModel, task: TaskContext) -> None:
