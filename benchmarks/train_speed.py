@@ -83,12 +83,12 @@ def added_memory_mb(device: torch.device, resident_before: float) -> float:
 
 def method_spec(spec: str) -> tuple[str, dict]:
     """'distill:compile_teacher=true,cls_weight=0.5' -> ("distill", {...}); values are read as YAML."""
-    import yaml
+    from cl_detect._yaml import load_yaml
     name, _, options = spec.partition(":")
     pairs = [item.split("=", 1) for item in options.split(",") if item]
     if any(len(pair) != 2 for pair in pairs):
         raise SystemExit(f"method {spec!r}: options are key=value pairs separated by commas")
-    return name, {key: yaml.safe_load(value) for key, value in pairs}
+    return name, {key: load_yaml(value) for key, value in pairs}
 
 
 def measure(size: str, method_names: list[str], batch: dict, device: torch.device, iters: int, warmup: int,

@@ -1,4 +1,4 @@
-"""Checks shared by every config: unknown keys are errors that list the valid ones, an input size
+"""Checks shared by every config: unknown keys and wrongly typed values are errors, an input size
 must suit the detector's strides, and a list of class names or prompts must be one distinct,
 non-empty string per class."""
 from __future__ import annotations
@@ -7,18 +7,36 @@ import dataclasses
 import numbers
 
 
-def reject_unknown_keys(config_cls: type, data: dict | None, what: str) -> None:
-    """Raise ValueError naming the keys of `data` that `config_cls` has no field for.
+_SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def check_keys_and_types(config_cls: type, data: dict | None, what: str) -> None:
+    """Raise ValueError naming the keys of `data` that `config_cls` has no field for, or a value
+    whose type a plain `int` / `float` / `bool` / `str` field (optionally `| None`) cannot take.
+
+    YAML gives `true` for a count or `"1e-3x"` for a rate without complaint; the dataclass would
+    take them too and fail (or compare as text) steps later, far from the file.
 
     Args:
         config_cls: the dataclass the mapping becomes.
         data: the mapping (None counts as empty).
         what: how the message names the keys, e.g. "train setting(s)".
     """
-    valid = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(data or {}) - valid)
+    fields = {f.name: f.type for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(data or {}) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {what} {unknown}; valid: {sorted(valid)}")
+        raise ValueError(f"unknown {what} {unknown}; valid: {sorted(fields)}")
+    for key, value in (data or {}).items():
+        kinds = [kind.strip() for kind in str(fields[key]).split("|")]
+        if not set(kinds) <= {*_SIMPLE_TYPES, "None"} or (value is None and "None" in kinds):
+            continue  # other annotations are the config's own to check
+        if any(type(value) is _SIMPLE_TYPES[kind] for kind in kinds if kind != "None"):
+            continue
+        if "float" in kinds and type(value) is int:
+            continue
+        hint = "quote it" if "str" in kinds else "write a plain number or true/false, without quotes"
+        raise ValueError(f"{key!r} ({what.rstrip(':')}) must be {' or '.join(kinds)}, got {value!r} "
+                         f"({type(value).__name__}); {hint}")
 
 
 LARGEST_STRIDE = 32  # YOLO-World's coarsest feature level (strides 8, 16, 32)

@@ -80,3 +80,58 @@ def test_analyze_cli_writes_pngs(case, tmp_path):
 def test_analyze_returns_report(case, tmp_path):
     report = analyze(*case, tmp_path / "out")
     assert report["confusion_columns"][-1] == "missed" and report["confusion_rows"][-1] == "background"
+
+
+def _crowd_case(tmp_path):
+    """One cat, a crowd region along the bottom, a detection lying inside it and one half out of it."""
+    record = DetectionRecord(str(tmp_path / "a.jpg"), 200, 200, [[10, 10, 50, 50]], [0], image_id=1,
+                             ignore_boxes=[[0, 120, 200, 200]], ignore_labels=[0])
+    dataset = DetectionDataset([record], Vocabulary(("cat", "dog")), source="crowd", image_root=str(tmp_path))
+    # IoU with the crowd box is 400 / 16000 for the first detection, but all of it lies inside
+    detections = [{"image_id": 1, "boxes": np.array([[10, 130, 30, 150], [150, 100, 170, 130]], np.float32),
+                   "scores": np.array([0.9, 0.9], np.float32), "labels": np.array([0, 1])}]
+    return dataset, detections
+
+
+def test_detection_inside_a_crowd_region_is_not_background(tmp_path):
+    matrix = confusion_matrix(*_crowd_case(tmp_path))
+    # the dog detection has a third of its area in the crowd region: still a background error
+    assert matrix[2].tolist() == [0, 1, 0]
+
+
+def test_unknown_category_ids_are_refused_with_the_file_named(case, tmp_path, capsys):
+    dataset, _ = case
+    results = [{"image_id": 1, "category_id": 77, "bbox": [0, 0, 20, 20], "score": 0.9},
+               {"image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20], "score": 0.9}]
+    with pytest.raises(ValueError, match=r"dets\.json: detections reference category_id 77 .*2 categories"):
+        detections_from_coco(results, dataset.vocabulary, "dets.json")
+    gt_path = write_coco_json(dataset, tmp_path / "gt.json", tmp_path)
+    dets_path = tmp_path / "dets.json"
+    dets_path.write_text(json.dumps(results))
+    assert main(["analyze", "--gt", str(gt_path), "--dets", str(dets_path), "--out", str(tmp_path / "out")]) == 2
+    assert f"{dets_path}: detections reference category_id 77" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "analysis.json").exists()
+
+
+def test_missed_and_ap_by_size_bucket_an_object_on_the_same_area(tmp_path):
+    """A 40x40 box whose annotated (segmentation) area is 900 is small for AP and for missed objects;
+    a box without an annotated area falls back to w*h."""
+    record = DetectionRecord(str(tmp_path / "a.jpg"), 200, 200, [[10, 10, 50, 50], [100, 100, 140, 140]], [0, 0],
+                             image_id=1, areas=[900.0, float("nan")])
+    dataset = DetectionDataset([record], Vocabulary(("cat",)), source="areas", image_root=str(tmp_path))
+    missed = missed_by_size(dataset, [])
+    assert {k: (v["objects"], v["missed"]) for k, v in missed.items()} == {
+        "small": (1, 1), "medium": (1, 1), "large": (0, 0)}
+    ap = ap_by_size(dataset, [])
+    assert ap["small"] == 0.0 and ap["medium"] == 0.0 and np.isnan(ap["large"])
+
+
+def test_detections_on_unknown_images_or_with_bad_boxes_are_refused(case, tmp_path):
+    dataset, detections = case
+    stray = detections + [{"image_id": 42, "boxes": np.array([[0, 0, 9, 9]], np.float32),
+                           "scores": np.array([0.9], np.float32), "labels": np.array([0])}]
+    with pytest.raises(ValueError, match=r"image_id \[42\] \(1 unknown ids\).*2 images"):
+        analyze(dataset, stray, tmp_path / "out")
+    five_numbers = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20, 1], "score": 0.9}]
+    with pytest.raises(ValueError, match=r"dets\.json: COCO results entry 0 has bbox .*not 4 numbers"):
+        detections_from_coco(five_numbers, dataset.vocabulary, "dets.json")

@@ -230,3 +230,26 @@ def test_cli_eval_names_bad_files(coco_val, tmp_path, capsys):
                                       "bbox": annotation["bbox"], "score": 0.9}]))
     assert main(["eval", "--gt", coco_val, "--dets", str(good_path), "--lvis"]) == 2
     assert f"{coco_val}: not an LVIS annotation file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--max-dets", "0"], ["--max-dets", "-1"], ["--max-dets", "0", "--lvis"],
+                                   ["--max-dets", "300", "--lvis", "--fixed-ap"]],
+                         ids=["zero", "negative", "lvis_zero", "fixed_ap"])
+def test_cli_eval_refuses_max_dets_it_would_not_use(coco_val, tmp_path, capsys, extra):
+    # 0 used to be read as "not given" and silently became the default
+    dets_path = tmp_path / "dets.json"
+    dets_path.write_text(json.dumps(jittered_detections(json.load(open(coco_val)))))
+    assert main(["eval", "--gt", coco_val, "--dets", str(dets_path), *extra]) == 2
+    captured = capsys.readouterr()
+    assert "--max-dets" in captured.err and captured.out == ""
+
+
+def test_cli_eval_out_creates_its_folder_and_refuses_a_folder(coco_val, tmp_path, capsys):
+    dets_path = tmp_path / "dets.json"
+    dets_path.write_text(json.dumps(jittered_detections(json.load(open(coco_val)))))
+    out = tmp_path / "new" / "deeper" / "stats.json"
+    assert main(["eval", "--gt", coco_val, "--dets", str(dets_path), "--backend", "fast", "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out)
+    assert main(["eval", "--gt", coco_val, "--dets", str(dets_path), "--out", str(tmp_path / "new")]) == 2
+    captured = capsys.readouterr()
+    assert f"--out {tmp_path / 'new'} is a folder" in captured.err and captured.out == ""

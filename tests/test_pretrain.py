@@ -74,6 +74,20 @@ def test_finetune_starts_from_the_checkpoint_and_trains_only_the_chosen_parts(pr
     assert changed and all(n.startswith("head.") for n in changed)
 
 
+def test_finetune_with_lora_writes_the_merged_detector(pretrained, tmp_path):
+    world, root = pretrained
+    config = _config(world, tmp_path, text_encoder=None, init_checkpoint=str(root / "model.pt"),
+                     methods={"lora": {"rank": 2}}, test_sets=[])
+    finetune(config)
+    start, tuned = read_model_file(root / "model.pt"), read_model_file(tmp_path / "model.pt")
+    assert tuned["detector"].keys() == start["detector"].keys()  # no adapter tensors: the plain layout
+    detector, _ = load_model(tmp_path / "model.pt")
+    changed = [n for n, _ in detector.named_parameters() if not torch.equal(start["detector"][n], tuned["detector"][n])]
+    assert changed and all(n.endswith("weight") for n in changed)  # adapters folded into the weights
+    with pytest.raises(ValueError, match=r"methods \['prompt'\] keep what they learn outside.*cl-detect run"):
+        load_config(_config(world, tmp_path, methods={"prompt": {}}))
+
+
 def test_finetune_needs_a_checkpoint_and_one_dataset(tmp_path):
     world = tiny_world(tmp_path)
     with pytest.raises(ValueError, match="needs init_checkpoint"):
@@ -152,6 +166,18 @@ def test_own_negatives_keep_one_training_set_per_vocabulary(tmp_path):
     assert sorted(sampler.epoch_order(0).tolist()) == [0, 1]
     union, _ = training_set(datasets, "union", config)
     assert [p.dataset.vocabulary.names for p in union.datasets] == [("cat", "dog", "bird")]
+
+
+def test_class_balanced_repeats_images_of_rare_classes_in_pretraining_too():
+    from cl_detect.data.sampling import RepeatFactorSampler
+    common = [DetectionRecord(f"c{i}.png", 64, 64, boxes=[[0, 0, 9, 9]], labels=[0]) for i in range(3999)]
+    rare = DetectionRecord("r.png", 64, 64, boxes=[[0, 0, 9, 9]], labels=[1])  # in 1 of 4000 images
+    dataset = DetectionDataset(common + [rare], Vocabulary(("cat", "dog")), source="x")
+    config = TrainConfig(image_size=64, num_texts=4, class_balanced=True)
+    _, sampler = training_set([dataset], "union", config)  # it was a plain MixingSampler here
+    assert isinstance(sampler, RepeatFactorSampler)
+    # repeat factor sqrt(0.001 / (1 / 4000)) = 2: the rare image twice per epoch, the others once
+    assert [(sampler.epoch_order(epoch) == 3999).sum() for epoch in range(3)] == [2, 2, 2]
 
 
 def test_synthetic_world_is_written_once_and_never_silently_replaced(tmp_path):

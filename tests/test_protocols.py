@@ -175,3 +175,19 @@ def test_class_names_give_voc_splits_one_label_order(tmp_path):
     config = load_run_config(_write(tmp_path, {**MINIMAL, "data_root": str(tmp_path), "tasks": [coco]}))
     with pytest.raises(ValueError, match="class_names applies to VOC data only; coco files store their own"):
         load_protocol_data(config)
+
+
+def test_exponent_numbers_are_numbers_and_typos_or_wrong_types_fail_at_load(tmp_path):
+    text = yaml.safe_dump({**MINIMAL, "train": {"lr": 0.5}, "method_options": {"ewc": {"strength": 2.0}}})
+    path = tmp_path / "p.yaml"
+    path.write_text(text.replace("0.5", "1e-3").replace("2.0", "1e3"))  # as people write them
+    config = load_run_config(path)
+    assert config.train_config().lr == 0.001 and config.method_options["ewc"]["strength"] == 1000.0
+    with pytest.raises(ValueError, match=r"method_options: unknown method 'lroa'; registered: .*lora"):
+        load_run_config(_write(tmp_path, {**MINIMAL, "method_options": {"lroa": {"rank": 2}}}))
+    with pytest.raises(ValueError, match=r"'rank' \(option\(s\) for method 'lora'\) must be int, got True"):
+        load_run_config(_write(tmp_path, {**MINIMAL, "method_options": {"lora": {"rank": True}}}))
+    with pytest.raises(ValueError, match=r"'amp' \(train setting\(s\)\) must be bool, got 'yes please'"):
+        load_run_config(_write(tmp_path, {**MINIMAL, "train": {"amp": "yes please"}}))
+    with pytest.raises(ValueError, match=r"'epochs' \(train setting\(s\)\) must be int, got 2.5"):
+        load_run_config(_write(tmp_path, {**MINIMAL, "train": {"epochs": 2.5}}))

@@ -11,7 +11,7 @@ from _data_builders import (load, tiny_coco_images, tiny_coco_json, write_ground
                             write_odvg)
 
 from cl_detect.data.errors import DatasetFormatError
-from cl_detect.data.readers import detect_format, load_lvis_vocabulary, read_dataset
+from cl_detect.data.readers import detect_format, load_lvis_vocabulary, read_coco, read_dataset
 from cl_detect.data.readers.yolo import orphan_label_files
 
 AQUARIUM = "aquarium/dataset/aquarium_pretrain"
@@ -328,3 +328,37 @@ def test_coco_areas_reach_the_harness_ground_truth_so_size_ranges_match_the_file
     packed = pack_record(record, tmp_path / "small.jpg", max_side=max(record.width, record.height) // 2, quality=90)
     scale = packed.width / record.width * packed.height / record.height
     np.testing.assert_allclose(packed.areas, record.areas * scale)
+
+
+def test_one_coco_file_is_not_written_for_detection_and_grounding_records_together(tmp_path):
+    from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
+    from cl_detect.data.writers import write_coco_json
+    detection = DetectionRecord("/img/a.jpg", 10, 10, [[0, 0, 5, 5]], [0], image_id=1)
+    grounding = DetectionRecord("/img/b.jpg", 10, 10, [[1, 1, 6, 6]], [0], image_id=2, phrases=("a dog",),
+                                caption="a dog", phrase_spans=(((0, 5),),))
+    mixed = DetectionDataset([detection, grounding], Vocabulary(("cat",)), source="mixed.jsonl")
+    with pytest.raises(DatasetFormatError, match="mixed.jsonl: 1 grounding and 1 detection records"):
+        write_coco_json(mixed, tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_lvis_folder_skips_the_synset_map_beside_the_annotations(shared_data, caplog):
+    """lvis_val_100/data holds coco_to_synset.json (no 'images') beside the LVIS file."""
+    folder = shared_data / "lvis_val_100"
+    assert detect_format(folder) == "lvis"
+    dataset = read_dataset(folder)
+    assert (len(dataset), dataset.num_boxes) == (100, 977)
+    assert "coco_to_synset.json" in caplog.text
+
+
+def test_json_without_images_is_named(tmp_path):
+    (tmp_path / "classes.json").write_text(json.dumps({"cat": 1}))
+    with pytest.raises(DatasetFormatError, match=r"classes\.json: json has no 'images' list"):
+        read_dataset(tmp_path / "classes.json")
+    with pytest.raises(DatasetFormatError, match=r"classes\.json: json has no 'images' list"):
+        read_dataset(tmp_path / "classes.json", format="coco")  # forcing the format does not read it as empty
+    with pytest.raises(DatasetFormatError, match=rf"{tmp_path}: none of its jsons \(classes\.json\)"):
+        read_dataset(tmp_path)
+    _tiny_coco(tmp_path, [1, 2])
+    for dataset in (read_dataset(tmp_path), read_coco(tmp_path)):
+        assert len(dataset) == 2 and dataset.num_boxes == 2

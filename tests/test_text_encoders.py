@@ -189,6 +189,16 @@ def test_tag_with_other_activation_is_refused_before_download():
         encoder.load_pretrained("laion2b_s34b_b79k")
 
 
+def test_a_tag_sets_the_activation_it_was_trained_with(monkeypatch):
+    # so the spec clip:ViT-B-32:laion2b_s34b_b79k works without a way to pass quick_gelu
+    loaded = []
+    monkeypatch.setattr(ClipTextEncoder, "load_pretrained", lambda self, tag: loaded.append((tag, self.quick_gelu)))
+    ClipTextEncoder(text_cfg=SMALL_CFG, embed_dim=32, model_name="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    ClipTextEncoder(text_cfg=SMALL_CFG, embed_dim=32, model_name="ViT-B-32", pretrained="openai")
+    assert loaded == [("laion2b_s34b_b79k", False), ("openai", True)]
+    assert ClipTextEncoder(text_cfg=SMALL_CFG, embed_dim=32, model_name="ViT-B-32").quick_gelu  # YOLO-World's
+
+
 # ----------------------------------------------------------------------- cache
 def count_tower_calls(encoder: ClipTextEncoder) -> list[int]:
     calls = []
@@ -220,6 +230,19 @@ def test_cache_drops_when_weights_change():
         encoder.tower.text_projection.mul_(-1.0)
     after = encoder(["dog"])
     assert len(calls) == 2
+    torch.testing.assert_close(after, -before)
+
+
+def test_the_models_prompt_cache_drops_when_the_towers_weights_change():
+    from cl_detect import create_detector
+    from cl_detect.methods import ContinualModel, create_method
+    encoder = small_encoder()
+    model = ContinualModel(create_detector("yolo_world_v2_t", text_dim=32), encoder, [create_method("finetune")])
+    with torch.no_grad():
+        before = model.embed_texts([["dog", "cat"]])
+        encoder.load_state_dict({k: -v if k.endswith("text_projection") else v
+                                 for k, v in encoder.state_dict().items()})
+        after = model.embed_texts([["dog", "cat"]])
     torch.testing.assert_close(after, -before)
 
 

@@ -66,6 +66,18 @@ def test_resume_equals_uninterrupted(world, tmp_path, changes, stop_after):
     assert steps == list(range(1, result_a.steps + 1))
 
 
+def test_resuming_with_other_training_settings_is_refused(world, tmp_path):
+    config = tiny_config(checkpoint_every_steps=1)
+    _, first = _train(world, tmp_path, config, stop_after_steps=1)
+    assert first.status == "interrupted"
+    with pytest.raises(ValueError, match=r"other training settings \(lr 0.001 -> 0.0005\).*--no-resume"):
+        _train(world, tmp_path, tiny_config(checkpoint_every_steps=1, lr=config.lr / 2))
+    _, resumed = _train(world, tmp_path, tiny_config(checkpoint_every_steps=1, log_every=3))  # watching only
+    assert resumed.status == "finished"
+    with pytest.raises(ValueError, match=r"epochs 2 -> 3"):  # a finished run is not returned as if it had the new ones
+        _train(world, tmp_path, tiny_config(checkpoint_every_steps=1, epochs=3))
+
+
 def test_training_changes_weights_and_resuming_a_finished_run_is_a_no_op(world, tmp_path):
     config = tiny_config(epochs=1)
     untouched = tiny_model(seed=0).detector.state_dict()
@@ -249,3 +261,10 @@ def test_amp_cpu_runs_the_cpu_step_under_bf16_autocast_only_when_asked(world, tm
     result = train_one_task(model, dataset, config, tmp_path, sampler=sampler)
     assert result.status == "finished" and math.isfinite(result.last_losses["loss"])
     assert seen and set(seen) == {torch.bfloat16 if amp_cpu else torch.float32}
+
+
+def test_too_few_images_for_one_accumulated_step_names_both_knobs(world, tmp_path):
+    # 16 images, batch_size 4: accumulate 8 is what makes one optimizer step larger than the data
+    with pytest.raises(ValueError, match=r"16 training images .*batch_size x accumulate = 4 x 8 = 32 .*"
+                                         r"lower accumulate or batch_size"):
+        _train(world, tmp_path, tiny_config(accumulate=8))

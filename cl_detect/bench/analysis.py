@@ -4,16 +4,19 @@ Detections are per-image dicts (image_id, boxes xyxy pixels, scores, labels
 indexing the dataset's vocabulary), as `cl_detect.eval.detector_eval.run_detector`
 returns them; `detections_from_coco` converts a COCO results list.
 
-- By size (COCO buckets on box area w*h: small < 32², medium < 96², large
-  otherwise): COCO AP@[.5:.95] (APs/APm/APl) and the objects *missed*, i.e.
-  ground-truth boxes with no detection of the same class, score >= threshold,
-  at IoU >= 0.5.
+- By size (COCO buckets on the annotated area, COCO's `area` (the
+  segmentation's), or box w*h where the source gave none: small < 32²,
+  medium < 96², large otherwise): COCO AP@[.5:.95] (APs/APm/APl) and the
+  objects *missed*, i.e. ground-truth boxes with no detection of the same
+  class, score >= threshold, at IoU >= 0.5. Both use the same area, so an
+  object sits in one bucket throughout the report.
 - Confusion matrix: rows = ground-truth class plus a last "background" row,
   columns = predicted class plus a last "missed" column. Each ground-truth box
   counts once, under the class of its best-overlapping detection (any class,
   score >= threshold, IoU >= 0.5), or under "missed" when none overlaps.
   Each detection (score >= threshold) overlapping no ground truth at IoU >= 0.5
-  (and not lying in a crowd/ignore region) counts once in "background".
+  (and not lying in a crowd/ignore region, which COCO's rule takes as
+  intersection over the detection's own area >= 0.5) counts once in "background".
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cl_detect.data.records import DetectionDataset, Vocabulary  # noqa: E402
+from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary  # noqa: E402
 
 # (name, lower, upper) on box area in pixels², COCO's areaRng
 SIZE_BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, np.inf))
@@ -43,26 +46,74 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
 
 
-def size_bucket(boxes: np.ndarray) -> np.ndarray:
-    """COCO size bucket index (0 small, 1 medium, 2 large) of each xyxy box, by w*h."""
-    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+def box_ioa(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) intersection over the area of `a`: COCO's IoU of a detection with a crowd region."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
+    return inter / np.maximum(area_a[:, None], 1e-9)
+
+
+def area_bucket(area: np.ndarray) -> np.ndarray:
+    """COCO size bucket index (0 small, 1 medium, 2 large) of each area in pixels²."""
     return np.searchsorted([upper for _, _, upper in SIZE_BUCKETS[:-1]], area, side="right")
 
 
-def detections_from_coco(results: Sequence[dict], vocabulary: Vocabulary) -> list[dict]:
-    """COCO results (image_id, category_id, bbox xywh, score) -> per-image dicts with label indices."""
+def size_bucket(boxes: np.ndarray) -> np.ndarray:
+    """COCO size bucket index (0 small, 1 medium, 2 large) of each xyxy box, by w*h."""
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    return area_bucket(area)
+
+
+def object_areas(record: DetectionRecord) -> np.ndarray:
+    """The area COCO evaluation buckets each object by: the annotated one, box w*h where there is none.
+
+    The same rule as the ground truth `ap_by_size` scores (`cl_detect.data.writers`), so
+    AP by size and missed by size put every object in the same bucket.
+    """
+    boxes = record.boxes
+    box_area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    if record.areas is None:
+        return box_area.astype(np.float64)
+    return np.where(np.isfinite(record.areas), record.areas, box_area)
+
+
+def detections_from_coco(results: Sequence[dict], vocabulary: Vocabulary,
+                         source: str | Path = "detections") -> list[dict]:
+    """COCO results (image_id, category_id, bbox xywh, score) -> per-image dicts with label indices.
+
+    Args:
+        results: the COCO results list.
+        vocabulary: the ground truth's classes, with their category ids.
+        source: the detections file, named in errors.
+
+    Raises:
+        ValueError: a detection's category_id is not among the ground truth's (as `cl-detect eval`
+            refuses it): dropping those detections would report a wrong AP.
+    """
+    from cl_detect.eval._detections import to_columns
+    try:  # the evaluators' checks: ids, scores, and a bbox of exactly 4 numbers
+        columns = to_columns(list(results))
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     index_of = vocabulary.index_of_category_id()
-    per_image: dict[int, list[dict]] = {}
-    for item in results:
-        if item["category_id"] in index_of:
-            per_image.setdefault(int(item["image_id"]), []).append(item)
+    unknown = sorted(set(columns.category_ids.tolist()) - set(index_of))
+    if unknown:
+        shown = ", ".join(repr(category_id) for category_id in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        raise ValueError(
+            f"{source}: detections reference category_id {shown} ({len(unknown)} unknown category ids in all), "
+            f"which is not among the ground truth's {len(index_of)} categories; write the detections with the "
+            "ground truth's category ids (e.g. map label indices through Vocabulary.category_ids), or analyze "
+            "them against the annotation file they were predicted for")
+    labels = np.array([index_of[c] for c in columns.category_ids.tolist()], dtype=np.int64)
     detections = []
-    for image_id, items in per_image.items():
-        boxes = np.array([d["bbox"] for d in items], dtype=np.float32).reshape(-1, 4)
+    for image_id in dict.fromkeys(columns.image_ids.tolist()):
+        mine = columns.image_ids == image_id
+        boxes = columns.boxes[mine].astype(np.float32)
         boxes[:, 2:] += boxes[:, :2]
-        detections.append({"image_id": image_id, "boxes": boxes,
-                           "scores": np.array([d["score"] for d in items], dtype=np.float32),
-                           "labels": np.array([index_of[d["category_id"]] for d in items], dtype=np.int64)})
+        detections.append({"image_id": int(image_id), "boxes": boxes,
+                           "scores": columns.scores[mine].astype(np.float32), "labels": labels[mine]})
     return detections
 
 
@@ -77,7 +128,7 @@ def _kept(detections: Sequence[dict], score_threshold: float) -> dict[int, tuple
 
 def missed_by_size(dataset: DetectionDataset, detections: Sequence[dict], score_threshold: float = 0.3,
                    iou_threshold: float = 0.5) -> dict[str, dict[str, float]]:
-    """Ground-truth objects per size bucket and how many have no same-class detection.
+    """Ground-truth objects per size bucket (by `object_areas`) and how many have no same-class detection.
 
     Args:
         dataset: ground truth.
@@ -95,7 +146,7 @@ def missed_by_size(dataset: DetectionDataset, detections: Sequence[dict], score_
         boxes, labels = kept.get(record.image_id, empty)
         iou = box_iou(record.boxes, boxes)
         found = ((iou >= iou_threshold) & (record.labels[:, None] == labels[None])).any(axis=1)
-        buckets = size_bucket(record.boxes)
+        buckets = area_bucket(object_areas(record))
         np.add.at(objects, buckets, 1)
         np.add.at(missed, buckets[~found], 1)
     return {name: {"objects": int(n), "missed": int(m), "missed_fraction": float(m / n) if n else float("nan")}
@@ -138,8 +189,9 @@ def confusion_matrix(dataset: DetectionDataset, detections: Sequence[dict], scor
             matrix[gt_label, column] += 1
         unmatched = iou.max(axis=0, initial=0.0) < iou_threshold
         if len(record.ignore_boxes):
-            # a detection inside a crowd region is neither right nor wrong (COCO's rule)
-            unmatched &= box_iou(boxes, record.ignore_boxes).max(axis=1, initial=0.0) < iou_threshold
+            # a detection inside a crowd region is neither right nor wrong; COCO's rule measures the
+            # overlap with a crowd region against the detection's own area, not the union
+            unmatched &= box_ioa(boxes, record.ignore_boxes).max(axis=1, initial=0.0) < iou_threshold
         np.add.at(matrix[num_classes], labels[unmatched], 1)
     return matrix
 
@@ -197,6 +249,12 @@ def analyze(dataset: DetectionDataset, detections: Sequence[dict], out_dir: str 
     Returns:
         The analysis: AP and missed objects by size, the confusion matrix and its labels.
     """
+    known = {record.image_id for record in dataset.records}
+    unknown = sorted({int(item["image_id"]) for item in detections} - known)
+    if unknown:  # as `cl-detect eval` refuses them: dropping them would report a wrong AP
+        raise ValueError(f"detections on image_id {unknown[:10]}{' ...' * (len(unknown) > 10)} "
+                         f"({len(unknown)} unknown ids), which the ground truth ({len(known)} images) does not have; "
+                         f"analyze them against the annotation file they were predicted for")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ap = ap_by_size(dataset, detections)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from cl_detect._config_keys import check_image_size, check_names, reject_unknown_keys
+from cl_detect._config_keys import check_image_size, check_names, check_keys_and_types
 from cl_detect._shared import expand_variables
+from cl_detect._yaml import load_yaml
 from cl_detect.engine.config import TrainConfig
 
 DEFAULTS_PATH = Path(__file__).resolve().parents[2] / "experiments" / "defaults.yaml"
@@ -198,6 +199,12 @@ class RunConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"protocol {self.name!r}: task and retention set names must be unique, got {names}")
         self.train_config()  # fail at load time on a bad training field
+        from cl_detect.methods import create_method
+        for name, options in self.method_options.items():
+            try:  # a misspelt method or option fails now, not after a task has trained
+                create_method(name, options)
+            except ValueError as err:
+                raise ValueError(f"protocol {self.name!r} method_options: {err}") from None
         if self.label is not None and (not self.label or "/" in self.label or "+" in self.label):
             raise ValueError(f"label {self.label!r} must be a non-empty name without '/' or '+'")
 
@@ -207,7 +214,7 @@ class RunConfig:
 
     def train_config(self, seed: int = 0) -> TrainConfig:
         """The `TrainConfig` of every task, seeded."""
-        reject_unknown_keys(TrainConfig, self.train, "train setting(s)")
+        check_keys_and_types(TrainConfig, self.train, "train setting(s)")
         return TrainConfig(**{**self.train, "seed": seed})
 
     def resolve_path(self, path: str) -> Path:
@@ -220,7 +227,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         """Build from a merged mapping; unknown keys are errors."""
-        reject_unknown_keys(cls, data, "protocol key(s)")
+        check_keys_and_types(cls, data, "protocol key(s)")
         data = dict(data)
         data["tasks"] = [TaskSpec(name=t["name"], train=_data_spec(t["train"]), test=_data_spec(t["test"]),
                                   prompts=t.get("prompts")) for t in data.get("tasks") or []]
@@ -228,7 +235,7 @@ class RunConfig:
                                            protocol=r.get("protocol", "coco"), prompts=r.get("prompts"))
                              for r in data.get("retention") or []]
         data["base_model"] = BaseModelSpec(**data["base_model"])
-        reject_unknown_keys(EvalSettings, data.get("eval"), "eval setting(s)")
+        check_keys_and_types(EvalSettings, data.get("eval"), "eval setting(s)")
         data["eval"] = EvalSettings(**(data.get("eval") or {}))
         return cls(**data)
 
@@ -264,8 +271,8 @@ def load_run_config(path: str | Path, defaults_path: str | Path | None = DEFAULT
     Returns:
         The resolved `RunConfig`.
     """
-    defaults = yaml.safe_load(Path(defaults_path).read_text()) if defaults_path else {}
-    experiment = yaml.safe_load(Path(path).read_text()) or {}
+    defaults = load_yaml(Path(defaults_path).read_text()) if defaults_path else {}
+    experiment = load_yaml(Path(path).read_text()) or {}
     if not isinstance(experiment, dict):
         raise ValueError(f"{path}: a protocol file holds one mapping of settings")
     merged = merge_shallow(merge_shallow(defaults or {}, experiment), overrides or {})

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         results = json.loads(Path(args.dets).read_text())
         if not isinstance(results, list):
             raise ValueError(f"{args.dets}: expected a JSON list of COCO detections, got {type(results).__name__}")
-        report = analyze(dataset, detections_from_coco(results, dataset.vocabulary), args.out,
+        report = analyze(dataset, detections_from_coco(results, dataset.vocabulary, args.dets), args.out,
                          args.score_thr, args.iou)
     except (DatasetError, ValueError, KeyError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -46,21 +46,48 @@ def _load_detections(path: str):
         raise ValueError(f"{path}: {err}") from None
 
 
-def run(args: argparse.Namespace) -> int:
+def _option_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of options, before any file is read; None when nothing."""
     if args.fixed_ap and not args.lvis:
-        print("error: --fixed-ap is an LVIS protocol; add --lvis", file=sys.stderr)
-        return 2
+        return "--fixed-ap is an LVIS protocol; add --lvis"
     if args.lvis and args.backend != "pycocotools":
-        print("error: --backend fast evaluates COCO rules only; drop it for --lvis", file=sys.stderr)
+        return "--backend fast evaluates COCO rules only; drop it for --lvis"
+    if args.fixed_ap and args.max_dets is not None:
+        return "--fixed-ap has no per-image cap (top 10,000 detections per category); drop --max-dets"
+    if args.max_dets is not None and args.max_dets < 1:
+        return (f"--max-dets is the number of detections kept per image, got {args.max_dets}; pass a positive "
+                "number (COCO: at least 10) or leave it out for the protocol's default")
+    return None
+
+
+def _prepare_out(path: str) -> None:
+    """Create the folder of --out now, so a bad path fails before the evaluation rather than after it."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--out {path} is a folder; pass a file name, e.g. {out / 'stats.json'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {path}: cannot create its folder ({err.strerror}); pass a writable path") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = _option_error(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
+        if args.out:
+            _prepare_out(args.out)
         detections = _load_detections(args.dets)
         if args.lvis:
             from cl_detect.eval.lvis_eval import evaluate_lvis
-            stats = evaluate_lvis(args.gt, detections, max_dets=args.max_dets or 300, fixed_ap=args.fixed_ap)
+            max_dets = args.max_dets if args.max_dets is not None else 300
+            stats = evaluate_lvis(args.gt, detections, max_dets=max_dets, fixed_ap=args.fixed_ap)
         else:
             from cl_detect.eval.coco_eval import evaluate_coco
-            stats = evaluate_coco(args.gt, detections, max_dets=args.max_dets or 100, backend=args.backend)
+            max_dets = args.max_dets if args.max_dets is not None else 100
+            stats = evaluate_coco(args.gt, detections, max_dets=max_dets, backend=args.backend)
     except (ValueError, FileNotFoundError, json.JSONDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -37,13 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import yaml
-
+    from cl_detect._yaml import load_yaml
     from cl_detect.bench.config import DEFAULTS_PATH, load_run_config, merge_shallow
     from cl_detect.bench.experiment import run_experiment, with_overrides
     overrides: dict = {}
     for path in args.override:
-        overrides = merge_shallow(overrides, yaml.safe_load(Path(path).read_text()) or {})
+        overrides = merge_shallow(overrides, load_yaml(Path(path).read_text()) or {})
     if args.allow_data_errors:
         overrides["allow_data_errors"] = True
     config = load_run_config(args.config, args.defaults or DEFAULTS_PATH, overrides=overrides)

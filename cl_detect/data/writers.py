@@ -69,7 +69,19 @@ def _annotation(box, area, image_id: int, annotation_id: int, iscrowd: int, extr
 
 
 def coco_dict(dataset: DetectionDataset, out_dir: Path, image_root: Path) -> dict:
-    """The COCO dict `write_coco_json` writes (file names relative to `image_root`)."""
+    """The COCO dict `write_coco_json` writes (file names relative to `image_root`).
+
+    Raises:
+        DatasetFormatError: the dataset mixes detection and grounding records, which one COCO
+            file cannot hold (a grounding box would read back as class 1 of the detection classes).
+    """
+    kinds = {record.is_grounding for record in dataset.records}
+    if len(kinds) > 1:
+        grounding = sum(record.is_grounding for record in dataset.records)
+        raise DatasetFormatError(
+            f"{dataset.source}: {grounding} grounding and {len(dataset.records) - grounding} detection records; one "
+            f"COCO file holds one kind (grounding boxes would read back as a detection class); write them as two "
+            f"files (e.g. split the source by kind first)")
     ids = [r.image_id for r in dataset.records]
     keep_ids = len(set(ids)) == len(ids)
     index_of = dataset.vocabulary.index_of_category_id()

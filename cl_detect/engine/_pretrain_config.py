@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cl_detect._config_keys import check_image_size, check_names, reject_unknown_keys
+from cl_detect._config_keys import check_image_size, check_names, check_keys_and_types
 from cl_detect._shared import expand_variables
 from cl_detect.engine.config import TrainConfig
 
@@ -53,6 +53,10 @@ class DatasetSpec:
         check_names(self.class_names, self.path, "class_names")
         if not self.name:
             self.name = Path(self.path).stem
+
+
+# what pretrain/finetune cannot export: the detector checkpoint holds none of their state
+METHODS_OUTSIDE_THE_DETECTOR = {"prompt", "reparam", "specialist"}
 
 
 @dataclass
@@ -94,6 +98,11 @@ class PretrainConfig:
             raise ValueError("datasets is empty: list at least one training dataset")
         if self.eval_image_size is not None:
             check_image_size(self.eval_image_size, "eval_image_size")
+        kept_apart = sorted(set(self.methods) & METHODS_OUTSIDE_THE_DETECTOR)
+        if kept_apart:
+            raise ValueError(f"methods {kept_apart} keep what they learn outside the detector's weights (prompt: "
+                             f"class embeddings; reparam, specialist: rebuilt class heads), which the detector "
+                             f"checkpoint that pretrain/finetune write cannot hold; run them with `cl-detect run`")
         if self.negatives not in ("union", "own"):
             raise ValueError(f"negatives must be 'union' or 'own', got {self.negatives!r}")
         if self.synthetic_world is not None and "path" not in self.synthetic_world:
@@ -105,9 +114,9 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "PretrainConfig":
         """Build from plain YAML data, rejecting unknown keys with the valid ones listed."""
-        reject_unknown_keys(cls, data, "config key(s)")
+        check_keys_and_types(cls, data, "config key(s)")
         data = dict(data)
-        reject_unknown_keys(TrainConfig, data.get("train"), "train setting(s)")
+        check_keys_and_types(TrainConfig, data.get("train"), "train setting(s)")
         data["train"] = TrainConfig(**(data.get("train") or {}))
         for key in ("datasets", "test_sets"):
             data[key] = [DatasetSpec(**spec) for spec in data.get(key) or []]

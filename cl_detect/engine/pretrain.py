@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from cl_detect._yaml import load_yaml
 from cl_detect.data.merge import merge_datasets
 from cl_detect.data.records import DetectionDataset
 from cl_detect.engine._pretrain_config import DatasetSpec, PretrainConfig
@@ -46,7 +46,7 @@ from cl_detect.methods import ContinualModel, TaskContext, create_method
 def load_config(config: dict | str | Path) -> PretrainConfig:
     """A `PretrainConfig` from a dict or a YAML file (unknown keys are an error)."""
     if not isinstance(config, dict):
-        config = yaml.safe_load(Path(config).read_text())
+        config = load_yaml(Path(config).read_text())
     return PretrainConfig.from_dict(config)
 
 
@@ -66,14 +66,20 @@ def merge_vocabularies(datasets: list[DetectionDataset]) -> DetectionDataset:
 
 
 def training_set(datasets: list[DetectionDataset], negatives: str, config: TrainConfig):
-    """(dataset, sampler) for `train_one_task` from one or more datasets."""
+    """(dataset, sampler) for `train_one_task` from one or more datasets; with `class_balanced`,
+    each dataset's images are repeated by their LVIS repeat factors (from its own class counts)."""
+    import numpy as np
+
     from cl_detect.data.loader import TrainDataset
-    from cl_detect.data.sampling import MixedDataset, MixingSampler
+    from cl_detect.data.sampling import MixedDataset, MixingSampler, RepeatFactorSampler, repeat_factors
 
     if negatives == "union":
         datasets = [merge_vocabularies(datasets)]
     parts = [TrainDataset(d, augment_config(config), num_texts=config.num_texts, seed=config.seed + i)
              for i, d in enumerate(datasets)]
+    if config.class_balanced:  # the parts lie one after another in MixedDataset, as their factors do here
+        factors = np.concatenate([repeat_factors(d) for d in datasets])
+        return MixedDataset(parts), RepeatFactorSampler(factors, seed=config.seed)
     return MixedDataset(parts), MixingSampler([len(p) for p in parts], seed=config.seed)
 
 
@@ -159,6 +165,10 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
             "train_steps": result.steps, "images_per_s": result.images_per_s, "transfer": transfer,
             "final_metrics": metrics, **(extra_meta or {})}
     output = Path(config.output)
+    lora = model.method("lora")
+    if lora is not None:
+        while lora.active_adapter is not None:  # the plain detector layout, as load_model reads it
+            lora.merge()
     if is_main_process():
         from cl_detect.models.checkpoint import save_model
         trained_text = any(p.requires_grad for p in model.text_encoder.parameters())

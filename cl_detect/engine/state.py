@@ -55,3 +55,29 @@ def save_trainer_state(path: Path, *, model, optimizer, scheduler, ema, sampler_
 def load_trainer_state(path: Path) -> dict:
     # our own files: plain containers, tensors and numpy RNG state (trusted, written by save_trainer_state)
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# settings that change how a run is watched or fed, not what it computes
+SETTINGS_FREE_TO_CHANGE = ("log_every", "num_workers", "checkpoint_every_steps", "guard_patience", "device")
+
+
+def check_resumed_settings(saved: dict | None, config: dict, path: Path) -> None:
+    """Refuse to resume (or to return as finished) a run written with other training settings.
+
+    Args:
+        saved: the `config` stored in the checkpoint (None in files from before it was stored).
+        config: this call's `TrainConfig` as a dict.
+        path: the checkpoint, for the message.
+
+    Raises:
+        ValueError: naming each changed setting, old and new value, and the two ways out.
+    """
+    if saved is None:
+        return
+    changed = {key: (saved.get(key), value) for key, value in config.items()
+               if key not in SETTINGS_FREE_TO_CHANGE and saved.get(key) != value}
+    if changed:
+        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        raise ValueError(f"{path} holds a run with other training settings ({listed}); resuming it would give "
+                         f"the old run's model under the new settings. Pass --no-resume (resume=False) to start "
+                         f"over, or use another out_dir")

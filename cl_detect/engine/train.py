@@ -31,7 +31,7 @@ from cl_detect.engine.guards import LossGuard, check_batch
 from cl_detect.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from cl_detect.engine.runlog import RunLogger, peak_memory_mb
 from cl_detect.engine.state import (
-    load_model_state, load_trainer_state, save_trainer_state, set_rng_state)
+    check_resumed_settings, load_model_state, load_trainer_state, save_trainer_state, set_rng_state)
 from cl_detect.models.precision import bf16_autocast
 
 
@@ -89,8 +89,9 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
     loader = build_train_loader(dataset, config.batch_size, config.num_workers, sampler=sampler, seed=config.seed)
     steps_per_epoch = len(sampler.epoch_order(0)) // config.batch_size // config.accumulate
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(sampler.epoch_order(0))} training images is less than one step of "
-                         f"{config.batch_size * config.accumulate}; lower batch_size")
+        raise ValueError(f"{len(sampler.epoch_order(0))} training images is less than one optimizer step of "
+                         f"batch_size x accumulate = {config.batch_size} x {config.accumulate} = "
+                         f"{config.batch_size * config.accumulate} images; lower accumulate or batch_size")
     total_steps = config.epochs * steps_per_epoch
     warmup = min(max(round(config.warmup_epochs * steps_per_epoch), config.warmup_min_steps), total_steps // 2)
     optimizer = build_optimizer(parameter_groups(model.named_trainable_parameters(), config.lr, config.weight_decay),
@@ -102,6 +103,7 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
     progress = {"epoch": 0, "step": 0, "batches_in_epoch": 0, "status": "running"}
     if resume and checkpoint.exists():
         saved = load_trainer_state(checkpoint)
+        check_resumed_settings(saved.get("config"), dataclasses.asdict(config), checkpoint)
         load_model_state(model, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

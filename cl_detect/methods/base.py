@@ -146,6 +146,7 @@ class ContinualModel(nn.Module):
         self.criterion = criterion or YOLOWorldLoss(reg_max=detector.config.reg_max)
         self.methods = nn.ModuleList(methods)
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_cache_version: tuple[int, int] | None = None  # of the text encoder's weights
         for method in self.methods:
             method.setup(self)
         self.mark_trainable()
@@ -219,7 +220,12 @@ class ContinualModel(nn.Module):
             index = {t: i for i, t in enumerate(unique)}
             rows = table[torch.tensor([index[t] for t in flat], device=table.device)]
         else:
-            # a frozen tower: embed each distinct string once per run
+            # a frozen tower: embed each distinct string once, until its weights change
+            params = list(self.text_encoder.parameters())
+            version = (len(params), sum(p._version for p in params))  # in-place writes bump _version
+            if version != self._text_cache_version:
+                self._text_cache.clear()
+                self._text_cache_version = version
             missing = [t for t in dict.fromkeys(flat) if t not in self._text_cache]
             if missing:
                 with torch.no_grad():

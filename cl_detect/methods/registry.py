@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cl_detect._config_keys import reject_unknown_keys
+from cl_detect._config_keys import check_keys_and_types
 
 _METHODS: dict[str, tuple[type, type]] = {}
 
@@ -33,5 +33,5 @@ def method_classes(name: str) -> tuple[type, type]:
 def create_method(name: str, options: dict[str, Any] | None = None):
     """Build a method from its name and a dict of config fields (validated by the config)."""
     config_cls, method_cls = method_classes(name)
-    reject_unknown_keys(config_cls, options, f"option(s) for method {name!r}:")
+    check_keys_and_types(config_cls, options, f"option(s) for method {name!r}:")
     return method_cls(config_cls(**(options or {})))

@@ -115,16 +115,21 @@ class ClipTextEncoder(TextEncoder):
             open_clip / OpenAI checkpoint, a HF CLIP state dict, or any checkpoint
             holding one of those (only the text-tower tensors are read).
         quick_gelu: QuickGELU activations, as in OpenAI's CLIP weights (and the
-            text tower of YOLO-World). Set False for models trained with nn.GELU.
+            text tower of YOLO-World); False for towers trained with nn.GELU. None
+            (default): what an open_clip pretrained tag was trained with, else True.
         text_cfg: explicit open_clip text config (context_length, vocab_size,
             width, heads, layers, mlp_ratio) instead of the one of `model_name`.
         embed_dim: projection width when `text_cfg` is given.
     """
 
-    def __init__(self, model_name: str = "ViT-B-32", pretrained: str | None = None, quick_gelu: bool = True,
+    def __init__(self, model_name: str = "ViT-B-32", pretrained: str | None = None, quick_gelu: bool | None = None,
                  text_cfg: dict | None = None, embed_dim: int | None = None):
         import open_clip
         from open_clip.model import _build_text_tower
+
+        if quick_gelu is None:
+            tag = open_clip.get_pretrained_cfg(model_name, str(pretrained)) if pretrained is not None else None
+            quick_gelu = tag.get("quick_gelu", False) if tag and not Path(pretrained).is_file() else True
 
         if text_cfg is None:
             model_cfg = open_clip.get_model_config(model_name)

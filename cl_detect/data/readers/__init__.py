@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cl_detect.data.errors import DatasetFormatError
 from cl_detect.data.readers._common import load_json, merge_datasets
-from cl_detect.data.readers.coco import find_coco_jsons, read_coco, records_from_coco
+from cl_detect.data.readers.coco import annotation_jsons, is_annotation_json, read_coco, records_from_coco
 from cl_detect.data.readers.grounding import is_grounding_json, read_grounding, records_from_grounding
 from cl_detect.data.readers.lvis import is_lvis_json, load_lvis_vocabulary, read_lvis, records_from_lvis
 from cl_detect.data.readers.odvg import read_odvg
@@ -27,13 +27,21 @@ __all__ = ["FORMATS", "read_dataset", "detect_format", "read_coco", "read_lvis",
            "read_voc", "read_yolo", "load_lvis_vocabulary"]
 
 
-def json_format(data) -> str:
-    """'lvis', 'grounding' or 'coco' for a loaded annotation dict."""
-    if not isinstance(data, dict) or "images" not in data:
-        raise DatasetFormatError("json has no 'images' list: not a COCO/LVIS/grounding annotation file")
+def json_format(data, path: str | Path) -> str:
+    """'lvis', 'grounding' or 'coco' for a loaded annotation dict; `path` is the file, named in errors."""
+    if not is_annotation_json(data):
+        raise DatasetFormatError(f"{path}: json has no 'images' list, so it is not a COCO/LVIS/grounding "
+                                 f"annotation file; pass the annotation json (e.g. instances_val2017.json)")
     if is_grounding_json(data):
         return "grounding"
     return "lvis" if is_lvis_json(data) else "coco"
+
+
+def _annotation_json(path: Path) -> dict:
+    """The loaded annotation file; a json without an 'images' list is refused even when `format=` is given."""
+    data = load_json(path)
+    json_format(data, path)
+    return data
 
 
 def detect_format(src: str | Path) -> str:
@@ -55,7 +63,7 @@ def detect_format(src: str | Path) -> str:
         if suffix in (".yaml", ".yml"):
             return "yolo"
         if suffix == ".json":
-            return json_format(load_json(src))
+            return json_format(load_json(src), src)
         raise DatasetFormatError(f"{src}: cannot tell the format from the suffix {suffix!r}; pass format=...")
     if any(src.glob("*.yaml")) or any(src.glob("*/*.yaml")):
         return "yolo"
@@ -63,8 +71,8 @@ def detect_format(src: str | Path) -> str:
         return "voc"
     if any(src.glob("*.jsonl")):
         return "odvg"
-    jsons = find_coco_jsons(src, None)
-    return json_format(load_json(jsons[0]))
+    path, data = next(annotation_jsons(src, None))  # the first annotation file decides; the rest are not read
+    return json_format(data, path)
 
 
 def read_dataset(src: str | Path, format: str | None = None, split: str | None = None, **kwargs) -> DetectionDataset:
@@ -95,6 +103,6 @@ def read_dataset(src: str | Path, format: str | None = None, split: str | None =
         files = sorted(src.glob("*.jsonl")) if src.is_dir() else [src]
         datasets = [read_odvg(path, **kwargs) for path in files]
         return datasets[0] if len(datasets) == 1 else merge_datasets(datasets, str(src))
-    files = find_coco_jsons(src, split) if src.is_dir() else [src]
-    datasets = [_JSON_READERS[format](load_json(path), path, kwargs.get("image_root")) for path in files]
+    loaded = annotation_jsons(src, split) if src.is_dir() else [(src, _annotation_json(src))]
+    datasets = [_JSON_READERS[format](data, path, kwargs.get("image_root")) for path, data in loaded]
     return datasets[0] if len(datasets) == 1 else merge_datasets(datasets, str(src))

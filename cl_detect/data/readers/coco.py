@@ -9,7 +9,9 @@ attached to images by id.
 """
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,8 @@ import numpy as np
 from cl_detect.data.errors import DatasetFormatError
 from cl_detect.data.readers._common import image_size, load_json, merge_datasets
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
+
+logger = logging.getLogger(__name__)
 
 
 def vocabulary_from_categories(categories: list[dict]) -> Vocabulary:
@@ -186,6 +190,37 @@ def find_coco_jsons(folder: Path, split: str | None) -> list[Path]:
     return instances
 
 
+def is_annotation_json(data) -> bool:
+    """True for a loaded json with an 'images' list: a COCO, LVIS or grounding annotation file."""
+    return isinstance(data, dict) and isinstance(data.get("images"), list)
+
+
+def annotation_jsons(folder: Path, split: str | None) -> Iterator[tuple[Path, dict]]:
+    """(path, loaded dict) of each annotation json `find_coco_jsons` lists, loaded one at a time.
+
+    Other jsons beside them (e.g. LVIS's coco_to_synset.json, a class map) are skipped, and
+    named in one warning once all files are read.
+
+    Raises:
+        DatasetFormatError: when none of the jsons is an annotation file.
+    """
+    found, skipped = False, []
+    for path in find_coco_jsons(folder, split):
+        data = load_json(path)
+        if is_annotation_json(data):
+            found = True
+            yield path, data
+        else:
+            skipped.append(path.name)
+    if not found:
+        raise DatasetFormatError(
+            f"{folder}: none of its jsons ({', '.join(skipped)}) has an 'images' list, so none is a COCO/LVIS/"
+            f"grounding annotation file; pass the annotation json itself, e.g. annotations/instances_val2017.json")
+    if skipped:
+        logger.warning("%s: skipped %d json file(s) that are not annotation files (no 'images' list): %s",
+                       folder, len(skipped), ", ".join(skipped))
+
+
 def read_coco(src: str | Path, split: str | None = None, image_root: str | Path | None = None) -> DetectionDataset:
     """Read a COCO instances json, or a folder holding `annotations/instances_<split>.json`.
 
@@ -200,6 +235,6 @@ def read_coco(src: str | Path, split: str | None = None, image_root: str | Path 
     """
     src = Path(src)
     if src.is_dir():
-        datasets = [read_coco(path, image_root=image_root) for path in find_coco_jsons(src, split)]
+        datasets = [records_from_coco(data, path, image_root) for path, data in annotation_jsons(src, split)]
         return datasets[0] if len(datasets) == 1 else merge_datasets(datasets, str(src))
     return records_from_coco(load_json(src), src, image_root)
