@@ -38,5 +38,24 @@ def main(argv: list[str] | None = None) -> int:
     return int(importlib.import_module(args._module).run(args) or 0)
 
 
+DEBUG_VARIABLE = "CL_DETECT_DEBUG"
+
+
+def console_main() -> int:
+    """The `cl-detect` script: `main`, with the errors that describe bad input (a config, a dataset,
+    a file; they name it and the fix) printed as one message instead of under a traceback, and
+    a training guard's stop likewise. Set CL_DETECT_DEBUG=1 to see the traceback as well."""
+    import os
+
+    from cl_detect.engine.guards import TrainingError
+    try:
+        return main()
+    except (ValueError, FileNotFoundError, TrainingError) as err:  # DatasetError is a ValueError
+        if os.environ.get(DEBUG_VARIABLE):
+            raise
+        print(f"error: {err}\n(set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
     sys.exit(main())

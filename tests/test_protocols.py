@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -191,3 +192,16 @@ def test_exponent_numbers_are_numbers_and_typos_or_wrong_types_fail_at_load(tmp_
         load_run_config(_write(tmp_path, {**MINIMAL, "train": {"amp": "yes please"}}))
     with pytest.raises(ValueError, match=r"'epochs' \(train setting\(s\)\) must be int, got 2.5"):
         load_run_config(_write(tmp_path, {**MINIMAL, "train": {"epochs": 2.5}}))
+
+
+def test_the_cl_detect_script_prints_input_errors_as_one_message(tmp_path, monkeypatch, capsys):
+    from cl_detect.cli import console_main
+    path = _write(tmp_path, {**MINIMAL, "method_options": {"lroa": {"rank": 2}}})
+    monkeypatch.setattr(sys, "argv", ["cl-detect", "run", str(path)])
+    monkeypatch.delenv("CL_DETECT_DEBUG", raising=False)
+    assert console_main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: protocol 'p' method_options: unknown method 'lroa'") and "Traceback" not in err
+    monkeypatch.setenv("CL_DETECT_DEBUG", "1")
+    with pytest.raises(ValueError, match="unknown method 'lroa'"):
+        console_main()

@@ -362,3 +362,14 @@ def test_json_without_images_is_named(tmp_path):
     _tiny_coco(tmp_path, [1, 2])
     for dataset in (read_dataset(tmp_path), read_coco(tmp_path)):
         assert len(dataset) == 2 and dataset.num_boxes == 2
+
+
+def test_a_folder_split_decides_the_format_by_its_own_file(shared_data, tmp_path):
+    # a folder with a COCO file and an LVIS file: asking for the LVIS split reads it as LVIS
+    coco = load(tiny_coco_json(shared_data))
+    lvis = {**coco, "images": [{**image, "neg_category_ids": [], "not_exhaustive_category_ids": []}
+                               for image in coco["images"]],
+            "categories": [{**c, "frequency": "f", "synonyms": [c["name"]]} for c in coco["categories"]]}
+    (tmp_path / "instances_a.json").write_text(json.dumps(coco))
+    (tmp_path / "instances_b.json").write_text(json.dumps(lvis))
+    assert detect_format(tmp_path, "a") == "coco" and detect_format(tmp_path, "b") == "lvis"

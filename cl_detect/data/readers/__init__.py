@@ -44,11 +44,12 @@ def _annotation_json(path: Path) -> dict:
     return data
 
 
-def detect_format(src: str | Path) -> str:
+def detect_format(src: str | Path, split: str | None = None) -> str:
     """Guess the format of a file or folder.
 
     Args:
         src: an annotation file (.json, .jsonl, .yaml) or a dataset folder.
+        split: in a folder of jsons, the split whose annotation file decides (None: the first).
 
     Returns:
         One of FORMATS.
@@ -71,7 +72,7 @@ def detect_format(src: str | Path) -> str:
         return "voc"
     if any(src.glob("*.jsonl")):
         return "odvg"
-    path, data = next(annotation_jsons(src, None))  # the first annotation file decides; the rest are not read
+    path, data = next(annotation_jsons(src, split))  # the first annotation file decides; the rest are not read
     return json_format(data, path)
 
 
@@ -89,7 +90,7 @@ def read_dataset(src: str | Path, format: str | None = None, split: str | None =
         The dataset.
     """
     src = Path(src)
-    format = format or detect_format(src)
+    format = format or detect_format(src, split)
     if format not in FORMATS:
         raise DatasetFormatError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     if kwargs.get("class_names") is not None and format != "voc":
