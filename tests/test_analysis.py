@@ -130,7 +130,7 @@ def test_detections_on_unknown_images_or_with_bad_boxes_are_refused(case, tmp_pa
     dataset, detections = case
     stray = detections + [{"image_id": 42, "boxes": np.array([[0, 0, 9, 9]], np.float32),
                            "scores": np.array([0.9], np.float32), "labels": np.array([0])}]
-    with pytest.raises(ValueError, match=r"image_id \[42\] \(1 unknown ids\).*2 images"):
+    with pytest.raises(ValueError, match=r"image_id 42 \(1 unknown image ids in all\).*\(2 images\)"):
         analyze(dataset, stray, tmp_path / "out")
     five_numbers = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20, 1], "score": 0.9}]
     with pytest.raises(ValueError, match=r"dets\.json: COCO results entry 0 has bbox .*not 4 numbers"):

@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary  # noqa: E402
+from cl_detect.eval._detections import check_ids, to_columns  # noqa: E402
 
 # (name, lower, upper) on box area in pixels², COCO's areaRng
 SIZE_BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, np.inf))
@@ -92,20 +93,12 @@ def detections_from_coco(results: Sequence[dict], vocabulary: Vocabulary,
         ValueError: a detection's category_id is not among the ground truth's (as `cl-detect eval`
             refuses it): dropping those detections would report a wrong AP.
     """
-    from cl_detect.eval._detections import to_columns
-    try:  # the evaluators' checks: ids, scores, and a bbox of exactly 4 numbers
+    index_of = vocabulary.index_of_category_id()
+    try:  # the evaluators' checks: a bbox of exactly 4 numbers, known category ids (image ids: `analyze`)
         columns = to_columns(list(results))
+        check_ids(columns, columns.image_ids, vocabulary.category_ids)
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None
-    index_of = vocabulary.index_of_category_id()
-    unknown = sorted(set(columns.category_ids.tolist()) - set(index_of))
-    if unknown:
-        shown = ", ".join(repr(category_id) for category_id in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
-        raise ValueError(
-            f"{source}: detections reference category_id {shown} ({len(unknown)} unknown category ids in all), "
-            f"which is not among the ground truth's {len(index_of)} categories; write the detections with the "
-            "ground truth's category ids (e.g. map label indices through Vocabulary.category_ids), or analyze "
-            "them against the annotation file they were predicted for")
     labels = np.array([index_of[c] for c in columns.category_ids.tolist()], dtype=np.int64)
     detections = []
     for image_id in dict.fromkeys(columns.image_ids.tolist()):
@@ -249,12 +242,9 @@ def analyze(dataset: DetectionDataset, detections: Sequence[dict], out_dir: str 
     Returns:
         The analysis: AP and missed objects by size, the confusion matrix and its labels.
     """
-    known = {record.image_id for record in dataset.records}
-    unknown = sorted({int(item["image_id"]) for item in detections} - known)
-    if unknown:  # as `cl-detect eval` refuses them: dropping them would report a wrong AP
-        raise ValueError(f"detections on image_id {unknown[:10]}{' ...' * (len(unknown) > 10)} "
-                         f"({len(unknown)} unknown ids), which the ground truth ({len(known)} images) does not have; "
-                         f"analyze them against the annotation file they were predicted for")
+    # as `cl-detect eval` refuses them: dropping detections on unknown images would report a wrong AP
+    check_ids(to_columns(detections, dataset.vocabulary), (r.image_id for r in dataset.records),
+              dataset.vocabulary.category_ids)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ap = ap_by_size(dataset, detections)

@@ -10,12 +10,8 @@ from cl_detect.data.records import DetectionDataset
 def drop_unknown_labels(dataset: DetectionDataset) -> tuple[DetectionDataset, int]:
     """The dataset without the boxes whose label is outside its vocabulary (a grounding record's:
     outside its phrases), e.g. -1 for a category id the class list lacks; and how many were dropped."""
-    records, dropped = [], 0
-    for record in dataset.records:
-        size = len(record.phrases) if record.is_grounding else len(dataset.vocabulary)
-        known = (record.labels >= 0) & (record.labels < size)
-        dropped += int((~known).sum())
-        records.append(record if known.all() else record.keep_boxes(known))
+    records = [record.without_unknown_labels(len(dataset.vocabulary)) for record in dataset.records]
+    dropped = sum(len(before.labels) - len(after.labels) for before, after in zip(dataset.records, records))
     return dataclasses.replace(dataset, records=records), dropped
 
 

@@ -119,6 +119,15 @@ class DetectionRecord:
         areas = self.areas[keep] if self.areas is not None else None
         return dataclasses.replace(self, boxes=self.boxes[keep], labels=self.labels[keep], areas=areas)
 
+    def without_unknown_labels(self, num_classes: int | None = None) -> "DetectionRecord":
+        """Itself, or a copy without the boxes no prompt can name: label -1 (a category the class list
+        lacks) and, when `num_classes` is given, labels past it (a grounding record: past its phrases)."""
+        limit = len(self.phrases) if self.is_grounding else num_classes
+        keep = self.labels >= 0
+        if limit is not None:
+            keep &= self.labels < limit
+        return self if keep.all() else self.keep_boxes(keep)
+
     @property
     def is_grounding(self) -> bool:
         return self.phrases is not None

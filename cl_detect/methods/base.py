@@ -29,6 +29,7 @@ from torch import nn
 
 from cl_detect.data.preprocess import images_to_device
 from cl_detect.engine.losses import YOLOWorldLoss
+from cl_detect.models.text_encoders import weights_version
 
 
 @dataclass
@@ -221,8 +222,7 @@ class ContinualModel(nn.Module):
             rows = table[torch.tensor([index[t] for t in flat], device=table.device)]
         else:
             # a frozen tower: embed each distinct string once, until its weights change
-            params = list(self.text_encoder.parameters())
-            version = (len(params), sum(p._version for p in params))  # in-place writes bump _version
+            version = weights_version(self.text_encoder)
             if version != self._text_cache_version:
                 self._text_cache.clear()
                 self._text_cache_version = version

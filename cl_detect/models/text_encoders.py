@@ -32,6 +32,14 @@ from cl_detect.models import _clip_keys
 logger = logging.getLogger(__name__)
 
 
+def weights_version(module: nn.Module) -> tuple[int, int]:
+    """A token that changes whenever `module`'s weights do: every in-place write (optimizer step,
+    `load_state_dict`) bumps a tensor's version counter, and the count catches adapters being
+    added. Caches of a module's outputs key on it."""
+    params = list(module.parameters())
+    return len(params), sum(p._version for p in params)
+
+
 class TextEncoder(nn.Module, abc.ABC):
     """Base class: `forward(texts)` -> (N, dim) float32, L2-normalised along dim.
 
@@ -60,11 +68,6 @@ class TextEncoder(nn.Module, abc.ABC):
         self._cache.clear()
         self._cache_weights_version = None
 
-    def _weights_version(self, params: list[nn.Parameter]) -> tuple[int, int]:
-        # Every in-place write bumps a tensor's version counter, so the sum changes
-        # whenever the weights do; the count catches adapters being added.
-        return len(params), sum(p._version for p in params)
-
     def _embed(self, texts: list[str]) -> torch.Tensor:
         return F.normalize(self.encode(texts).float(), dim=-1)
 
@@ -87,7 +90,7 @@ class TextEncoder(nn.Module, abc.ABC):
             return torch.zeros(0, self.dim, device=device)
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return self._embed(texts)
-        version = self._weights_version(params)
+        version = weights_version(self)
         if version != self._cache_weights_version:
             self._cache.clear()
             self._cache_weights_version = version

@@ -90,6 +90,10 @@ def read_dataset(src: str | Path, format: str | None = None, split: str | None =
         The dataset.
     """
     src = Path(src)
+    loaded = None
+    if format is None and src.is_file() and src.suffix.lower() == ".json":  # parse it once, not to guess and read
+        loaded = [(src, _annotation_json(src))]
+        format = json_format(loaded[0][1], src)
     format = format or detect_format(src, split)
     if format not in FORMATS:
         raise DatasetFormatError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
@@ -104,6 +108,7 @@ def read_dataset(src: str | Path, format: str | None = None, split: str | None =
         files = sorted(src.glob("*.jsonl")) if src.is_dir() else [src]
         datasets = [read_odvg(path, **kwargs) for path in files]
         return datasets[0] if len(datasets) == 1 else merge_datasets(datasets, str(src))
-    loaded = annotation_jsons(src, split) if src.is_dir() else [(src, _annotation_json(src))]
+    if loaded is None:
+        loaded = annotation_jsons(src, split) if src.is_dir() else [(src, _annotation_json(src))]
     datasets = [_JSON_READERS[format](data, path, kwargs.get("image_root")) for path, data in loaded]
     return datasets[0] if len(datasets) == 1 else merge_datasets(datasets, str(src))

@@ -20,19 +20,11 @@ import logging
 import numpy as np
 
 from cl_detect.data.readers import read_dataset
-from cl_detect.data.records import DetectionDataset, DetectionRecord
+from cl_detect.data.records import DetectionDataset
 from cl_detect.methods.base import ContinualModel, Method, TaskContext
 from cl_detect.methods.mix.config import MixConfig, MixSource
 
 log = logging.getLogger(__name__)
-
-
-def _known_labels(record: DetectionRecord) -> DetectionRecord:
-    """Drop boxes of classes the reader could not resolve (label -1): no prompt can name them."""
-    keep = record.labels >= 0
-    if keep.all():
-        return record
-    return record.keep_boxes(keep)
 
 
 def split_by_kind(dataset: DetectionDataset) -> list[DetectionDataset]:
@@ -41,7 +33,7 @@ def split_by_kind(dataset: DetectionDataset) -> list[DetectionDataset]:
     Returns:
         The non-empty parts: detection records with the dataset's vocabulary, grounding records.
     """
-    records = [_known_labels(r) for r in dataset.records]
+    records = [r.without_unknown_labels() for r in dataset.records]  # no prompt names -1
     detection = [r for r in records if not r.is_grounding]
     grounding = [r for r in records if r.is_grounding]
     parts = [DetectionDataset(detection, dataset.vocabulary, dataset.source, dataset.image_root),

@@ -54,14 +54,6 @@ class BufferEntry:
         return present or frozenset([NO_BOXES])
 
 
-def _without_unknown_labels(record: DetectionRecord) -> DetectionRecord:
-    """Drop boxes whose class the reader could not resolve (label -1): they cannot be prompted."""
-    keep = record.labels >= 0
-    if keep.all():
-        return record
-    return record.keep_boxes(keep)
-
-
 class ReplayBuffer:
     """A bounded set of earlier images, filled by a policy.
 
@@ -86,7 +78,7 @@ class ReplayBuffer:
     def add(self, dataset: DetectionDataset) -> None:
         """Offer every image of `dataset` to the buffer, in order."""
         names = dataset.vocabulary.names
-        incoming = [BufferEntry(_without_unknown_labels(r), () if r.is_grounding else names, self.seen + i)
+        incoming = [BufferEntry(r.without_unknown_labels(), () if r.is_grounding else names, self.seen + i)
                     for i, r in enumerate(dataset.records)]
         self.seen += len(incoming)
         if self.policy == "reservoir":
