@@ -373,3 +373,22 @@ def test_a_folder_split_decides_the_format_by_its_own_file(shared_data, tmp_path
     (tmp_path / "instances_a.json").write_text(json.dumps(coco))
     (tmp_path / "instances_b.json").write_text(json.dumps(lvis))
     assert detect_format(tmp_path, "a") == "coco" and detect_format(tmp_path, "b") == "lvis"
+
+
+@pytest.mark.parametrize("in_folder", [False, True])
+def test_guessing_the_format_parses_each_json_once(shared_data, tmp_path, monkeypatch, in_folder):
+    import cl_detect.data.readers as readers
+    import cl_detect.data.readers.coco as coco_reader
+
+    path = tmp_path / "instances_a.json"
+    path.write_text(json.dumps(load(tiny_coco_json(shared_data))))
+    parsed = Counter()
+
+    def counting_load(name):
+        parsed[Path(name).name] += 1
+        return json.loads(Path(name).read_text())
+
+    monkeypatch.setattr(readers, "load_json", counting_load)
+    monkeypatch.setattr(coco_reader, "load_json", counting_load)
+    dataset = read_dataset(tmp_path if in_folder else path)
+    assert len(dataset) > 0 and parsed == {"instances_a.json": 1}

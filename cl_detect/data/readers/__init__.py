@@ -8,6 +8,8 @@ reading is impossible.
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 from cl_detect.data.errors import DatasetFormatError
@@ -54,26 +56,36 @@ def detect_format(src: str | Path, split: str | None = None) -> str:
     Returns:
         One of FORMATS.
     """
-    src = Path(src)
+    return _guess_format(Path(src), split)[0]
+
+
+def _guess_format(src: Path, split: str | None) -> tuple[str, Iterator[tuple[Path, dict]] | None]:
+    """`detect_format`'s answer, with the annotation jsons it parsed to decide (None when it parsed none).
+
+    The (path, loaded dict) iterator starts with the file already parsed, so a reader goes on
+    from it instead of parsing that file a second time.
+    """
     if not src.exists():
         raise DatasetFormatError(f"{src} does not exist; pass an annotation file or a dataset folder")
     if src.is_file():
         suffix = src.suffix.lower()
         if suffix == ".jsonl":
-            return "odvg"
+            return "odvg", None
         if suffix in (".yaml", ".yml"):
-            return "yolo"
+            return "yolo", None
         if suffix == ".json":
-            return json_format(load_json(src), src)
+            data = load_json(src)
+            return json_format(data, src), iter([(src, data)])
         raise DatasetFormatError(f"{src}: cannot tell the format from the suffix {suffix!r}; pass format=...")
     if any(src.glob("*.yaml")) or any(src.glob("*/*.yaml")):
-        return "yolo"
+        return "yolo", None
     if (src / "Annotations").is_dir() or any(src.glob("*.xml")) or any(src.glob("annotations/*.xml")):
-        return "voc"
+        return "voc", None
     if any(src.glob("*.jsonl")):
-        return "odvg"
-    path, data = next(annotation_jsons(src, split))  # the first annotation file decides; the rest are not read
-    return json_format(data, path)
+        return "odvg", None
+    jsons = annotation_jsons(src, split)
+    path, data = next(jsons)  # the first annotation file decides
+    return json_format(data, path), itertools.chain([(path, data)], jsons)
 
 
 def read_dataset(src: str | Path, format: str | None = None, split: str | None = None, **kwargs) -> DetectionDataset:
@@ -91,10 +103,8 @@ def read_dataset(src: str | Path, format: str | None = None, split: str | None =
     """
     src = Path(src)
     loaded = None
-    if format is None and src.is_file() and src.suffix.lower() == ".json":  # parse it once, not to guess and read
-        loaded = [(src, _annotation_json(src))]
-        format = json_format(loaded[0][1], src)
-    format = format or detect_format(src, split)
+    if format is None:  # a json parsed to guess the format is read from there, not parsed again
+        format, loaded = _guess_format(src, split)
     if format not in FORMATS:
         raise DatasetFormatError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     if kwargs.get("class_names") is not None and format != "voc":
