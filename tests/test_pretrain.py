@@ -84,8 +84,10 @@ def test_finetune_with_lora_writes_the_merged_detector(pretrained, tmp_path):
     detector, _ = load_model(tmp_path / "model.pt")
     changed = [n for n, _ in detector.named_parameters() if not torch.equal(start["detector"][n], tuned["detector"][n])]
     assert changed and all(n.endswith("weight") for n in changed)  # adapters folded into the weights
-    with pytest.raises(ValueError, match=r"methods \['prompt'\] keep what they learn outside.*cl-detect run"):
-        load_config(_config(world, tmp_path, methods={"prompt": {}}))
+    for name, kept in [("prompt", "class embeddings"), ("reparam", "a rebuilt class head"),
+                       ("specialist", "closed-set classifiers")]:
+        with pytest.raises(ValueError, match=rf"method '{name}' keeps what it learns \({kept}\) outside.*cl-detect run"):
+            load_config(_config(world, tmp_path, methods={name: {}}))
 
 
 def test_finetune_needs_a_checkpoint_and_one_dataset(tmp_path):

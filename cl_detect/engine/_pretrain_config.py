@@ -25,6 +25,7 @@ from pathlib import Path
 from cl_detect._config_keys import check_image_size, check_names, check_keys_and_types
 from cl_detect._shared import expand_variables
 from cl_detect.engine.config import TrainConfig
+from cl_detect.methods import method_classes
 
 
 @dataclass
@@ -53,10 +54,6 @@ class DatasetSpec:
         check_names(self.class_names, self.path, "class_names")
         if not self.name:
             self.name = Path(self.path).stem
-
-
-# what pretrain/finetune cannot export: the detector checkpoint holds none of their state
-METHODS_OUTSIDE_THE_DETECTOR = {"prompt", "reparam", "specialist"}
 
 
 @dataclass
@@ -98,11 +95,12 @@ class PretrainConfig:
             raise ValueError("datasets is empty: list at least one training dataset")
         if self.eval_image_size is not None:
             check_image_size(self.eval_image_size, "eval_image_size")
-        kept_apart = sorted(set(self.methods) & METHODS_OUTSIDE_THE_DETECTOR)
-        if kept_apart:
-            raise ValueError(f"methods {kept_apart} keep what they learn outside the detector's weights (prompt: "
-                             f"class embeddings; reparam, specialist: rebuilt class heads), which the detector "
-                             f"checkpoint that pretrain/finetune write cannot hold; run them with `cl-detect run`")
+        for name in self.methods:
+            kept_apart = method_classes(name)[1].kept_outside_detector
+            if kept_apart:
+                raise ValueError(f"method {name!r} keeps what it learns ({kept_apart}) outside the detector's "
+                                 f"weights, which the detector checkpoint that pretrain/finetune write cannot "
+                                 f"hold; run it with `cl-detect run`")
         if self.negatives not in ("union", "own"):
             raise ValueError(f"negatives must be 'union' or 'own', got {self.negatives!r}")
         if self.synthetic_world is not None and "path" not in self.synthetic_world:

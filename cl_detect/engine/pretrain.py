@@ -165,10 +165,7 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
             "train_steps": result.steps, "images_per_s": result.images_per_s, "transfer": transfer,
             "final_metrics": metrics, **(extra_meta or {})}
     output = Path(config.output)
-    lora = model.method("lora")
-    if lora is not None:
-        while lora.active_adapter is not None:  # the plain detector layout, as load_model reads it
-            lora.merge()
+    model.hook("fold_into_detector")  # the plain detector layout, as load_model reads it
     if is_main_process():
         from cl_detect.models.checkpoint import save_model
         trained_text = any(p.requires_grad for p in model.text_encoder.parameters())

@@ -60,6 +60,9 @@ class Method(nn.Module):
     is_trainer = False  # decides which parameters train
     skips_training = False  # zero-shot baseline: tasks are evaluated but never trained
     incompatible_with: tuple[str, ...] = ()
+    # what the method learns outside the detector's weights (empty: nothing), which a plain
+    # detector checkpoint cannot hold; pretrain/finetune refuse such methods
+    kept_outside_detector = ""
 
     def __init__(self, config):
         super().__init__()
@@ -106,6 +109,9 @@ class Method(nn.Module):
 
     def after_step(self, model: "ContinualModel", step: int) -> None:
         pass
+
+    def fold_into_detector(self, model: "ContinualModel") -> None:
+        """Give the detector its plain layout, what was learned folded in, before it is saved alone."""
 
 
 def check_composition(methods: list[Method]) -> None:

@@ -98,6 +98,10 @@ class LoraMethod(Method):
                 self.save_adapters(Path(task.out_dir) / f"lora_{self.active_adapter}.safetensors")
             self.merge()
 
+    def fold_into_detector(self, model: ContinualModel) -> None:
+        while self.active_adapter is not None:  # merge() activates the next adapter left, if any
+            self.merge()
+
     def merge(self) -> None:
         """Fold the active adapter into the base weights and drop it (for inference/export).
 

@@ -33,6 +33,7 @@ class PromptMethod(Method):
     is_trainer = True
     # both act on detector weights only, which prompt tuning freezes
     incompatible_with = ("distill", "wise")
+    kept_outside_detector = "class embeddings"
 
     def incompatibility_reason(self) -> str:
         return ("prompt tuning freezes the detector and trains only class embeddings, so distill (student and "

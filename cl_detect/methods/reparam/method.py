@@ -34,6 +34,7 @@ PADDING_PROMPTS = ("", " ")  # the training ('') and evaluation (' ') padding pr
 class ReparamMethod(Method):
     is_trainer = True
     incompatible_with = ("distill", "mix", "wise")
+    kept_outside_detector = "a rebuilt class head"
 
     def __init__(self, config: ReparamConfig):
         super().__init__(config)

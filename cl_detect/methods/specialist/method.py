@@ -88,6 +88,7 @@ class SpecialistMethod(Method):
     # prompt tuning learns the class embeddings this head only uses as names; WiSE would
     # interpolate towards a base model that has no closed-set classifier
     incompatible_with = ("prompt", "wise")
+    kept_outside_detector = "closed-set classifiers"
 
     def __init__(self, config: SpecialistConfig):
         super().__init__(config)
