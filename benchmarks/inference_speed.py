@@ -25,7 +25,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch
 
 from cl_detect import create_detector
 from cl_detect.models.fuse import compile_for_inference, fuse_detector
+from cl_detect.models.precision import bf16_autocast
 
 RESULTS = Path(__file__).parent / "results"
 ULTRALYTICS_SIZES = ("s", "m", "l", "x")
@@ -122,7 +122,7 @@ def measure_ours(size: str, batch: int, dtype: str, device: torch.device, image_
         detector.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     text = torch.nn.functional.normalize(torch.randn(1, num_texts, detector.config.text_dim, device=device), dim=-1)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+    autocast = bf16_autocast(device, cuda=dtype == "bf16", cpu=dtype == "bf16")
     forward = compile_for_inference(detector, batch) if compile else detector
 
     def run():
@@ -152,7 +152,7 @@ def measure_ultralytics(size: str, batch: int, dtype: str, device: torch.device,
     model.fuse(verbose=False)
     forward = attempt_compile(model, device, image_size, mode="default") if compile else model
     images = torch.rand(batch, 3, image_size, image_size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+    autocast = bf16_autocast(device, cuda=dtype == "bf16", cpu=dtype == "bf16")
 
     def run():
         with torch.no_grad(), autocast:

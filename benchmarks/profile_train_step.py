@@ -23,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from cl_detect import create_detector
 from cl_detect.engine.ema import ModelEMA
 from cl_detect.methods import ContinualModel, TaskContext, create_method
+from cl_detect.models.precision import bf16_autocast
 
 from inference_speed import RESULTS, environment, sync
 from train_speed import TableTextEncoder, make_batch, method_spec
@@ -43,7 +44,7 @@ def profile_steps(size: str, image_size: int, batch_size: int, device: torch.dev
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, ema = torch.optim.AdamW(params, lr=1e-4), ModelEMA(model.detector, 1e-4, 2000.0)
     bf16 = device.type == "cuda" or cpu_bf16
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = bf16_autocast(device, cuda=bf16, cpu=bf16)
 
     def step():
         with record_function("forward+loss"), autocast:

@@ -36,6 +36,7 @@ from cl_detect import create_detector
 from cl_detect.methods import ContinualModel, TaskContext, create_method
 from cl_detect.models.text_encoders import TextEncoder
 from cl_detect.engine.runlog import peak_memory_mb
+from cl_detect.models.precision import bf16_autocast
 
 from inference_speed import RESULTS, environment, time_forward
 from tensor_memory import TensorPeak
@@ -103,7 +104,7 @@ def measure(size: str, method_names: list[str], batch: dict, device: torch.devic
     model.hook("before_task", TaskContext(index=0, name="bench", vocabulary=tuple(batch["texts"][0])))
     params = [p for _, p, _ in model.named_trainable_parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = bf16_autocast(device, cuda=bf16, cpu=bf16)
 
     def step():
         with autocast:
@@ -138,7 +139,7 @@ def measure_ultralytics(size: str, batch: dict, device: torch.device, iters: int
               "bboxes": xywh, "txt_feats": torch.nn.functional.normalize(
                   torch.randn(len(images), len(batch["texts"][0]), 512, device=device), dim=-1)}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = bf16_autocast(device, cuda=bf16, cpu=bf16)
 
     def step():
         with autocast:
