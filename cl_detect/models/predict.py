@@ -13,7 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torchvision.ops import batched_nms
 
 from cl_detect._config_keys import check_image_size
 from cl_detect.data.preprocess import LetterboxInfo, images_to_device, letterbox, load_image_bgr, to_uint8_tensor
@@ -97,6 +96,8 @@ def postprocess(cls_logits, bbox_preds, strides, infos: list[LetterboxInfo], sco
 
 
 def _detections(logits, boxes, infos, score_thr, nms_pre, iou_thr, max_per_img) -> list[Detections]:
+    # imported here: torchvision imports torch._dynamo (about 2 s), which every `cl-detect` command paid at start
+    from torchvision.ops import batched_nms
     num_classes = logits.shape[-1]
     image, index, scores, counts = select_candidates(logits.sigmoid().flatten(1), score_thr, nms_pre)
     offset = boxes.new_tensor([[info.pad_left, info.pad_top, info.pad_left, info.pad_top] for info in infos])
