@@ -108,6 +108,27 @@ def test_pack_does_not_enlarge(shared_data, tmp_path):
     assert [(r.width, r.height) for r in packed.records] == [(r.width, r.height) for r in original.records[:3]]
 
 
+def test_pack_refuses_sizes_limits_and_qualities_that_would_silently_drop_data(tmp_path):
+    from cl_detect.data.records import DetectionRecord, Vocabulary
+    from cl_detect.data.writers import write_coco_json
+    Image.new("RGB", (60, 20)).save(tmp_path / "wide.png")
+    record = DetectionRecord(image_path=str(tmp_path / "wide.png"), image_id=1, width=60, height=20,
+                             boxes=np.array([[6.0, 2.0, 30.0, 18.0]], np.float32), labels=np.zeros(1, np.int64))
+    src = write_coco_json(DetectionDataset([record], Vocabulary(("bar",)), image_root=str(tmp_path)),
+                          tmp_path / "ann.json", tmp_path)
+    out = tmp_path / "packed"
+    # --max-side 0 once packed every image as 1 x 1, --limit -1 left out the last image
+    for args, message in [(["--max-side", "0"], "max-side.*got 0"), (["--max-side", "-5"], "max-side.*got -5"),
+                          (["--limit", "-1"], "limit.*got -1"), (["--quality", "150"], "quality.*0 to 100")]:
+        with pytest.raises(ValueError, match=message):
+            main(["data", "pack", str(src), *args, "--out", str(out)])
+        assert not out.exists()
+    assert main(["data", "pack", str(src), "--max-side", "30", "--out", str(out)]) == 0
+    packed = read_dataset(out / "annotations.json").records[0]
+    assert (packed.width, packed.height) == (30, 10)
+    np.testing.assert_allclose(packed.boxes, [[3.0, 1.0, 15.0, 9.0]])
+
+
 def test_synth_subcommand_registered():
     data_parser = build_parser()._subparsers._group_actions[0].choices["data"]
     subcommands = data_parser._subparsers._group_actions[0].choices

@@ -295,6 +295,36 @@ def test_exif_rotated_image_must_be_annotated_as_displayed(tmp_path, annotated, 
         assert "without the EXIF orientation tag" in report.errors[0].fix
 
 
+@pytest.mark.parametrize("kind", ["float", "rotated"])
+def test_tiffs_that_opencv_cannot_decode_are_unreadable(tmp_path, kind):
+    """Pillow reads these; cv2.imread (training, evaluation, predict) returns None for them."""
+    from PIL import Image
+
+    path = tmp_path / "scan.tiff"
+    if kind == "float":
+        Image.fromarray(np.zeros((60, 120), np.float32)).save(path)
+    else:
+        _noise_image(path, 120, 60, orientation=6)
+    report = check_dataset(_write_coco(tmp_path, [{"id": 1, "file_name": path.name, "width": 120, "height": 60}]))
+    unreadable = [f for f in report.errors if f.code == "image_unreadable"]
+    assert len(unreadable) == 1 and "scan.tiff" in unreadable[0].message and "OpenCV" in unreadable[0].message
+    _noise_image(tmp_path / "plain.tiff", 120, 60)  # an ordinary TIFF stays fine
+    assert check_dataset(_write_coco(tmp_path, [{"id": 1, "file_name": "plain.tiff", "width": 120,
+                                                 "height": 60}])).ok
+
+
+@pytest.mark.parametrize("suffix", [".tiff", ".jpg", ".png"])
+def test_rotated_sizes_are_read_the_same_from_every_format(tmp_path, suffix):
+    """Pillow's TIFF reader reports the displayed size of an EXIF-rotated image, the others the stored one."""
+    from cl_detect.data._doctor_images import inspect_image
+    from cl_detect.data.readers._common import image_size
+
+    path = tmp_path / f"rotated{suffix}"
+    _noise_image(path, 120, 60, orientation=6)  # stored 120 x 60, displayed 60 x 120
+    check = inspect_image(path)
+    assert (check.stored, check.displayed, image_size(path)) == ((120, 60), (60, 120), (60, 120))
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_truncated_png_and_jpeg_are_image_truncated(tmp_path, suffix):
     """Pillow says 'Truncated File Read' (capital T) for these; that is image_truncated, not unreadable."""

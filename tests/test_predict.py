@@ -32,6 +32,17 @@ def test_letterbox_geometry_follows_the_official_pipeline():
     assert info.pad_top == (640 - int(101 * 3.2 + 0.5)) // 2
 
 
+def test_letterbox_keeps_a_row_of_an_extreme_panorama_instead_of_crashing():
+    # 1 x 1500 at 640 rounds to 0 rows (1 * 640 / 1500 + 0.5 < 1); cv2.resize refused that
+    padded, info = letterbox(np.full((1, 1500, 3), 7, np.uint8), 640)
+    assert padded.shape == (640, 640, 3) and (padded == 7).sum(axis=(1, 2)).nonzero()[0].tolist() == [319]
+    assert info.scale == (640 / 1500, 1.0) and (info.pad_top, info.pad_left) == (319, 0)
+    torch.manual_seed(0)
+    detector = _confident(create_detector("yolo_world_v2_t", text_dim=16))
+    det = detector.predict(np.zeros((3000, 2, 3), np.uint8), torch.randn(2, 16), image_size=64)[0]
+    assert len(det) and det.boxes[:, 0::2].max() <= 2 and det.boxes[:, 1::2].max() <= 3000
+
+
 def test_priors_are_cell_centres_row_major():
     points, strides = make_priors([(2, 3), (1, 1)], (8, 16))
     assert points[:4].tolist() == [[4, 4], [12, 4], [20, 4], [4, 12]]

@@ -8,13 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+import cv2
 from PIL import Image
 
+from cl_detect.data.readers._common import oriented_sizes
 from cl_detect.data.records import DetectionDataset
 
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
-# EXIF orientations 5-8 rotate by 90 degrees: the decoded image has width and height swapped
-_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+# Pillow opens TIFFs that OpenCV (training, evaluation, predict) cannot decode: float samples, or an
+# EXIF orientation of 5-8 (OpenCV 5.0 "Internal imread issue"); these are also read with OpenCV
+_OPENCV_CHECKED_SUFFIXES = (".tif", ".tiff")
 
 
 class ImageCheck(NamedTuple):
@@ -41,39 +44,36 @@ def _jpeg_is_complete(path: Path) -> bool:
         return b"\xff\xd9" in handle.read()
 
 
-def _displayed(size: tuple[int, int], orientation: int) -> tuple[int, int]:
-    return (size[1], size[0]) if orientation in _TRANSPOSED_ORIENTATIONS else size
-
-
 def inspect_image(path: Path) -> ImageCheck:
     """Open and verify one image cheaply; see `ImageCheck` for what comes back."""
     if not path.is_file():
         return ImageCheck("image_missing", "the file does not exist", None, None)
     try:
         with Image.open(path) as image:
-            # verify() must come right after open (Pillow refuses it once e.g. PNG chunks were read)
-            size = image.size
-            image.verify()
+            image.verify()  # must come right after open (Pillow refuses it once e.g. PNG chunks were read)
         with Image.open(path) as image:
-            orientation = image.getexif().get(0x0112, 1)
+            stored, displayed = oriented_sizes(image)
             if path.suffix.lower() not in _JPEG_SUFFIXES:
                 # verify() does not decode; for non-JPEG formats decoding is the only tail check
                 image.load()
         if path.suffix.lower() in _JPEG_SUFFIXES and not _jpeg_is_complete(path):
             return ImageCheck("image_truncated", "the JPEG end marker is missing (the file was cut short)",
-                              size, _displayed(size, orientation))
+                              stored, displayed)
     except OSError as error:
         # Pillow words it "image file is truncated" or "Truncated File Read"
         code = "image_truncated" if "truncated" in str(error).lower() else "image_unreadable"
         return ImageCheck(code, f"{type(error).__name__}: {error}", None, None)
     except Exception as error:  # PIL raises assorted types (SyntaxError, ValueError) on corrupt headers
         return ImageCheck("image_unreadable", f"{type(error).__name__}: {error}", None, None)
-    return ImageCheck(None, "", size, _displayed(size, orientation))
+    if path.suffix.lower() in _OPENCV_CHECKED_SUFFIXES and cv2.imread(str(path), cv2.IMREAD_COLOR) is None:
+        return ImageCheck("image_unreadable", f"Pillow opens this {image.mode} image but OpenCV, which training "
+                          "and evaluation read images with, cannot decode it", stored, displayed)
+    return ImageCheck(None, "", stored, displayed)
 
 
 _FIXES = {
     "image_missing": "restore the file or fix the image root / file_name (readers guess the root; pass image_root)",
-    "image_unreadable": "re-download or re-encode the image, or remove its record",
+    "image_unreadable": "re-download or re-encode the image (e.g. as 8-bit PNG), or remove its record",
     "image_truncated": "re-download or re-encode the image (training would read garbage or crash)",
 }
 

@@ -65,6 +65,14 @@ def pack_dataset(dataset: DetectionDataset, out_dir: str | Path, max_side: int =
     Returns:
         The packed dataset and the json path.
     """
+    # 0 or a negative size would shrink every image to 1 x 1, and a negative limit slice off the last records
+    if max_side < 1:
+        raise ValueError(f"max_side (--max-side) must be a positive number of pixels, got {max_side}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit (--limit) must be a positive number of images, got {limit}; "
+                         "leave it out to pack them all")
+    if not 0 <= quality <= 100:
+        raise ValueError(f"quality (--quality) must be a JPEG quality from 0 to 100, got {quality}")
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     taken: set[str] = set()

@@ -54,8 +54,9 @@ def keep_ratio_resize(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[f
     """Resize so the longer side is `size`; returns the image and (scale_w, scale_h)."""
     height, width = image.shape[:2]
     ratio = size / max(height, width)
-    # mmcv.imrescale rounds half up
-    new_w, new_h = int(width * ratio + 0.5), int(height * ratio + 0.5)
+    # mmcv.imrescale rounds half up; at least 1 pixel, or a 1 x 1500 strip would round to 0 rows and
+    # crash cv2.resize (where mmcv fails, so nothing the official pipeline can read changes)
+    new_w, new_h = max(1, int(width * ratio + 0.5)), max(1, int(height * ratio + 0.5))
     if (new_w, new_h) != (width, height):
         interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
         image = cv2.resize(image, (new_w, new_h), interpolation=interpolation)

@@ -21,11 +21,19 @@ def image_size(path: str | Path) -> tuple[int, int]:
         FileNotFoundError / OSError when the file is missing or not an image.
     """
     with Image.open(path) as image:
-        width, height = image.size
-        orientation = image.getexif().get(0x0112, 1)
-    if orientation in _TRANSPOSED_ORIENTATIONS:
-        return height, width
-    return width, height
+        return oriented_sizes(image)[1]
+
+
+def oriented_sizes(image: Image.Image) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(stored, displayed) (width, height) of an open image; an EXIF orientation of 5-8 swaps them.
+
+    Pillow's TIFF reader reports the displayed size already, its other readers the stored one.
+    """
+    size = image.size
+    if image.getexif().get(0x0112, 1) not in _TRANSPOSED_ORIENTATIONS:
+        return size, size
+    swapped = (size[1], size[0])
+    return (swapped, size) if image.format == "TIFF" else (size, swapped)
 
 
 def load_json(path: str | Path):
