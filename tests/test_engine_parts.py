@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cl_detect.engine.ema import ModelEMA
-from cl_detect.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
+from cl_detect.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups, scaled_weight_decay
 from cl_detect.engine.task_data import build_task_training_set
 from cl_detect.engine.train import train_one_task
 from cl_detect.engine.transfer import transfer_weights
@@ -66,6 +66,13 @@ def test_no_weight_decay_on_norms_biases_and_logit_scale():
     assert not any(n.startswith("text_encoder.") for n in names)
 
 
+@pytest.mark.parametrize("total, factor", [(1, 1.0), (4, 1.0), (16, 1.0), (24, 1.125), (48, 0.75), (64, 1.0),
+                                           (128, 2.0)])
+def test_weight_decay_scales_with_the_total_batch_by_the_official_rule(total, factor):
+    # YOLOWv5OptimizerConstructor: wd x total * max(round(64 / total), 1) / 64
+    assert scaled_weight_decay(0.05, total) == pytest.approx(0.05 * factor)
+
+
 def test_lr_multipliers_make_their_own_groups():
     model = tiny_model(methods=[create_method("finetune", {"lr_multipliers": {"head": 0.1, "backbone": 0.5}})])
     groups = parameter_groups(model.named_trainable_parameters(), lr=2e-3, weight_decay=0.05)
@@ -115,11 +122,18 @@ def test_ema_momentum_schedule_and_update():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
     ema = ModelEMA(model, momentum=1e-4, gamma=2000.0)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model(torch.randn(4, 3))
+    assert ema.current_momentum() == 1.0
+    ema.update(model)  # the first update copies the trained model (mmengine): the start weights are gone
+    for name, value in ema.module.state_dict().items():
+        assert torch.equal(value, model.state_dict()[name])
     start = {k: v.clone() for k, v in ema.module.state_dict().items()}
     with torch.no_grad():
         model[0].weight.add_(1.0)
     model(torch.randn(4, 3))  # BatchNorm running stats and num_batches_tracked change
-    momentum = (1 - 1e-4) * math.exp(-1 / 2000.0) + 1e-4
+    momentum = (1 - 1e-4) * math.exp(-2 / 2000.0) + 1e-4  # mmdet ExpMomentumEMA at steps = 1
     assert ema.current_momentum() == pytest.approx(momentum)
     ema.update(model)
     source = model.state_dict()
@@ -128,8 +142,8 @@ def test_ema_momentum_schedule_and_update():
             torch.testing.assert_close(value, start[name] * (1 - momentum) + source[name] * momentum)
         else:
             assert torch.equal(value, source[name])  # integer buffers are copied
-    assert ema.steps == 1
-    assert ema.current_momentum() == pytest.approx((1 - 1e-4) * math.exp(-2 / 2000.0) + 1e-4)
+    assert ema.steps == 2
+    assert ema.current_momentum() == pytest.approx((1 - 1e-4) * math.exp(-3 / 2000.0) + 1e-4)
     ema.steps = 10**6
     assert ema.current_momentum() == pytest.approx(1e-4)
     assert not any(p.requires_grad for p in ema.module.parameters())

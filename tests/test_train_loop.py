@@ -16,9 +16,11 @@ from cl_detect.engine.guards import TrainingError
 from cl_detect.engine.task_data import build_task_training_set
 from cl_detect.engine.train import train_one_task
 from cl_detect.eval.detector_eval import evaluate_detector, run_detector
-from cl_detect.methods import Method, create_method
+from cl_detect.methods import ContinualModel, Method, create_method
+from cl_detect.models.registry import create_detector
 
 from _compiler import needs_cpp_compiler
+from _hash_text import TEXT_DIM, HashTextEncoder
 from _tiny_training import base_split, tiny_config, tiny_model, tiny_world
 
 
@@ -44,6 +46,8 @@ def _metrics(model, world) -> dict:
     (dict(checkpoint_every_steps=1, ema=False), 3),  # 4 steps per epoch: stops mid-epoch 1
     (dict(checkpoint_every_steps=1, accumulate=2, ema=True), 1),  # 2 steps per epoch, mid-epoch
     (dict(ema=True), 4),  # stops on the last step of epoch 1, before its epoch-end checkpoint
+    # workers prefetch past the epoch's end: the checkpoint must keep the epoch the loop is in
+    (dict(checkpoint_every_steps=1, ema=False, num_workers=2), 3),
 ])
 def test_resume_equals_uninterrupted(world, tmp_path, changes, stop_after):
     config = tiny_config(**changes)
@@ -52,6 +56,8 @@ def test_resume_equals_uninterrupted(world, tmp_path, changes, stop_after):
 
     _, first = _train(world, tmp_path / "b", config, stop_after_steps=stop_after)
     assert first.status == "interrupted" and first.steps == stop_after
+    _, again = _train(world, tmp_path / "b", config, stop_after_steps=stop_after)  # no step beyond the limit
+    assert again.status == "interrupted" and again.steps == stop_after
     torch.manual_seed(123)  # a new process: the global RNG must come from the checkpoint
     model_b, result_b = _train(world, tmp_path / "b", config, resume=True)
     assert result_b.status == "finished" and result_b.steps == result_a.steps
@@ -64,6 +70,22 @@ def test_resume_equals_uninterrupted(world, tmp_path, changes, stop_after):
     # the interrupted run's log continues where it stopped: every step logged once
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, result_a.steps + 1))
+
+
+def test_a_training_text_tower_ends_on_its_ema_weights_like_the_detector(world, tmp_path):
+    towers = {}
+    for ema in (True, False):
+        torch.manual_seed(0)
+        model = ContinualModel(create_detector("yolo_world_v2_t", text_dim=TEXT_DIM), HashTextEncoder(TEXT_DIM),
+                               [create_method("finetune", {"train_text_encoder": True, "text_lr_factor": 1.0})])
+        config = tiny_config(epochs=1, ema=ema)
+        dataset, sampler = build_task_training_set(base_split(world), [], config)
+        train_one_task(model, dataset, config, tmp_path / str(ema), sampler=sampler)
+        towers[ema] = model.text_encoder.table.detach().clone()
+        if ema:
+            saved = torch.load(tmp_path / "True" / "checkpoint.pt", weights_only=False)
+            assert torch.equal(saved["ema"]["module"]["text_encoder.table"], towers[ema])
+    assert not torch.equal(towers[True], towers[False])  # the tower was averaged, not left on its last step
 
 
 def test_resuming_with_other_training_settings_is_refused(world, tmp_path):
@@ -110,6 +132,33 @@ def test_non_finite_loss_names_step_and_batch(world, tmp_path):
         train_one_task(model, dataset, config, tmp_path, sampler=sampler)
 
 
+class _NanGradientAt(Method):
+    """Adds, at the `at`-th forward pass, a loss of value 0 whose gradient is NaN (sqrt at 0)."""
+
+    name = "nan_gradient_at"
+
+    def __init__(self, at: int):
+        super().__init__(None)
+        self.at, self.calls = at, 0
+
+    def extra_losses(self, model, batch, output, text):
+        self.calls += 1
+        weight = next(model.detector.parameters())
+        return {"loss_injected": torch.sqrt((weight * 0).sum()) if self.calls == self.at else torch.zeros(())}
+
+
+def test_non_finite_gradient_stops_before_the_step_and_keeps_the_checkpoint_clean(world, tmp_path):
+    config = tiny_config(checkpoint_every_steps=1)
+    model = tiny_model(methods=[create_method("finetune"), _NanGradientAt(at=2)])
+    dataset, sampler = build_task_training_set(base_split(world), [], config)
+    with pytest.raises(TrainingError, match=r"gradient norm is nan at step 1 although the loss is finite"):
+        train_one_task(model, dataset, config, tmp_path, sampler=sampler)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    tensors = [*saved["model"].values(), *saved["ema"]["module"].values()]
+    assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+    assert all(torch.isfinite(p).all() for p in model.detector.parameters())
+
+
 class _Relabel(torch.utils.data.Dataset):
     """Wraps a training set and rewrites every item's labels with `relabel(item)`."""
 
@@ -131,6 +180,8 @@ class _Relabel(torch.utils.data.Dataset):
 @pytest.mark.parametrize("relabel, message", [
     (lambda item: torch.full_like(item["labels"], len(item["texts"])), "outside the 30 prompts"),
     (lambda item: torch.full_like(item["labels"], item["texts"].index("")), "empty padding prompt"),
+    # a negative label among valid ones is the one named, not the largest (valid) label
+    (lambda item: torch.cat([torch.tensor([-1]), item["labels"][1:]]), r"a box label \(-1\) is outside"),
 ])
 def test_labels_outside_the_prompts_stop_with_the_data_check_hint(world, tmp_path, relabel, message):
     # 25 base classes and 30 prompts per image: every image's prompt list ends in '' padding

@@ -55,16 +55,18 @@ class _ResumableSampler(Sampler, abc.ABC):
         # A finished epoch rolls over, so iterating again gives the next epoch.
         self.epoch, self.position = self.epoch + 1, 0
 
-    def state_dict(self, num_consumed: int | None = None) -> dict:
+    def state_dict(self, num_consumed: int | None = None, epoch: int | None = None) -> dict:
         """Epoch and position to resume from.
 
         Args:
             num_consumed: items the training loop actually consumed this epoch;
                 pass it when a DataLoader prefetches (the sampler runs ahead of
                 the loop by up to workers x prefetch_factor batches).
+            epoch: the epoch those items belong to; pass it with `num_consumed`,
+                since prefetching may already have run the sampler into the next epoch.
         """
-        return {"epoch": self.epoch, "position": self.position if num_consumed is None else num_consumed,
-                "seed": self.seed}
+        return {"epoch": self.epoch if epoch is None else epoch,
+                "position": self.position if num_consumed is None else num_consumed, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.seed:

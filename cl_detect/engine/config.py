@@ -14,13 +14,16 @@ class TrainConfig:
         epochs: passes over the (mixed) training set.
         batch_size: images per optimizer step per process (before accumulation).
         image_size: square training input size.
-        lr, weight_decay: base AdamW/SGD settings (official fine-tuning: AdamW 2e-4, 0.05).
+        lr, weight_decay: base AdamW/SGD settings (official fine-tuning: AdamW 2e-4, 0.05). The decay
+            applied is scaled with the images per optimizer step (batch_size x accumulate x processes)
+            by the official rule (`optim.scaled_weight_decay`): as given up to 42 images, x2 at 128.
         optimizer: "adamw" or "sgd".
         schedule: "linear" (official) or "cosine" decay after warmup.
         final_lr_factor: LR at the end relative to `lr` (official 0.01).
         warmup_epochs, warmup_min_steps: warmup length = max(epochs x steps, min steps),
             capped at half the run.
-        ema: keep an EMA of the detector and end with its weights (official).
+        ema: keep an EMA of the detector (and of the text tower when it trains) and end with
+            its weights (official).
         ema_momentum, ema_gamma: official ExpMomentumEMA 1e-4 and 2000.
         grad_clip: max gradient norm (None = off).
         accumulate: batches per optimizer step.
@@ -38,7 +41,7 @@ class TrainConfig:
         checkpoint_every_steps: also checkpoint inside an epoch (0 = only at epoch ends).
         log_every: steps between log rows.
         guard_patience: steps without positives (boxes present) before stopping.
-        device: "cuda", "cpu" or "auto".
+        device: "cuda", "cuda:N", "cpu" or "auto" (another name is an error when the config is read).
     """
 
     epochs: int = 10
@@ -86,3 +89,9 @@ class TrainConfig:
         if not 0 <= self.close_mosaic_epochs <= self.epochs:
             raise ValueError("close_mosaic_epochs must be between 0 and epochs")
         check_image_size(self.image_size)
+        if self.device != "auto":
+            import torch
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None

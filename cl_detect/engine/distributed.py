@@ -123,10 +123,12 @@ class ShardedSampler(Sampler):
             yield DrawKey(int(order[position]), self.epoch, position)
         self.epoch, self.position = self.epoch + 1, 0
 
-    def state_dict(self, num_consumed: int | None = None) -> dict:
-        """The single-process sampler's state: epoch and *global* draws consumed."""
+    def state_dict(self, num_consumed: int | None = None, epoch: int | None = None) -> dict:
+        """The single-process sampler's state: epoch and *global* draws consumed (arguments as
+        `MixingSampler.state_dict`, with `num_consumed` counting this rank's draws)."""
         local = self.position if num_consumed is None else num_consumed
-        return {"epoch": self.epoch, "position": local * self.world_size, "seed": self.seed}
+        return {"epoch": self.epoch if epoch is None else epoch, "position": local * self.world_size,
+                "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.seed:

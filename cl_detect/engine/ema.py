@@ -2,7 +2,9 @@
 
 momentum(t) = (1 - m) * exp(-(1 + t) / gamma) + m   (m = 1e-4, gamma = 2000)
 ema = ema * (1 - momentum) + model * momentum, for parameters and float buffers
-(BatchNorm statistics are averaged too); integer buffers are copied.
+(BatchNorm statistics are averaged too); integer buffers are copied. As in
+mmengine's averaged models, the first update (t = 0) copies the model: the
+weights before training never enter the average.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ class ModelEMA:
         self.steps = 0
 
     def current_momentum(self) -> float:
+        if self.steps == 0:  # the first update copies (mmengine BaseAveragedModel)
+            return 1.0
         return (1 - self.momentum) * math.exp(-(1 + self.steps) / self.gamma) + self.momentum
 
     @torch.no_grad()

@@ -25,8 +25,9 @@ def check_batch(batch: dict) -> None:
         return
     num_texts = len(batch["texts"][0])
     labels = batch["gt_labels"][mask]
-    if int(labels.min()) < 0 or int(labels.max()) >= num_texts:
-        raise TrainingError(f"a box label ({int(labels.max())}) is outside the {num_texts} prompts of its image "
+    outside = labels[(labels < 0) | (labels >= num_texts)]
+    if len(outside):
+        raise TrainingError(f"a box label ({int(outside[0])}) is outside the {num_texts} prompts of its image "
                             f"(images {batch['image_ids']}); vocabulary and model disagree: {DATA_CHECK_HINT}")
     for image, (texts, image_labels, image_mask) in enumerate(zip(batch["texts"], batch["gt_labels"], mask)):
         for label in image_labels[image_mask].tolist():
@@ -36,7 +37,7 @@ def check_batch(batch: dict) -> None:
 
 
 class LossGuard:
-    """Watches each step's losses.
+    """Watches each step's losses and gradient norm.
 
     Args:
         patience: consecutive steps with boxes in the batch but no positive
@@ -47,18 +48,28 @@ class LossGuard:
         self.patience = patience
         self.stuck_steps = 0
 
-    def __call__(self, losses: dict[str, torch.Tensor], step: int, batch: dict) -> None:
+    def __call__(self, losses: dict[str, torch.Tensor], step: int, batch: dict,
+                 grad_norm: torch.Tensor | None = None) -> None:
+        """Check a micro-batch's losses after its backward pass, and, on the micro-batch that
+        completes a step, the gradient norm before the optimizer step: a non-finite gradient
+        with a finite loss would write NaN into every weight, the EMA and the next checkpoint."""
         # one host-device sync per step: the watched values are read together
-        keys = [key for key in ("loss", "num_pos", "loss_bbox") if key in losses]
+        watched = {key: losses[key] for key in ("loss", "num_pos", "loss_bbox") if key in losses}
+        if grad_norm is not None:
+            watched["grad_norm"] = grad_norm
         device = losses["loss"].device
-        stacked = torch.stack([torch.as_tensor(losses[k]).detach().to(device, torch.float64).reshape(())
-                               for k in keys])
-        values = dict(zip(keys, stacked.tolist()))
+        stacked = torch.stack([torch.as_tensor(v).detach().to(device, torch.float64).reshape(())
+                               for v in watched.values()])
+        values = dict(zip(watched, stacked.tolist()))
         value = values["loss"]
         if not math.isfinite(value):
             parts = {k: float(v.detach()) for k, v in losses.items() if k.startswith("loss")}
             raise TrainingError(f"loss is {value} at step {step} (batch image ids {batch['image_ids']}, "
                                 f"parts {parts}); lower the learning rate or check these images' boxes")
+        if not math.isfinite(values.get("grad_norm", 0.0)):
+            raise TrainingError(f"gradient norm is {values['grad_norm']} at step {step} although the loss is finite "
+                                f"(last batch image ids {batch['image_ids']}); the weights were left unchanged. "
+                                f"Lower the learning rate or check these images' boxes")
         has_boxes = bool(batch["gt_mask"].any())  # the batch is still on the host: no sync
         no_positives = "num_pos" in values and values["num_pos"] == 0
         zero_box = "loss_bbox" in values and values["loss_bbox"] == 0.0

@@ -1,7 +1,7 @@
 """Optimizer parameter groups and the warmup + decay learning-rate schedule.
 
-No weight decay on norms, biases and `logit_scale` (official recipe); each
-parameter may carry an LR multiplier (text tower x0.01 when it trains, per-part
+No weight decay on norms, biases and `logit_scale`, and the decay scaled with the
+total batch (official recipe); each parameter may carry an LR multiplier (text tower x0.01 when it trains, per-part
 multipliers of the finetune method).
 """
 from __future__ import annotations
@@ -35,6 +35,18 @@ def parameter_groups(named_params: Iterable[tuple[str, nn.Parameter, float]], lr
     if not groups:
         raise ValueError("no trainable parameters: the method froze everything")
     return list(groups.values())
+
+
+def scaled_weight_decay(weight_decay: float, total_batch_size: int, base_total_batch_size: int = 64) -> float:
+    """Weight decay for `total_batch_size` images per optimizer step (official YOLOv5/YOLO-World rule).
+
+    The official optimizer constructor multiplies the configured decay by
+    total * k / 64 with k = max(round(64 / total), 1): unchanged (up to
+    rounding) for totals up to 42 images, linear in the total above that
+    (x2 for the 8 x 16 images of the official runs).
+    """
+    accumulate = max(round(base_total_batch_size / total_batch_size), 1)
+    return weight_decay * total_batch_size * accumulate / base_total_batch_size
 
 
 def build_optimizer(groups: list[dict], name: str, lr: float, momentum: float = 0.937) -> torch.optim.Optimizer:

@@ -4,15 +4,16 @@
     (losses["loss"] / accumulate).backward()
     clip, optimizer.step(), scheduler.step(), ema.update()
 
-AdamW/SGD parameter groups (no decay on norms/biases/logit_scale), warmup then
-linear or cosine decay, the official EMA, bf16 autocast on CUDA (on a CPU with
-`amp_cpu`), gradient clipping and accumulation, close-mosaic epochs, guards,
-JSONL + TensorBoard logs, and atomic checkpoints from which `resume=True`
-continues bit-exactly.
+AdamW/SGD parameter groups (no decay on norms/biases/logit_scale; the decay scaled
+with the total batch by the official rule), warmup then linear or cosine decay, the
+official EMA, bf16 autocast on CUDA (on a CPU with `amp_cpu`), gradient clipping
+and accumulation, close-mosaic epochs, guards, JSONL + TensorBoard logs, and atomic
+checkpoints from which `resume=True` continues bit-exactly.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from cl_detect.engine.distributed import (
     DataParallelForward, broadcast_model, is_distributed, is_main_process, shard_sampler, world_size)
 from cl_detect.engine.ema import ModelEMA
 from cl_detect.engine.guards import LossGuard, check_batch
-from cl_detect.engine.optim import build_optimizer, build_scheduler, parameter_groups
+from cl_detect.engine.optim import build_optimizer, build_scheduler, parameter_groups, scaled_weight_decay
 from cl_detect.engine.runlog import RunLogger, peak_memory_mb
 from cl_detect.engine.state import (
     check_resumed_settings, load_model_state, load_trainer_state, save_trainer_state, set_rng_state)
@@ -94,10 +95,12 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
                          f"{config.batch_size * config.accumulate} images; lower accumulate or batch_size")
     total_steps = config.epochs * steps_per_epoch
     warmup = min(max(round(config.warmup_epochs * steps_per_epoch), config.warmup_min_steps), total_steps // 2)
-    optimizer = build_optimizer(parameter_groups(model.named_trainable_parameters(), config.lr, config.weight_decay),
+    weight_decay = scaled_weight_decay(config.weight_decay, config.batch_size * config.accumulate * world_size())
+    optimizer = build_optimizer(parameter_groups(model.named_trainable_parameters(), config.lr, weight_decay),
                                 config.optimizer, config.lr)
     scheduler = build_scheduler(optimizer, total_steps, warmup, config.schedule, config.final_lr_factor)
-    ema = ModelEMA(model.detector, config.ema_momentum, config.ema_gamma) if config.ema else None
+    averaged = _averaged_modules(model)
+    ema = ModelEMA(averaged, config.ema_momentum, config.ema_gamma) if config.ema else None
     guard, logger = LossGuard(config.guard_patience), RunLogger(out_dir, enabled=is_main_process())
     forward = DataParallelForward(model)
     progress = {"epoch": 0, "step": 0, "batches_in_epoch": 0, "status": "running"}
@@ -112,16 +115,21 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
         sampler.load_state_dict(saved["sampler"])
         set_rng_state(saved["rng"])
         progress, guard.stuck_steps = saved["progress"], saved["guard_steps"]
-    if progress["status"] == "finished":
-        return TrainResult("finished", progress["step"], 0.0, 0.0, peak_memory_mb(device), {})
+    already_stopped = stop_after_steps is not None and progress["step"] >= stop_after_steps  # no extra step
+    if progress["status"] == "finished" or already_stopped:
+        logger.close()
+        status = "finished" if progress["status"] == "finished" else "interrupted"
+        return TrainResult(status, progress["step"], 0.0, 0.0, peak_memory_mb(device), {})
 
     def save(status: str) -> None:
         progress["status"] = status
         if not is_main_process():
             return
+        # loader workers may have run the sampler ahead, even into the next epoch: save what the loop consumed
         consumed = progress["batches_in_epoch"] * config.batch_size
+        sampler_state = sampler.state_dict(num_consumed=consumed, epoch=progress["epoch"])
         save_trainer_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
-                           sampler_state=sampler.state_dict(num_consumed=consumed), progress=progress,
+                           sampler_state=sampler_state, progress=progress,
                            guard_steps=guard.stuck_steps, config=dataclasses.asdict(config))
 
     autocast = bf16_autocast(device, cuda=config.amp, cpu=config.amp and config.amp_cpu)
@@ -142,22 +150,24 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
             with nullcontext() if syncing else forward.no_sync():
                 with autocast:
                     losses = forward(batch)
-                guard(losses, progress["step"], batch)
                 (losses["loss"] / config.accumulate).backward()
             progress["batches_in_epoch"] += 1
             images_seen += len(batch["images"])
             window_images += len(batch["images"])
             if progress["batches_in_epoch"] % config.accumulate:
+                guard(losses, progress["step"], batch)
                 continue
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            # the norm is computed even without clipping (max_norm inf): a non-finite gradient must stop
+            # training before the optimizer writes it into the weights; read with the losses in one sync
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or math.inf)
+            guard(losses, progress["step"], batch, grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step_lr = optimizer.param_groups[0]["lr"]  # the LR this step used, logged below
             scheduler.step()
             forward.sync_buffers()
             if ema is not None:
-                ema.update(model.detector)
+                ema.update(averaged)
             progress["step"] += 1
             model.hook("after_step", progress["step"])
             last = {k: v.detach() for k, v in losses.items() if k.startswith("loss")}  # read when logged: no sync
@@ -180,10 +190,18 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
         progress.update(epoch=epoch + 1, batches_in_epoch=0)
         save("running")
     if ema is not None:
-        model.detector.load_state_dict(ema.module.state_dict())
+        averaged.load_state_dict(ema.module.state_dict())
     save("finished")
     logger.close()
     return _result("finished", progress, start, images_seen, device, last)
+
+
+def _averaged_modules(model) -> torch.nn.Module:
+    """What the EMA averages: the detector, plus the text tower when it trains at some epoch
+    (the official EMA covers the whole model, so the tower must not end on its last raw step)."""
+    if not any(name.startswith("text_encoder.") for name, _, _ in model.named_trainable_parameters()):
+        return model.detector
+    return torch.nn.ModuleDict({"detector": model.detector, "text_encoder": model.text_encoder})
 
 
 def _loss_values(losses: dict) -> dict[str, float]:
