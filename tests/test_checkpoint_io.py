@@ -117,12 +117,15 @@ def _torch_bytes(obj) -> bytes:
     (bytes(range(7, 107)), "not a torch file"),
     (b"checkpoint\nweights\n", "not a torch file"),  # starts like a pickle GLOBAL opcode
     ("zip_half", "a zip archive of .* bytes that is truncated or corrupted"),
+    ("zip_cut_in_data", "a zip archive of 5000 bytes that is truncated or corrupted"),  # torch: bare OSError
     (pickle.dumps({"a": list(range(100))})[:40], "a pickle of 40 bytes .*truncated"),
-], ids=["empty", "json", "binary", "text", "truncated_zip", "truncated_pickle"])
+], ids=["empty", "json", "binary", "text", "truncated_zip", "zip_cut_in_data", "truncated_pickle"])
 def test_unreadable_files_are_named(tmp_path, content, found):
     if content == "zip_half":
         whole = _torch_bytes({"x": torch.ones(64)})
         content = whole[:len(whole) // 2]
+    if content == "zip_cut_in_data":
+        content = _torch_bytes({"a": torch.ones(4096), "b": torch.ones(4096)})[:5000]
     path = tmp_path / "model.pth"
     path.write_bytes(content)
     with pytest.raises(ValueError, match=f"model.pth: not a readable torch checkpoint \\({found}.*re-saving") as info:
@@ -149,3 +152,14 @@ def test_legacy_header_pickle_is_restricted_too(tmp_path, capsys):
     with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle .*print"):
         read_checkpoint(path)
     assert "this must never run" not in capsys.readouterr().out
+
+
+def test_atomic_text_write_keeps_the_previous_file_when_writing_fails(tmp_path):
+    from cl_detect.models._checkpoint_io import atomic_write_text
+
+    path = tmp_path / "result.json"
+    atomic_write_text(path, '{"ap": 0.5}\n')
+    assert path.read_text() == '{"ap": 0.5}\n'
+    with pytest.raises(UnicodeEncodeError):
+        atomic_write_text(path, "\ud800 cannot be encoded")  # fails half-way through the write
+    assert path.read_text() == '{"ap": 0.5}\n' and [p.name for p in tmp_path.iterdir()] == ["result.json"]

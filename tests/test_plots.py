@@ -36,3 +36,12 @@ def test_only_failed_runs_is_an_error_not_a_silent_success(tmp_path, capsys):
     failed = result_dict("finetune", 0, (0.3, 0.7), 0.2, status="failed", error="Traceback ...")
     assert main(["plot", str(write_results(tmp_path, [failed])[0]), "--out", str(tmp_path / "fig")]) == 1
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_names_that_read_alike_as_file_names_get_their_own_files(tmp_path):
+    # "a b", "a|b" and two non-ASCII names all became a_b / an empty part: one figure overwrote the other
+    runs = [result_dict(method, 0, (0.3, 0.7), 0.2, protocol="p q") for method in ("a b", "a|b", "ä", "ö")]
+    written = plot_all(load_results(write_results(tmp_path / "runs", runs)), tmp_path / "fig")
+    heatmaps = [p.name for p in written if p.name.endswith("_accuracy.png")]
+    assert len(set(heatmaps)) == 4 and len(list((tmp_path / "fig").iterdir())) == 6
+    assert all(name.startswith("p_q-") for name in heatmaps)

@@ -100,6 +100,29 @@ def test_run_writes_a_complete_result_then_skips_and_forces(protocol, tmp_path, 
     assert _result(out)["accuracy_matrix"] == accuracy  # same seed, same numbers
 
 
+def test_a_damaged_result_file_is_named_not_a_bare_json_error(protocol, tmp_path):
+    # a result cut short by a copy or sync crashed `run` with "Expecting ..." and no file name
+    path = tmp_path / "results" / "tiny" / "finetune_seed0.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"status": "finished", "method": "fine')
+    with pytest.raises(ValueError, match="finetune_seed0.json: this run's result file is not a valid result"):
+        main(["run", str(protocol), "--methods", "finetune", "--out", str(tmp_path / "results")])
+
+
+def test_a_damaged_state_file_fails_the_run_naming_it(protocol, tmp_path):
+    # a state.pt cut short (a copy of the results folder that stopped) crashed `run` inside its own
+    # failure handler, with torch's message and no file name, and no failed record was written
+    out = tmp_path / "results"
+    state = out / "tiny" / "work" / "finetune_seed0" / "state.pt"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"PK\x03\x04 cut short")
+    assert main(["run", str(protocol), "--methods", "finetune", "--out", str(out)]) == 1
+    result = _result(out)
+    assert result["status"] == "failed"
+    assert f"{state}: cannot read this saved progress, the file is damaged" in result["error"]
+    assert f"delete the folder {state.parent} to start this run over" in result["error"]
+
+
 def _flaky_method_classes():
     """A full fine-tuning method that fails at the start of the second task, once."""
     config_cls, finetune_cls = registry.method_classes("finetune")
@@ -118,11 +141,13 @@ def _flaky_method_classes():
     return config_cls, FlakyMethod
 
 
-def test_failed_run_is_recorded_others_continue_and_it_resumes(protocol, tmp_path, monkeypatch):
+def test_failed_run_is_recorded_others_continue_and_it_resumes(protocol, tmp_path, monkeypatch, capsys):
     config_cls, flaky = _flaky_method_classes()
     monkeypatch.setitem(registry._METHODS, "flaky", (config_cls, flaky))
     out = tmp_path / "results"
     assert main(["run", str(protocol), "--methods", "flaky", "finetune", "--out", str(out)]) == 1
+    # the console says why, not only "failed"
+    assert "seed 0: failed: RuntimeError: flaky failure at the second task (traceback in " in capsys.readouterr().out
     failed = _result(out, "flaky")
     assert failed["status"] == "failed"
     assert "RuntimeError: flaky failure at the second task" in failed["error"]
@@ -130,7 +155,8 @@ def test_failed_run_is_recorded_others_continue_and_it_resumes(protocol, tmp_pat
     assert _result(out, "finetune")["status"] == "finished"
 
     # the failed run continues at the second task: the first is not trained again
-    assert main(["run", str(protocol), "--methods", "flaky", "finetune", "--out", str(out)]) == 0
+    assert main(["run", str(protocol), "--methods", "flaky", "finetune", "--out", f"{out}/"]) == 0
+    assert f"results in {out / 'tiny'}/" in capsys.readouterr().out  # not ".../results//tiny/"
     resumed = _result(out, "flaky")
     assert resumed["status"] == "finished" and resumed["error"] is None
     assert flaky.calls == [0, 1, 1]

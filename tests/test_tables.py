@@ -57,6 +57,16 @@ def test_failed_runs_listed_not_averaged(results):
     assert "Traceback" not in text
 
 
+def test_failed_run_shows_the_exception_of_its_traceback(tmp_path):
+    # the runner records traceback.format_exc(): the message is its last line, not "Traceback ..."
+    error = ('Traceback (most recent call last):\n  File "train.py", line 92, in train_one_task\n'
+             '    raise ValueError(...)\nValueError: 8 training images is less than one optimizer step\n')
+    paths = write_results(tmp_path, standard_results()[:3] + [result_dict("ewc", 0, (0, 0), 0, status="failed",
+                                                                           error=error)])
+    text = format_table(load_results(paths), "md")
+    assert "- ewc (seed 0): ValueError: 8 training images is less than one optimizer step" in text
+
+
 def test_latex_booktabs(results):
     text = format_table(results, "latex")
     for command in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}"):
@@ -105,6 +115,13 @@ def test_bad_result_names_the_file(tmp_path):
         load_results([path])
 
 
+def test_a_result_cut_short_inside_a_folder_is_an_error_not_a_dropped_seed(tmp_path):
+    paths = write_results(tmp_path, [result_dict("finetune", seed, (0.3, 0.7), 0.2) for seed in range(3)])
+    paths[2].write_text(paths[2].read_text()[:100])
+    with pytest.raises(ResultError, match=f"{paths[2].name}: not valid JSON"):
+        load_results([tmp_path])
+
+
 def test_a_run_given_twice_counts_once_and_two_files_for_one_seed_are_refused(tmp_path):
     paths = write_results(tmp_path / "runs", standard_results())
     once = load_results([paths[0].parent])
@@ -128,6 +145,15 @@ def test_runs_of_one_protocol_over_other_tasks_are_refused(tmp_path):
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "plots")]) == 2  # not a shape error
 
 
+def test_runs_of_one_protocol_over_other_retention_sets_are_refused(tmp_path):
+    wider = result_dict("lora", 0, (0.3, 0.7), 0.2)
+    wider["retention_sets"] = wider["retention_sets"] + ["lvis"]
+    wider["retention_matrix"] = [row + [0.1] for row in wider["retention_matrix"]]
+    paths = write_results(tmp_path, [result_dict("finetune", 0, (0.3, 0.7), 0.2), wider])
+    with pytest.raises(ResultError, match=r"different retention sets \(\['coco'\] vs \['coco', 'lvis'\]\)"):
+        load_results(paths)
+
+
 def test_cli_writes_table(tmp_path):
     folder = write_results(tmp_path / "runs", standard_results())[0].parent
     out = tmp_path / "table.tex"
@@ -145,3 +171,18 @@ def test_a_value_defined_by_fewer_seeds_says_so(tmp_path):
     assert "(n=" not in row[header.index("In-domain Avg")]
     rows = list(csv.DictReader(io.StringIO(format_table(load_results(write_results(tmp_path, runs)), "csv"))))
     assert rows[0]["retention_coco_n"] == "2" and rows[0]["in_domain_avg_n"] == "3"
+
+
+def test_names_with_special_characters_keep_the_table_intact(tmp_path):
+    # a label or set name is free text: a pipe split markdown cells; LaTeX got `\\` (a line break),
+    # a bare ^ (an error outside math) and a \label whose % commented out its closing brace
+    run = result_dict("a|b ~^\\ 50%", 0, (0.3, 0.7), 0.2, protocol="p_1#%")
+    run["retention_sets"] = ["coco|val"]
+    results = load_results(write_results(tmp_path, [run]))
+    text = format_table(results, "md")
+    table_lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert len({line.replace("\\|", "").count("|") for line in table_lines}) == 1  # one column count
+    assert "| a\\|b ~^\\ 50% | 1 |" in text and "coco\\|val AP" in text
+    latex = format_table(results, "latex")
+    assert "a\\textbar{}b \\textasciitilde{}\\textasciicircum{}\\textbackslash{} 50\\% & 1 &" in latex
+    assert "\\label{tab:p-1}" in latex and "coco\\textbar{}val AP" in latex

@@ -10,10 +10,13 @@
   protocols with retention sets.
 - `<protocol>_task_curves.png`: per task, its AP after every step of the
   sequence (step 0 = base model), one line per method, band = ± std.
-Failed runs are left out of every figure.
+Failed runs are left out of every figure. A protocol or method name with
+characters other than letters, digits and `+.=_-` is written with them replaced
+by `_` and a 6-hex hash of the name appended, so names never share a file.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -29,7 +32,10 @@ from cl_detect.bench.results import RunResult  # noqa: E402
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9+.=-]+", "_", text).strip("_")
+    """A file-name part for a protocol or method name; a name that had to change gets a short hash of
+    itself, so two names that read alike ("a b", "a|b", or two non-Latin names) never share a file."""
+    slug = re.sub(r"[^A-Za-z0-9+.=_-]+", "_", text).strip("_")[:80]
+    return slug if slug == text else f"{slug}-{hashlib.sha1(text.encode()).hexdigest()[:6]}".lstrip("-")
 
 
 def _nan_stats(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,15 @@ class ResultError(ValueError):
     """A result file that cannot be read; the message names the file."""
 
 
+def error_message(error: str | None) -> str:
+    """The message of a failed run's error text: the exception line that ends a recorded
+    traceback, else the text's first line."""
+    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return "no error text recorded"
+    return lines[-1].strip() if lines[0].startswith("Traceback") else lines[0]
+
+
 @dataclass
 class RunResult:
     """One (protocol, method, seed) run as read from its JSON file.
@@ -71,9 +80,8 @@ class RunResult:
 
     @property
     def error_line(self) -> str:
-        """First line of the error text (what tables show for a failed run)."""
-        lines = (self.error or "").strip().splitlines()
-        return lines[0] if lines else "no error text recorded"
+        """The error's message (what tables show for a failed run); see `error_message`."""
+        return error_message(self.error)
 
     def summary(self) -> dict[str, float]:
         """The continual metrics recomputed from the matrices (see `summarize`)."""
@@ -204,7 +212,8 @@ def load_results(paths: Sequence[str | Path]) -> list[RunResult]:
     """Read result files; a folder contributes every result JSON below it.
 
     Files named explicitly must be results; inside folders, JSON files that are
-    not results (resolved configs, logs) are skipped.
+    not results (resolved configs, logs) are skipped, but a file that is not
+    valid JSON at all is an error (it may be a result cut short).
 
     Args:
         paths: files and/or folders.
@@ -230,10 +239,10 @@ def load_results(paths: Sequence[str | Path]) -> list[RunResult]:
             read.add(file.resolve())
             try:
                 data = json.loads(file.read_text())
-            except json.JSONDecodeError as err:
-                if explicit:
-                    raise ResultError(f"{file}: not valid JSON ({err})") from None
-                continue
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                # never skipped: a result file cut short (a copy or sync that stopped) would drop a seed unseen
+                raise ResultError(f"{file}: not valid JSON ({err}); if it is a result cut short, run its "
+                                  f"command again with --force, else move it out of the folder") from None
             if explicit or _looks_like_result(data):
                 results.append(validate_result(data, str(file)))
     if not results:
@@ -244,7 +253,8 @@ def load_results(paths: Sequence[str | Path]) -> list[RunResult]:
 
 def check_comparable(results: Sequence[RunResult]) -> None:
     """Refuse what would skew a table: two files for one (protocol, method, seed) (one seed counted
-    twice), and runs of one protocol name over different task lists (matrices of other shapes).
+    twice), and runs of one protocol name over different task lists or retention sets (matrices of
+    other shapes, or of other columns).
 
     Raises:
         ResultError: naming both files and the fix.
@@ -260,7 +270,9 @@ def check_comparable(results: Sequence[RunResult]) -> None:
         if not result.finished:  # a failed run has no matrices to compare
             continue
         first = tasks_of.setdefault(result.protocol, result)
-        if result.tasks != first.tasks:
-            raise ResultError(f"{first.source} and {result.source} are both protocol {result.protocol!r} but over "
-                              f"different tasks ({first.tasks} vs {result.tasks}); give the protocol versions "
-                              f"different names, or table them separately")
+        for what in ("tasks", "retention_sets"):
+            if getattr(result, what) != getattr(first, what):
+                raise ResultError(f"{first.source} and {result.source} are both protocol {result.protocol!r} but "
+                                  f"over different {what.replace('_', ' ')} ({getattr(first, what)} vs "
+                                  f"{getattr(result, what)}); give the protocol versions different names, or "
+                                  f"table them separately")

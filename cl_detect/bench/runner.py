@@ -36,11 +36,11 @@ from cl_detect.bench.config import RunConfig
 from cl_detect.bench.protocol import ProtocolData
 from cl_detect.bench.results import summarize
 from cl_detect.engine.runlog import peak_memory_mb
-from cl_detect.engine.state import load_model_state, model_state
+from cl_detect.engine.state import load_model_state, model_state, read_saved_progress
 from cl_detect.engine.task_data import build_task_training_set
 from cl_detect.engine.train import TrainResult, resolve_device, train_one_task
 from cl_detect.methods import ContinualModel, TaskContext, create_method
-from cl_detect.models._checkpoint_io import atomic_save
+from cl_detect.models._checkpoint_io import atomic_save, atomic_write_text
 from cl_detect.models.checkpoint import load_model
 
 RESULT_SCHEMA = "cl_detect.result.v1"
@@ -96,7 +96,7 @@ def _restore(model: ContinualModel, work: Path) -> Progress:
     state_file = work / "state.pt"
     if not state_file.exists():
         return Progress()
-    saved = torch.load(state_file, map_location="cpu", weights_only=False)  # our own file
+    saved = read_saved_progress(state_file, f"delete the folder {work} to start this run over")
     try:
         if saved["model"] is not None:
             load_model_state(model, saved["model"])
@@ -210,6 +210,15 @@ def result_record(config: RunConfig, data: ProtocolData, label: str, seed: int, 
     }
 
 
+def _stored_status(path: Path) -> str | None:
+    """The status in an existing result file (written atomically, so a damaged one was damaged elsewhere)."""
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise ValueError(f"{path}: this run's result file is not a valid result ({err}); delete it to run "
+                         f"(or continue) the run again, or pass --force") from None
+
+
 def run_one(config: RunConfig, data: ProtocolData, method_names: list[str], seed: int, out: str | Path,
             base: BaseModel, force: bool = False, keep_checkpoints: bool = False,
             stop_after_steps: int | None = None) -> str:
@@ -230,7 +239,7 @@ def run_one(config: RunConfig, data: ProtocolData, method_names: list[str], seed
     """
     label = config.run_label(method_names)
     path, work = result_path(out, config.name, label, seed), work_dir(out, config.name, label, seed)
-    if path.exists() and not force and json.loads(path.read_text()).get("status") == "finished":
+    if path.exists() and not force and _stored_status(path) == "finished":
         return "skipped"
     if force:
         shutil.rmtree(work, ignore_errors=True)
@@ -242,17 +251,16 @@ def run_one(config: RunConfig, data: ProtocolData, method_names: list[str], seed
         status, error = "failed", traceback.format_exc()
         state_file = work / "state.pt"
         saved = started
-        if state_file.exists():
-            progress = Progress(**torch.load(state_file, map_location="cpu", weights_only=False)["progress"])
+        try:  # the progress so far, unless the failure was that state.pt cannot be read
+            progress = Progress(**read_saved_progress(state_file, "")["progress"])
             saved = max(started, state_file.stat().st_mtime)  # its elapsed time runs to its last save
+        except (FileNotFoundError, ValueError):
+            pass
         progress.elapsed_s += time.time() - saved
     if status == "interrupted":
         return status
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = result_record(config, data, label, seed, progress, status, error, device)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(record, indent=1, default=float) + "\n")
-    temporary.replace(path)
+    atomic_write_text(path, json.dumps(record, indent=1, default=float) + "\n")
     if status == "finished" and not keep_checkpoints:
         for checkpoint in work.rglob("*.pt"):
             checkpoint.unlink()

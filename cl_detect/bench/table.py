@@ -16,7 +16,8 @@ one-task run) or not applicable (a closed-set specialist on other
 vocabularies). A value that only some seeds define (e.g. a retention ratio
 where one seed's base AP is 0) is the statistic of those seeds and reads
 `(n=k)`; CSV gives every metric's n. Failed runs are never averaged: they are listed under the
-table with the first line of their error. CSV gives plain numbers in the
+table with their error message
+(the exception line of the recorded traceback). CSV gives plain numbers in the
 units of the result files (AP in [0, 1], seconds) and lists failed runs as
 rows with status "failed".
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -161,20 +163,33 @@ def _cell(column: Column, stat: Stat, best: float | None, fmt: str, seeds: int) 
     return text + fewer
 
 
+# text-mode LaTeX for every character that is a command or (in the default OT1 font) another glyph
+_LATEX_SPECIAL = {"\\": "\\textbackslash{}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",
+                  "|": "\\textbar{}", "<": "\\textless{}", ">": "\\textgreater{}",
+                  **{char: "\\" + char for char in "&%$#_{}"}}
+
+
 def _latex_escape(text: str) -> str:
-    for char in "\\&%$#_{}":
-        text = text.replace(char, "\\" + char)
-    return text
+    return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
+
+
+def _latex_label(text: str) -> str:
+    """A \\label key: letters, digits and dashes only (`%` would comment out the brace, `#` is an error)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-") or "protocol"
+
+
+def _markdown_escape(text: str) -> str:
+    return text.replace("|", "\\|")  # a bare pipe splits the cell
 
 
 def _markdown(protocol: str, columns: list[Column], rows: list[MethodRow], failed: list[RunResult]) -> str:
     best = {c.key: _best(c, rows) for c in columns}
-    header = ["Method", "n"] + [c.header for c in columns]
+    header = ["Method", "n"] + [_markdown_escape(c.header) for c in columns]
     lines = [f"### {protocol}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
-        cells = [row.method, str(len(row.seeds))] + [_cell(c, row.stats[c.key], best[c.key], "md", len(row.seeds))
-                                                        for c in columns]
+        cells = [_markdown_escape(row.method), str(len(row.seeds))]
+        cells += [_cell(c, row.stats[c.key], best[c.key], "md", len(row.seeds)) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "AP, F, BWT and R in %; mean ± std over n seeds, [95% t-interval] when n ≥ 3; "
               "(n=k): only k seeds define the value; bold = best; – = undefined or not applicable."]
@@ -191,7 +206,7 @@ def _latex(protocol: str, columns: list[Column], rows: list[MethodRow], failed: 
     lines = ["\\begin{table}[t]", "\\centering", "\\small",
              f"\\caption{{Continual fine-tuning on {_latex_escape(protocol)}: mean $\\pm$ std over seeds "
              f"(95\\% t-interval when $n \\geq 3$); AP, F, BWT and R in \\%.}}",
-             f"\\label{{tab:{protocol.replace('_', '-')}}}",
+             f"\\label{{tab:{_latex_label(protocol)}}}",
              "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", "\\toprule",
              " & ".join(header) + " \\\\", "\\midrule"]
     for row in rows:

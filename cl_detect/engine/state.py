@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cl_detect.models._checkpoint_io import atomic_save
+from cl_detect.models._checkpoint_io import PARSE_ERRORS, atomic_save
 
 
 def rng_state() -> dict:
@@ -52,9 +52,27 @@ def save_trainer_state(path: Path, *, model, optimizer, scheduler, ema, sampler_
     }, path)
 
 
+def read_saved_progress(path: Path, fix: str) -> dict:
+    """Load a file this package wrote (plain containers, tensors, numpy RNG state: trusted).
+
+    Args:
+        path: the file.
+        fix: what to do when it cannot be read, for the message.
+
+    Raises:
+        ValueError: naming the file and `fix` when it is damaged (a copy or sync cut short).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (FileNotFoundError, PermissionError):  # not damage: OSError, which PARSE_ERRORS holds, covers them
+        raise
+    except PARSE_ERRORS as err:
+        raise ValueError(f"{path}: cannot read this saved progress, the file is damaged "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); {fix}") from None
+
+
 def load_trainer_state(path: Path) -> dict:
-    # our own files: plain containers, tensors and numpy RNG state (trusted, written by save_trainer_state)
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return read_saved_progress(path, "delete it to train this task from its start")
 
 
 # settings that change how a run is watched or fed, not what it computes

@@ -28,8 +28,9 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_tensor"), ("torch", "Size"), ("torch", "device"), ("torch", "dtype"),
 }
 _INERT_MODULES = ("mmengine", "mmdet", "mmyolo", "mmcv", "numpy", "yolo_world")
-# What torch.load raises on bytes it cannot parse (the pickle and zip readers differ).
-_PARSE_ERRORS = (EOFError, pickle.UnpicklingError, RuntimeError, KeyError, IndexError, UnicodeDecodeError)
+# What torch.load raises on bytes it cannot parse (the pickle and zip readers differ; a zip cut
+# inside its data records raises OSError errno 22).
+PARSE_ERRORS = (EOFError, pickle.UnpicklingError, RuntimeError, KeyError, IndexError, UnicodeDecodeError, OSError)
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"  # legacy (pre-zip) torch files are pickles that start with the PROTO opcode
 
@@ -118,7 +119,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         return _load(path, map_location)
-    except _PARSE_ERRORS as err:
+    except PARSE_ERRORS as err:
         with open(path, "rb") as handle:
             header = handle.read(16)
         # a refused global in a real pickle or zip is the allow-list's own, clearer error
@@ -135,12 +136,22 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
 
 def atomic_save(obj, path: str | Path) -> None:
     """torch.save to a temporary file in the same folder, then rename over `path`."""
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file (UTF-8) so that an interruption leaves the previous file, never half of one."""
+    _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _atomic_write(path: str | Path, write) -> None:
+    """`write(binary handle)` into a temporary file in the same folder, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -30,6 +30,7 @@ from torch import nn
 
 from cl_detect.methods.base import ContinualModel, Method, TaskContext
 from cl_detect.methods.wise.config import WiseConfig
+from cl_detect.models._checkpoint_io import atomic_write_text
 
 State = dict[str, torch.Tensor]
 
@@ -166,10 +167,8 @@ class WiseMethod(Method):
             rows = json.loads(json.dumps(wise_sweep(model, self.config.sweep, evaluate_fn), default=_json_value))
             self.sweep_results[task.name] = rows
             if task.out_dir is not None:
-                path = Path(task.out_dir) / "wise_sweep.json"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps({"task": task.name, "applied_alpha": self.config.alpha, "rows": rows},
-                                           indent=2))
+                record = {"task": task.name, "applied_alpha": self.config.alpha, "rows": rows}
+                atomic_write_text(Path(task.out_dir) / "wise_sweep.json", json.dumps(record, indent=2))
         interpolate(model, self.config.alpha)
 
     def get_extra_state(self) -> dict:
