@@ -189,6 +189,20 @@ def test_bbox_that_is_not_4_numbers_is_named(coco_val, backend, bad_bbox):
             evaluate_coco(coco_val, detections, backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["pycocotools", "fast"])
+def test_non_finite_boxes_are_refused(coco_val, backend):
+    # pycocotools matched an all-NaN box to ground truth (AP 1.0) while fast scored it 0.0
+    dataset = json.load(open(coco_val))
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": [float("nan")] * 4,
+                   "score": 0.9} for a in dataset["annotations"] if not a["iscrowd"]]
+    with pytest.raises(ValueError, match=rf"{len(detections)} box\(es\) with non-finite coordinates.*first: "
+                                         rf"detection 0, image_id {detections[0]['image_id']}"):
+        evaluate_coco(coco_val, detections, backend=backend)
+    one_inf = [dict(detections[0], bbox=[0.0, 0.0, float("inf"), 5.0])]
+    with pytest.raises(ValueError, match="1 box\\(es\\) with non-finite"):
+        evaluate_coco(coco_val, one_inf, backend=backend)
+
+
 def test_per_image_boxes_must_be_n_by_4(coco_val):
     image_id = json.load(open(coco_val))["images"][0]["id"]
     vocabulary = Vocabulary(names=("person",), category_ids=(1,))

@@ -143,3 +143,10 @@ def test_train_one_task_trains_the_embeddings(tmp_path):
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
     torch.testing.assert_close(saved["methods.0.embeddings"], model.method("prompt").embeddings.detach())
     assert (saved["methods.0.embeddings"] - start).abs().max() > 0
+
+
+def test_a_task_without_a_class_list_is_refused_by_name():
+    # grounding data (captions and phrases) has no class list: torch.stack([]) failed deep inside before_task
+    model = tiny_model([("prompt", {})])
+    with pytest.raises(ValueError, match="prompt: task 'captions' has no class list"):
+        model.hook("before_task", TaskContext(0, "captions", ()))

@@ -36,3 +36,10 @@ def test_resumed_task_equals_uninterrupted(world, tmp_path):
     assert state_a.keys() == state_b.keys()
     different = [k for k in state_a if not torch.equal(state_a[k], state_b[k])]
     assert not different, f"resumed run differs in {different[:5]}"
+
+
+def test_a_task_without_a_class_list_is_refused_by_name():
+    # grounding data (captions and phrases) has no class list: the classifier init divided by zero
+    model = tiny_model(seed=0, methods=[create_method("specialist")])
+    with pytest.raises(ValueError, match="specialist: task 'captions' has no class list"):
+        model.hook("before_task", TaskContext(0, "captions", ()))

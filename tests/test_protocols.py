@@ -44,6 +44,12 @@ def test_shipped_protocols_resolve(monkeypatch):
     assert ivlod.base_model.checkpoint == "/data/yolo_world_checkpoint"
     assert [(r.name, r.protocol) for r in ivlod.retention] == [("coco", "coco"), ("lvis", "lvis-fixed")]
     assert str(ivlod.resolve_path(ivlod.tasks[0].train.path)).startswith("/data/odinw_root/AerialMaritimeDrone/")
+    # COCO's instances_val2017.json names bare files that live in val2017/; GLIP's layouts for these two
+    assert ivlod.retention[0].data[0].image_root == "/data/coco_root/val2017"
+    pistols = next(t for t in ivlod.tasks if t.name == "Pistols")
+    assert (pistols.train.path, pistols.test.path) == ("pistols/export/train_annotations_without_background.json",
+                                                       "pistols/export/val_annotations_without_background.json")
+    assert next(t for t in ivlod.tasks if t.name == "EgoHands").test.path.startswith("EgoHands/generic/mini_val/")
 
 
 def _write(tmp_path: Path, config: dict) -> Path:
@@ -76,6 +82,22 @@ def test_unset_variable_unknown_key_and_bad_training_field_are_errors(tmp_path, 
         load_run_config(_write(tmp_path, {**MINIMAL, "retention": [{"name": "t", "data": "c.json"}]}))
 
 
+def test_settings_that_would_fail_only_at_run_time_are_errors_when_read(tmp_path):
+    # each of these loaded without complaint and failed (or ran other seeds) after data and model loading
+    task = MINIMAL["tasks"][0]
+    cases = [({"eval": {"backend": "fastest"}}, "eval backend must be 'fast' or 'pycocotools'"),
+             ({"seeds": "12"}, r"seeds must be a list of integers.*got '12'"),
+             ({"train": {"device": "gpu"}}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+             ({"tasks": [{"name": "t", "train": "a.json"}]}, "lacks test: each task is"),
+             ({"tasks": [{**task, "promts": ["a"]}]}, r"unknown key\(s\) of task 't': \['promts'\]"),
+             ({"tasks": [{**task, "train": {"path": "a.json", "fromat": "coco"}}]},
+              r"unknown dataset key\(s\) of 'a.json': \['fromat'\]; valid: .*'format'"),
+             ({"retention": [{"name": "r", "dat": "c.json"}]}, "retention set .* lacks data")]
+    for extra, message in cases:
+        with pytest.raises(ValueError, match=rf"p\.yaml: .*{message}"):
+            load_run_config(_write(tmp_path, {**MINIMAL, **extra}))
+
+
 def test_method_lists_and_command_line_overrides(tmp_path):
     config = load_run_config(_write(tmp_path, {**MINIMAL, "method_options": {"ewc": {"image_size": 640}},
                                                "train": {"image_size": 640}}), defaults_path=None)
@@ -87,6 +109,9 @@ def test_method_lists_and_command_line_overrides(tmp_path):
     assert changed.method_options["ewc"]["image_size"] == 320 and changed.train["device"] == "cpu"
     assert changed.tasks[0].train.max_images == 5 and changed.tasks[0].test.max_images is None
     assert config.train["image_size"] == 640  # the original is untouched
+    # a method option called image_size follows --image-size also when the protocol leaves it at its default
+    bare = with_overrides(load_run_config(_write(tmp_path, MINIMAL), defaults_path=None), image_size=320)
+    assert bare.method_options["ewc"]["image_size"] == 320
 
 
 def _dataset(names, labels_per_image, files, folder=Path("/img")):
@@ -119,6 +144,22 @@ def test_merge_by_name_relabels_keeps_one_copy_of_a_repeated_picture_and_renumbe
     assert "1 image(s) found in more than one source were kept once" in capsys.readouterr().err
     with pytest.raises(ValueError, match="different class names"):
         merge_by_name([first, _dataset(["cat", "bird"], [[0]], ["e.jpg"], one)], "retention")
+
+
+def test_a_landscape_and_a_portrait_photo_of_like_colours_are_not_one_picture(tmp_path):
+    from cl_detect.bench.protocol import same_picture
+
+    def horizon(height, width, seed):  # sky over sea: the same 32 x 32 thumbnail at any aspect ratio
+        image = np.zeros((height, width, 3), np.uint8)
+        image[: height // 2], image[height // 2:] = (200, 160, 120), (120, 80, 30)
+        noise = np.random.default_rng(seed).normal(0, 6, image.shape)
+        return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+    for name, (height, width, seed) in {"land.jpg": (480, 640, 0), "portrait.jpg": (640, 480, 1),
+                                        "small.jpg": (321, 427, 0)}.items():
+        cv2.imwrite(str(tmp_path / name), horizon(height, width, seed))
+    assert not same_picture(str(tmp_path / "land.jpg"), str(tmp_path / "portrait.jpg"))
+    assert same_picture(str(tmp_path / "land.jpg"), str(tmp_path / "small.jpg"))  # a resized copy still is
 
 
 def test_subset_is_a_fixed_draw_in_original_order():
@@ -167,15 +208,94 @@ def test_class_names_give_voc_splits_one_label_order(tmp_path):
     train, test = data.tasks[0].train, data.tasks[0].test
     assert train.vocabulary.names == test.vocabulary.names == ("a raccoon", "a fox")
     assert test.records[0].labels.tolist() == [1]  # raccoon: label 1 in both splits
-    without = {**task, "test": {"path": "test", "format": "voc"}}
+    without = {**task, "test": {"path": "test", "format": "voc"}}  # its own label order: prompts go by name
     config = load_run_config(_write(tmp_path, {**MINIMAL, "data_root": str(tmp_path), "tasks": [without]}))
-    with pytest.raises(ValueError, match="2 prompts for 1 classes"):
-        load_protocol_data(config)
+    test = load_protocol_data(config).tasks[0].test
+    assert test.vocabulary.names == ("a fox",) and test.records[0].labels.tolist() == [0]  # raccoon's prompt
     (tmp_path / "c.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     coco = {**task, "test": {"path": "c.json", "class_names": ["fox", "raccoon"]}}
     config = load_run_config(_write(tmp_path, {**MINIMAL, "data_root": str(tmp_path), "tasks": [coco]}))
     with pytest.raises(ValueError, match="class_names applies to VOC data only; coco files store their own"):
         load_protocol_data(config)
+
+
+def _coco_classes(path: Path, names: list[str]) -> None:
+    """A one-image COCO file whose categories are `names` (ids 1..K in that order), one box of the first."""
+    cv2.imwrite(str(path.parent / "0.jpg"), np.full((40, 40, 3), 90, np.uint8))
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "0.jpg", "width": 40, "height": 40}],
+                                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 20],
+                                                 "area": 400, "iscrowd": 0}],
+                                "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}))
+
+
+def test_task_prompts_reach_the_test_classes_by_name_not_by_position(tmp_path):
+    # the test file lists the classes in another order: positionally, 'fox' was scored as "a raccoon"
+    _coco_classes(tmp_path / "train.json", ["raccoon", "fox"])
+    _coco_classes(tmp_path / "test.json", ["fox", "raccoon"])
+    task = {"name": "t", "train": "train.json", "test": "test.json", "prompts": ["a raccoon", "a fox"]}
+    config = load_run_config(_write(tmp_path, {**MINIMAL, "data_root": str(tmp_path), "tasks": [task]}))
+    test = load_protocol_data(config).tasks[0].test
+    assert test.vocabulary.names == ("a fox", "a raccoon")
+    _coco_classes(tmp_path / "test.json", ["fox", "badger"])  # same count, another class: an error, not a guess
+    with pytest.raises(ValueError, match=r"t: test class\(es\) \['badger'\] are not among the training classes"):
+        load_protocol_data(config)
+
+
+def test_a_missing_data_path_names_the_entry_even_with_a_format(tmp_path):
+    # with `format:` given the reader opened the path as is: "[Errno 2] No such file or directory"
+    _coco_classes(tmp_path / "train.json", ["fox"])
+    task = {"name": "t", "train": {"path": "train.json", "format": "coco"},
+            "test": {"path": "tset.json", "format": "coco"}}
+    config = load_run_config(_write(tmp_path, {**MINIMAL, "data_root": str(tmp_path), "tasks": [task]}))
+    with pytest.raises(ValueError, match=r"task t test: path 'tset.json' does not exist .*joined to data_root"):
+        load_protocol_data(config)
+    task = {"name": "t", "train": {"path": "train.json", "image_list": "list.txt"}, "test": "train.json"}
+    config = load_run_config(_write(tmp_path, {**MINIMAL, "data_root": str(tmp_path), "tasks": [task]}))
+    with pytest.raises(ValueError, match=r"task t train: image_list 'list.txt' does not exist"):
+        load_protocol_data(config)
+
+
+def test_a_test_box_outside_the_class_list_stops_the_protocol_at_load(tmp_path):
+    # it used to fail every run at its base evaluation, deep in the COCO writer
+    _coco_classes(tmp_path / "train.json", ["fox"])
+    data = json.loads((tmp_path / "train.json").read_text())
+    data["annotations"].append({**data["annotations"][0], "id": 2, "category_id": 7})
+    (tmp_path / "test.json").write_text(json.dumps(data))
+    task = {"name": "t", "train": "train.json", "test": "test.json"}
+    config = load_run_config(_write(tmp_path, {**MINIMAL, "data_root": str(tmp_path), "tasks": [task]}))
+    with pytest.raises(ValueError, match=r"task t test set: .*0.jpg has box label\(s\) \[-1\] outside the 1 classes"):
+        load_protocol_data(config)
+    config = {**MINIMAL, "data_root": str(tmp_path), "tasks": [{**task, "test": "train.json"}],
+              "retention": [{"name": "r", "data": "test.json"}]}
+    with pytest.raises(ValueError, match=r"retention set r: .*outside the 1 classes"):
+        load_protocol_data(load_run_config(_write(tmp_path, config)))
+
+
+def test_a_grounding_test_set_is_refused_not_scored_zero(tmp_path):
+    # no class list, so no prompts: every stage scored AP 0.0 without a word
+    _coco_classes(tmp_path / "train.json", ["fox"])
+    (tmp_path / "caption.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "0.jpg", "width": 40, "height": 40, "caption": "a fox."}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 20], "area": 400,
+                         "iscrowd": 0, "tokens_positive": [[2, 5]]}],
+        "categories": [{"id": 1, "name": "object"}]}))
+    task = {"name": "t", "train": "train.json", "test": {"path": "caption.json", "format": "grounding"}}
+    config = load_run_config(_write(tmp_path, {**MINIMAL, "data_root": str(tmp_path), "tasks": [task]}))
+    with pytest.raises(ValueError, match=r"task t test set: .*caption.json holds grounding records"):
+        load_protocol_data(config)
+
+
+def test_an_evaluation_set_with_missing_images_stops_the_protocol_at_load(tmp_path):
+    # an LVIS json under the wrong image_root failed every run at its first evaluation
+    _coco_classes(tmp_path / "train.json", ["fox"])
+    data = json.loads((tmp_path / "train.json").read_text())
+    data["images"][0]["file_name"] = "val2017/0.jpg"
+    (tmp_path / "val.json").write_text(json.dumps(data))
+    config = {**MINIMAL, "data_root": str(tmp_path), "tasks": [{"name": "t", "train": "train.json", "test": "train.json"}],
+              "retention": [{"name": "r", "data": {"path": "val.json", "image_root": "."}}]}
+    with pytest.raises(ValueError, match=r"retention set r: 1 of the 1 images of .*val.json do not exist, e.g. "
+                                         r".*val2017/0.jpg; point `image_root`"):
+        load_protocol_data(load_run_config(_write(tmp_path, config)))
 
 
 def test_exponent_numbers_are_numbers_and_typos_or_wrong_types_fail_at_load(tmp_path):
@@ -201,7 +321,34 @@ def test_the_cl_detect_script_prints_input_errors_as_one_message(tmp_path, monke
     monkeypatch.delenv("CL_DETECT_DEBUG", raising=False)
     assert console_main() == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: protocol 'p' method_options: unknown method 'lroa'") and "Traceback" not in err
+    assert err.startswith(f"error: {path}: protocol 'p' method_options: unknown method 'lroa'")
+    assert "Traceback" not in err
     monkeypatch.setenv("CL_DETECT_DEBUG", "1")
     with pytest.raises(ValueError, match="unknown method 'lroa'"):
         console_main()
+
+
+def _coco_split(path: Path, with_boxes: bool) -> None:
+    """A one-image COCO file with one 'fox' box, or with no annotation at all."""
+    cv2.imwrite(str(path.parent / "0.jpg"), np.full((40, 40, 3), 90, np.uint8))
+    annotations = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 20], "area": 400,
+                    "iscrowd": 0}] if with_boxes else []
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "0.jpg", "width": 40, "height": 40}],
+                                "annotations": annotations, "categories": [{"id": 1, "name": "fox"}]}))
+
+
+def test_an_evaluation_set_without_ground_truth_is_refused_not_scored_minus_one(tmp_path):
+    # pycocotools gives AP -1 on a set without ground truth; read as an AP it made R = -1 / -1 = 100%
+    _coco_split(tmp_path / "boxes.json", with_boxes=True)
+    _coco_split(tmp_path / "empty.json", with_boxes=False)
+    task = {"name": "t", "train": "boxes.json", "test": "boxes.json"}
+    config = {**MINIMAL, "data_root": str(tmp_path), "tasks": [task],
+              "retention": [{"name": "negatives", "data": "empty.json"}]}
+    with pytest.raises(ValueError, match="retention set negatives: .*empty.json has no ground-truth box"):
+        load_protocol_data(load_run_config(_write(tmp_path, config)))
+    config = {**MINIMAL, "data_root": str(tmp_path), "tasks": [{**task, "test": "empty.json"}]}
+    with pytest.raises(ValueError, match="task t test set: .*empty.json has no ground-truth box"):
+        load_protocol_data(load_run_config(_write(tmp_path, config)))
+    config = {**MINIMAL, "data_root": str(tmp_path), "tasks": [task],
+              "retention": [{"name": "r", "data": "boxes.json"}]}
+    assert len(load_protocol_data(load_run_config(_write(tmp_path, config))).retention[0].dataset) == 1

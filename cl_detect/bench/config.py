@@ -146,6 +146,8 @@ class EvalSettings:
 
     def __post_init__(self):
         check_image_size(self.image_size, "eval image_size")
+        if self.backend not in ("fast", "pycocotools"):
+            raise ValueError(f"eval backend must be 'fast' or 'pycocotools', got {self.backend!r}")
         if self.batch_size < 1:
             raise ValueError(f"eval batch_size must be >= 1, got {self.batch_size}")
 
@@ -195,6 +197,9 @@ class RunConfig:
     def __post_init__(self):
         if not self.tasks:
             raise ValueError(f"protocol {self.name!r} has no tasks")
+        if not isinstance(self.seeds, list) or not all(type(seed) is int for seed in self.seeds):
+            raise ValueError(f"protocol {self.name!r}: seeds must be a list of integers, e.g. [0, 1, 2], "
+                             f"got {self.seeds!r}")
         names = [t.name for t in self.tasks] + [r.name for r in self.retention]
         if len(set(names)) != len(names):
             raise ValueError(f"protocol {self.name!r}: task and retention set names must be unique, got {names}")
@@ -229,11 +234,8 @@ class RunConfig:
         """Build from a merged mapping; unknown keys are errors."""
         check_keys_and_types(cls, data, "protocol key(s)")
         data = dict(data)
-        data["tasks"] = [TaskSpec(name=t["name"], train=_data_spec(t["train"]), test=_data_spec(t["test"]),
-                                  prompts=t.get("prompts")) for t in data.get("tasks") or []]
-        data["retention"] = [RetentionSpec(name=r["name"], data=_data_specs(r["data"]),
-                                           protocol=r.get("protocol", "coco"), prompts=r.get("prompts"))
-                             for r in data.get("retention") or []]
+        data["tasks"] = [_task_spec(t) for t in data.get("tasks") or []]
+        data["retention"] = [_retention_spec(r) for r in data.get("retention") or []]
         data["base_model"] = BaseModelSpec(**data["base_model"])
         check_keys_and_types(EvalSettings, data.get("eval"), "eval setting(s)")
         data["eval"] = EvalSettings(**(data.get("eval") or {}))
@@ -241,11 +243,35 @@ class RunConfig:
 
 
 def _data_spec(value: dict | str) -> DataSpec:
-    return DataSpec(path=value) if isinstance(value, str) else DataSpec(**value)
+    if isinstance(value, str):
+        return DataSpec(path=value)
+    if not isinstance(value, dict) or "path" not in value:
+        raise ValueError(f"a dataset entry is a path or a mapping with a 'path', got {value!r}")
+    check_keys_and_types(DataSpec, value, f"dataset key(s) of {value['path']!r}:")
+    return DataSpec(**value)
+
+
+def _task_spec(value) -> TaskSpec:
+    missing = [key for key in ("name", "train", "test") if not isinstance(value, dict) or key not in value]
+    if missing:
+        raise ValueError(f"task {value!r} lacks {', '.join(missing)}: each task is {{name, train, test, prompts}}")
+    check_keys_and_types(TaskSpec, value, f"key(s) of task {value['name']!r}:")
+    return TaskSpec(name=value["name"], train=_data_spec(value["train"]), test=_data_spec(value["test"]),
+                    prompts=value.get("prompts"))
 
 
 def _data_specs(value) -> list[DataSpec]:
     return [_data_spec(v) for v in value] if isinstance(value, list) else [_data_spec(value)]
+
+
+def _retention_spec(value) -> RetentionSpec:
+    missing = [key for key in ("name", "data") if not isinstance(value, dict) or key not in value]
+    if missing:
+        raise ValueError(f"retention set {value!r} lacks {', '.join(missing)}: each retention set is "
+                         f"{{name, data, protocol, prompts}}")
+    check_keys_and_types(RetentionSpec, value, f"key(s) of retention set {value['name']!r}:")
+    return RetentionSpec(name=value["name"], data=_data_specs(value["data"]), protocol=value.get("protocol", "coco"),
+                         prompts=value.get("prompts"))
 
 
 def merge_shallow(defaults: dict, experiment: dict) -> dict:
@@ -281,7 +307,7 @@ def load_run_config(path: str | Path, defaults_path: str | Path | None = DEFAULT
     environment["data_root"] = str(expand_variables(merged.get("data_root", "."), environment))
     try:
         return RunConfig.from_dict(expand_variables(merged, environment))
-    except (TypeError, KeyError) as err:
+    except (TypeError, KeyError, ValueError) as err:
         raise ValueError(f"{path}: {err}") from None
 
 

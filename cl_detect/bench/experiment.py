@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import multiprocessing
 import os
 import signal
@@ -25,8 +26,10 @@ import torch
 from cl_detect.bench.config import RunConfig, save_resolved
 from cl_detect.bench.prepare import prepare_protocol
 from cl_detect.bench.protocol import load_protocol_data
-from cl_detect.bench.runner import BaseModel, run_one
+from cl_detect.bench.results import error_message
+from cl_detect.bench.runner import BaseModel, result_path, run_one
 from cl_detect.methods import list_methods
+from cl_detect.methods.registry import method_classes
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -60,9 +63,9 @@ def with_overrides(config: RunConfig, image_size: int | None = None, max_train_i
     if image_size is not None:
         train["image_size"] = image_size
         evaluation = dataclasses.replace(evaluation, image_size=image_size)
-        for values in options.values():
-            if "image_size" in values:  # methods that run the detector themselves (ewc's Fisher pass)
-                values["image_size"] = image_size
+        for name in list_methods():  # methods that run the detector themselves (ewc's Fisher pass)
+            if any(f.name == "image_size" for f in dataclasses.fields(method_classes(name)[0])):
+                options.setdefault(name, {})["image_size"] = image_size
     if device is not None:
         train["device"] = device
     if max_train_images is not None:
@@ -141,5 +144,9 @@ def _run_pair(config: RunConfig, names: list[str], seed: int, out: str | Path, o
     data, base = _LOADED[key]
     label = config.run_label(names)
     status = run_one(config, data, names, seed, out, base, **options)
-    log(f"== {config.name} | {label} | seed {seed}: {status}")
+    shown = status
+    if status == "failed":  # the reason, so the user need not open the JSON to learn it
+        path = result_path(out, config.name, label, seed)
+        shown += f": {error_message(json.loads(path.read_text()).get('error'))} (traceback in {path})"
+    log(f"== {config.name} | {label} | seed {seed}: {shown}")
     return {"method": label, "seed": seed, "status": status}

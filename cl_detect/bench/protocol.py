@@ -72,14 +72,21 @@ def subset(dataset: DetectionDataset, max_images: int | None) -> DetectionDatase
     return dataclasses.replace(dataset, records=[dataset.records[i] for i in keep])
 
 
-def read_spec(config: RunConfig, spec: DataSpec, max_images: int | None = None) -> DetectionDataset:
+def read_spec(config: RunConfig, spec: DataSpec, max_images: int | None = None, where: str = "") -> DetectionDataset:
     """Read one `DataSpec` (image list and size limits applied).
 
     Args:
         config: gives `data_root` for relative paths.
         spec: what to read.
         max_images: a further cap (the smaller of it and `spec.max_images` applies).
+        where: names the entry in errors (e.g. "task aquarium train").
     """
+    for key in ("path", "image_list", "image_root"):  # readers given a format open the file as is: name the entry
+        value = getattr(spec, key)
+        if value and not config.resolve_path(value).exists():
+            raise ValueError(f"{where or 'dataset'}: {key} {value!r} does not exist ({config.resolve_path(value)}; "
+                             f"relative paths are joined to data_root {config.data_root!r}); fix the path in the "
+                             f"protocol file")
     path = config.resolve_path(spec.path)
     options = {"image_root": str(config.resolve_path(spec.image_root))} if spec.image_root else {}
     if spec.class_names is not None:
@@ -100,11 +107,30 @@ def with_prompts(dataset: DetectionDataset, prompts: list[str] | None, where: st
     if prompts is None:
         return dataset
     if len(prompts) != len(dataset.vocabulary):
-        raise ValueError(f"{where}: {len(prompts)} prompts for {len(dataset.vocabulary)} classes "
-                         f"{list(dataset.vocabulary.names)}")
+        raise ValueError(f"{where}: {len(prompts)} prompts for the {len(dataset.vocabulary)} classes of "
+                         f"{dataset.source} {list(dataset.vocabulary.names)}; give one prompt per class, in this order")
     vocabulary = Vocabulary(tuple(prompts), category_ids=dataset.vocabulary.category_ids,
                             frequency=dataset.vocabulary.frequency)
     return dataclasses.replace(dataset, vocabulary=vocabulary)
+
+
+def prompts_by_name(prompts: list[str] | None, train_names: tuple[str, ...], test_names: tuple[str, ...],
+                    where: str) -> list[str] | None:
+    """A task's prompts for its test set, matched by class name to the training set's classes.
+
+    The prompts follow the training set's class order; a test file may list the same classes in
+    another order (a COCO json written by another tool) or fewer of them (a VOC split lacking one),
+    and a positional match would score each class under another class's prompt.
+    """
+    if prompts is None or len(prompts) != len(train_names):
+        return prompts  # `with_prompts` reports a count that does not fit the training set
+    by_name = dict(zip(train_names, prompts))
+    unknown = [name for name in test_names if name not in by_name]
+    if unknown:
+        raise ValueError(f"{where}: test class(es) {unknown} are not among the training classes "
+                         f"{list(train_names)}; prompts are given to the test set's classes by name, so "
+                         f"name the classes alike in both splits (or leave out `prompts`)")
+    return [by_name[name] for name in test_names]
 
 
 THUMBNAIL = 32  # px: two copies of one photo (one stored resized or re-encoded) agree at this size
@@ -112,19 +138,27 @@ SAME_PICTURE_LEVELS = 6.0  # mean absolute grey-level difference (0-255) below w
 
 
 def same_picture(path_a: str, path_b: str) -> bool:
-    """Whether two image files show the same picture: equal bytes, or within `SAME_PICTURE_LEVELS`
-    of each other as `THUMBNAIL`-pixel grey thumbnails (COCO's 427x640 original and coco128's
-    278x416 copy of it differ by 0.2 levels; two different photos by tens)."""
+    """Whether two image files show the same picture: equal bytes, or the same aspect ratio (up to
+    resize rounding) and within `SAME_PICTURE_LEVELS` of each other as `THUMBNAIL`-pixel grey
+    thumbnails (COCO's 427x640 original and coco128's 278x416 copy of it differ by 0.2 levels;
+    two different photos by tens)."""
     import cv2
     import numpy as np
     if Path(path_a).read_bytes() == Path(path_b).read_bytes():
         return True
-    thumbnails = []
+    images = []
     for path in (path_a, path_b):
         image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise ValueError(f"{path}: cannot read the image to compare it with its namesake {path_a!r}")
-        thumbnails.append(cv2.resize(image, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA).astype(np.float32))
+        images.append(image)
+    (height_a, width_a), (height_b, width_b) = images[0].shape, images[1].shape
+    # a resized copy keeps the aspect ratio up to rounding (|w_a h_b - w_b h_a| <= (w + h) / 2 of the
+    # larger); the square thumbnails alone take a landscape and a portrait photo of similar colours for one
+    if abs(width_a * height_b - width_b * height_a) > max(width_a + height_a, width_b + height_b):
+        return False
+    thumbnails = [cv2.resize(image, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA).astype(np.float32)
+                  for image in images]
     return float(np.abs(thumbnails[0] - thumbnails[1]).mean()) < SAME_PICTURE_LEVELS
 
 
@@ -159,6 +193,50 @@ def merge_by_name(datasets: list[DetectionDataset], where: str) -> DetectionData
     return DetectionDataset(records, vocabulary, source=where, image_root=first.image_root)
 
 
+def check_scoreable(dataset: DetectionDataset, where: str) -> DetectionDataset:
+    """Refuse an evaluation set without ground truth: COCO and LVIS AP is then -1 ("undefined"),
+    which the matrices would read as an AP (R = -1 / -1 = 100%)."""
+    if not any((record.labels >= 0).any() for record in dataset.records):
+        raise ValueError(f"{where}: {dataset.source} has no ground-truth box in its {len(dataset)} image(s), so "
+                         f"its AP is undefined (pycocotools reports -1); point it at an annotated split (check "
+                         f"image_list / max_images) or leave the set out of the protocol")
+    return dataset
+
+
+def check_labels(dataset: DetectionDataset, where: str) -> DetectionDataset:
+    """Refuse an evaluation set with a box outside its class list (a YOLO class index >= the number of
+    names, a COCO category id missing from `categories`): scoring it fails in every run, after the
+    base model has been built and other sets evaluated, so say it while the protocol is read.
+    Grounding records (no class list) are refused too: they were scored AP 0 with no prompts."""
+    if any(record.is_grounding for record in dataset.records):  # no class list: every set scored AP 0
+        raise ValueError(f"{where}: {dataset.source} holds grounding records (a caption and its phrases, no class "
+                         f"list), which COCO / LVIS AP cannot score; evaluate on detection data (a COCO, LVIS, YOLO "
+                         f"or VOC set, or ODVG `detection` instances)")
+    size = len(dataset.vocabulary)
+    for record in dataset.records:
+        outside = sorted({int(label) for label in record.labels if not 0 <= label < size})
+        if outside:
+            raise ValueError(f"{where}: {record.image_path} has box label(s) {outside} outside the {size} classes of "
+                             f"{dataset.source} (-1: a category id the file does not list); fix the labels or the "
+                             f"class list (`cl-detect data check {dataset.source}` lists every such box)")
+    return dataset
+
+
+def check_images_exist(dataset: DetectionDataset, where: str) -> DetectionDataset:
+    """Refuse an evaluation set whose image files are missing (an LVIS json under the wrong
+    `image_root`): every run would fail at its first evaluation, naming one file and no setting."""
+    missing = [record.image_path for record in dataset.records if not Path(record.image_path).is_file()]
+    if missing:
+        raise ValueError(f"{where}: {len(missing)} of the {len(dataset)} images of {dataset.source} do not exist, "
+                         f"e.g. {missing[0]}; point `image_root` at the folder the file names are relative to")
+    return dataset
+
+
+def checked_evaluation_set(dataset: DetectionDataset, where: str) -> DetectionDataset:
+    """A test or retention set that can be scored in every run (see the checks above)."""
+    return check_images_exist(check_labels(check_scoreable(dataset, where), where), where)
+
+
 def load_protocol_data(config: RunConfig, max_train_images: int | None = None) -> ProtocolData:
     """Read every dataset a protocol names.
 
@@ -171,14 +249,18 @@ def load_protocol_data(config: RunConfig, max_train_images: int | None = None) -
     """
     tasks = []
     for task in config.tasks:
-        train = checked_dataset(read_spec(config, task.train, max_train_images), config.allow_data_errors,
-                                f"task {task.name}")
+        train = read_spec(config, task.train, max_train_images, f"task {task.name} train")
+        train = checked_dataset(train, config.allow_data_errors, f"task {task.name}")
+        test = checked_evaluation_set(read_spec(config, task.test, where=f"task {task.name} test"),
+                                      f"task {task.name} test set")
+        prompts = prompts_by_name(task.prompts, train.vocabulary.names, test.vocabulary.names, task.name)
         tasks.append(TaskData(task.name, with_prompts(train, task.prompts, task.name),
-                              with_prompts(read_spec(config, task.test), task.prompts, task.name)))
+                              with_prompts(test, prompts, task.name)))
     retention = []
     for spec in config.retention:
-        parts = [read_spec(config, data) for data in spec.data]
+        parts = [read_spec(config, data, where=f"retention set {spec.name}") for data in spec.data]
         dataset = parts[0] if len(parts) == 1 else merge_by_name(parts, f"retention set {spec.name}")
+        checked_evaluation_set(dataset, f"retention set {spec.name}")
         if spec.prompts is not None and len(spec.prompts) != len(dataset.vocabulary):
             raise ValueError(f"retention set {spec.name}: {len(spec.prompts)} prompts for "
                              f"{len(dataset.vocabulary)} classes")

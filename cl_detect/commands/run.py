@@ -50,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
     outcomes = run_experiment(config, args.methods, args.seeds, args.out, force=args.force,
                               keep_checkpoints=args.keep_checkpoints, jobs=args.jobs)
     counts = {s: sum(o["status"] == s for o in outcomes) for s in ("finished", "skipped", "failed", "interrupted")}
-    print(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"; results in {args.out}/{config.name}/")
+    print(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"; results in {Path(args.out) / config.name}/")
     return 1 if counts["failed"] else 0

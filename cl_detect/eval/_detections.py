@@ -58,7 +58,7 @@ def _empty() -> DetectionColumns:
 
 
 def _is_box(bbox) -> bool:
-    """True for 4 numbers (NaN and inf included: the evaluators' own rules decide on those)."""
+    """True for 4 numbers (NaN and inf are refused later by `check_ids`, with a count)."""
     try:
         values = np.asarray(bbox)
     except ValueError:  # ragged nesting
@@ -180,3 +180,10 @@ def check_ids(columns: DetectionColumns, image_ids: Iterable[int], category_ids:
             "them yourself")
     if len(columns) and not np.all(np.isfinite(columns.scores)):
         raise ValueError("detections contain non-finite scores (NaN or inf); the ranking would be undefined")
+    bad_boxes = ~np.all(np.isfinite(columns.boxes), axis=1)
+    if bad_boxes.any():
+        first = int(np.flatnonzero(bad_boxes)[0])
+        raise ValueError(
+            f"detections contain {int(bad_boxes.sum())} box(es) with non-finite coordinates (NaN or inf; first: "
+            f"detection {first}, image_id {int(columns.image_ids[first])}); pycocotools would match a NaN box to "
+            "ground truth and count it correct, so drop such detections (a diverged model) before scoring")

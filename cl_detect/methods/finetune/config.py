@@ -47,3 +47,9 @@ class FinetuneConfig:
             raise ValueError("lr_multipliers must be >= 0")
         if "text" in self.unfreeze_epochs and not self.train_text_encoder:
             raise ValueError("unfreeze_epochs has 'text' but train_text_encoder is False")
+        trained = {part for part in ("backbone", "neck", "head")
+                   if any(f"detector.{part}.".startswith(prefix) for prefix in PART_PREFIXES[self.parts])}
+        never = sorted(set(self.unfreeze_epochs) - trained - {"text"})
+        if never:
+            raise ValueError(f"unfreeze_epochs has {never}, which parts={self.parts!r} never trains; "
+                             f"drop them or choose parts that include them")

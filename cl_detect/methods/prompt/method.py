@@ -74,6 +74,10 @@ class PromptMethod(Method):
     @torch.no_grad()
     def before_task(self, model: ContinualModel, task: TaskContext) -> None:
         vocabulary = list(task.vocabulary)
+        if not vocabulary:  # grounding data: each image brings its own phrases
+            raise ValueError(f"prompt: task {task.name!r} has no class list (grounding data: a caption and its "
+                             f"phrases per image), so there are no class embeddings to tune; give this task "
+                             f"detection data or use another method")
         if len(set(vocabulary)) != len(vocabulary):
             raise ValueError(f"prompt: the task vocabulary repeats names: {vocabulary}")
         learned = self._learned_rows()

@@ -126,6 +126,10 @@ class SpecialistMethod(Method):
 
     def before_task(self, model: ContinualModel, task: TaskContext) -> None:
         """Install the closed-set scores (first task) and add a fresh classifier for this vocabulary."""
+        if not task.vocabulary:  # grounding data: each image brings its own phrases
+            raise ValueError(f"specialist: task {task.name!r} has no class list (grounding data: a caption and "
+                             f"its phrases per image), so there is no closed set to classify; give this task "
+                             f"detection data or use an open-vocabulary method")
         head = model.detector.head
         with torch.no_grad():
             name_embeddings = model.text_encoder(list(task.vocabulary))
