@@ -59,7 +59,8 @@ def test_pretrain_writes_a_loadable_checkpoint_with_meta_and_metrics(pretrained)
 
 def test_finetune_starts_from_the_checkpoint_and_trains_only_the_chosen_parts(pretrained, tmp_path, capsys):
     world, root = pretrained
-    config = _config(world, tmp_path, text_encoder=None, init_checkpoint=str(root / "model.pt"),
+    # no detector named: the checkpoint's own architecture (yolo_world_v2_t), not the default S
+    config = _config(world, tmp_path, detector=None, text_encoder=None, init_checkpoint=str(root / "model.pt"),
                      methods={"finetune": {"parts": "head"}}, test_sets=[])
     path = tmp_path / "finetune.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -92,6 +93,8 @@ def test_finetune_with_lora_writes_the_merged_detector(pretrained, tmp_path):
 
 def test_finetune_needs_a_checkpoint_and_one_dataset(tmp_path):
     world = tiny_world(tmp_path)
+    with pytest.raises(ValueError, match=r"detector_kwargs \{'use_bn_head': False\} need a detector name"):
+        load_config(_config(world, tmp_path, detector=None, detector_kwargs={"use_bn_head": False}))
     with pytest.raises(ValueError, match="needs init_checkpoint"):
         finetune(_config(world, tmp_path))
     two = [{"path": str(world / "base" / "train.json")}] * 2

@@ -1,6 +1,6 @@
 """The YAML config of `cl-detect pretrain` / `cl-detect finetune` (`PretrainConfig`).
 
-    detector: yolo_world_v2_t          # create_detector name
+    detector: yolo_world_v2_t          # create_detector name (default: init_checkpoint's architecture)
     detector_kwargs: {}                # e.g. {backbone: "timm:resnet18"}; text_dim defaults to the encoder's
     text_encoder: minilm               # create_text_encoder spec (finetune: defaults to the checkpoint's)
     init_checkpoint: null              # loaded through transfer_weights (report printed)
@@ -56,6 +56,9 @@ class DatasetSpec:
             self.name = Path(self.path).stem
 
 
+DEFAULT_DETECTOR = "yolo_world_v2_s"
+
+
 @dataclass
 class PretrainConfig:
     """Everything `pretrain()` needs; see the module docstring for the YAML form.
@@ -64,8 +67,10 @@ class PretrainConfig:
         datasets: training datasets (each with its own vocabulary).
         output: the model checkpoint to write.
         out_dir: logs, the trainer checkpoint and metrics.json.
-        detector: `create_detector` name.
-        detector_kwargs: its keyword arguments (text_dim defaults to the text encoder's width).
+        detector: `create_detector` name; None: the init checkpoint's own architecture, or
+            `DEFAULT_DETECTOR` without a checkpoint.
+        detector_kwargs: its keyword arguments (text_dim defaults to the text encoder's width);
+            they need `detector`.
         text_encoder: `create_text_encoder` spec; None takes the init checkpoint's.
         init_checkpoint: cl_detect or official checkpoint to start from.
         synthetic_world: `write_synthetic_world` keyword arguments plus `path`; written when missing.
@@ -79,7 +84,7 @@ class PretrainConfig:
     datasets: list[DatasetSpec]
     output: str
     out_dir: str
-    detector: str = "yolo_world_v2_s"
+    detector: str | None = None
     detector_kwargs: dict = field(default_factory=dict)
     text_encoder: str | None = None
     init_checkpoint: str | None = None
@@ -95,6 +100,9 @@ class PretrainConfig:
             raise ValueError("datasets is empty: list at least one training dataset")
         if self.eval_image_size is not None:
             check_image_size(self.eval_image_size, "eval_image_size")
+        if self.detector_kwargs and self.detector is None:
+            raise ValueError(f"detector_kwargs {self.detector_kwargs} need a detector name: without one the "
+                             f"architecture is the init checkpoint's own ({DEFAULT_DETECTOR} without one)")
         for name in self.methods:
             kept_apart = method_classes(name)[1].kept_outside_detector
             if kept_apart:

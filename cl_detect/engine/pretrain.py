@@ -22,6 +22,7 @@ negatives from their own caption's phrases, as in the official GoldG pipeline.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -34,11 +35,12 @@ import torch
 from cl_detect._yaml import load_yaml
 from cl_detect.data.merge import merge_datasets
 from cl_detect.data.records import DetectionDataset
-from cl_detect.engine._pretrain_config import DatasetSpec, PretrainConfig
+from cl_detect.engine._pretrain_config import DEFAULT_DETECTOR, DatasetSpec, PretrainConfig
 from cl_detect.engine.config import TrainConfig
 from cl_detect.engine.distributed import evaluate_distributed, init_distributed, is_distributed, is_main_process
 from cl_detect.engine.task_data import augment_config
 from cl_detect.engine.train import train_one_task
+from cl_detect.models._checkpoint_io import atomic_write_text
 from cl_detect.engine.transfer import transfer_weights
 from cl_detect.methods import ContinualModel, TaskContext, create_method
 
@@ -85,9 +87,10 @@ def training_set(datasets: list[DetectionDataset], negatives: str, config: Train
 
 def build_model(config: PretrainConfig):
     """(ContinualModel, text encoder spec, transfer report summary or None)."""
-    from cl_detect.models.checkpoint import FORMAT, read_model_file
+    from cl_detect.models.checkpoint import FORMAT, read_model_file, stored_detector_config
     from cl_detect.models.registry import create_detector
     from cl_detect.models.text_encoders import create_text_encoder
+    from cl_detect.models.yolo_world import YOLOWorldDetector
 
     init = read_model_file(config.init_checkpoint) if config.init_checkpoint else None
     spec = config.text_encoder or (init or {}).get("text_encoder_spec")
@@ -95,16 +98,19 @@ def build_model(config: PretrainConfig):
         raise ValueError("text_encoder is required (it can come from a cl_detect init_checkpoint)")
     torch.manual_seed(config.train.seed)
     text_encoder = create_text_encoder(spec)
-    kwargs = {"text_dim": text_encoder.dim, **config.detector_kwargs}
-    detector = create_detector(config.detector, **kwargs)
-    summary = None
-    if init is not None:
-        if isinstance(init, dict) and init.get("format") == FORMAT:
-            state = init["detector"]
-        else:
-            from cl_detect.models.official import load_official_checkpoint
-            state = load_official_checkpoint(init, device="cpu")[0].state_dict()
-        summary = transfer_weights(detector, state).summary()
+    state, architecture = None, None
+    if isinstance(init, dict) and init.get("format") == FORMAT:
+        state, architecture = init["detector"], stored_detector_config(init)
+    elif init is not None:
+        from cl_detect.models.official import load_official_checkpoint
+        official = load_official_checkpoint(init, device="cpu")[0]
+        state, architecture = official.state_dict(), official.config
+    if config.detector is None and architecture is not None:  # the checkpoint's own architecture
+        detector = YOLOWorldDetector(dataclasses.replace(architecture, text_dim=text_encoder.dim))
+    else:
+        kwargs = {"text_dim": text_encoder.dim, **config.detector_kwargs}
+        detector = create_detector(config.detector or DEFAULT_DETECTOR, **kwargs)
+    summary = None if state is None else transfer_weights(detector, state).summary()
     methods = [create_method(name, options) for name, options in config.methods.items()]
     return ContinualModel(detector, text_encoder, methods), spec, summary
 
@@ -172,7 +178,7 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
         text_state = model.text_encoder.state_dict() if trained_text else None
         save_model(output, model.detector, spec, meta=meta, text_encoder_state=text_state)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        atomic_write_text(out_dir / "metrics.json", json.dumps(meta, indent=2, default=str) + "\n")
         print(f"wrote {output} and {out_dir / 'metrics.json'} ({meta['wall_time_s']:.0f} s)")
     return output
 

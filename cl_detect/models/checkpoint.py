@@ -42,6 +42,11 @@ def read_model_file(path: str | Path) -> dict:
     return read_checkpoint(path)
 
 
+def stored_detector_config(data: dict) -> DetectorConfig:
+    """The architecture a cl_detect checkpoint dict (`read_model_file`) stores."""
+    return DetectorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["detector_config"].items()})
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", text_encoder_spec: str | None = None):
     """Rebuild (detector, text_encoder) from a cl_detect or official checkpoint.
 
@@ -59,8 +64,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", text_encode
             text_encoder = create_text_encoder(text_encoder_spec).to(device)
         return detector, text_encoder
     from cl_detect.models.text_encoders import create_text_encoder
-    config = DetectorConfig(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in data["detector_config"].items()})
+    config = stored_detector_config(data)
     detector = YOLOWorldDetector(config)
     detector.load_state_dict(data["detector"])
     text_encoder = create_text_encoder(text_encoder_spec or data["text_encoder_spec"])
