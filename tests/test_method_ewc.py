@@ -106,6 +106,21 @@ def test_missing_task_data_and_bad_config_are_rejected():
         create_method("ewc", {"image_size": 50})
 
 
+def test_fisher_images_default_to_the_training_size(task_data, monkeypatch):
+    import cl_detect.methods.ewc.method as ewc_method
+
+    sizes = []
+    estimate = ewc_method.estimate_fisher
+    monkeypatch.setattr(ewc_method, "estimate_fisher", lambda *args: sizes.append(args[4]) or estimate(*args))
+    model = tiny_continual([("finetune", {"parts": "head"}), ("ewc", {"fisher_batches": 1})])
+    with pytest.raises(ValueError, match="ewc: set its image_size, or pass the training size"):
+        model.hook("after_task", TaskContext(0, "t0", task_data.vocabulary.names, train_dataset=task_data))
+    model.hook("after_task", TaskContext(0, "t0", task_data.vocabulary.names, train_dataset=task_data, image_size=96))
+    _ewc_model().hook("after_task", TaskContext(0, "t0", task_data.vocabulary.names, train_dataset=task_data,
+                                                image_size=96))  # an explicit image_size wins
+    assert sizes == [96, 64]
+
+
 @pytest.mark.parametrize("trainer", ["finetune", "lora"])
 def test_composes_with_trainers_and_other_regularisers(trainer, task_data):
     if trainer not in list_methods():

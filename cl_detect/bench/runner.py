@@ -152,7 +152,7 @@ def continual_run(config: RunConfig, data: ProtocolData, method_names: list[str]
         task = tasks[index]
         task_dir = work / f"task{index + 1}_{task.name}"
         context = TaskContext(index=index, name=task.name, vocabulary=tuple(task.train.vocabulary.names),
-                              train_dataset=task.train, out_dir=task_dir,
+                              train_dataset=task.train, out_dir=task_dir, image_size=train_config.image_size,
                               extras={"general_vocabulary": data.general_vocabulary(), "evaluate_fn": evaluate_fn})
         model.hook("before_task", context)
         trainable, total = model.parameter_counts()

@@ -160,7 +160,8 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
           f"{sum(len(d) for d in datasets)} training images")
     dataset, sampler = training_set(datasets, config.negatives, config.train)
     out_dir = Path(config.out_dir)
-    task = TaskContext(0, command, tuple(n for d in datasets for n in d.vocabulary.names), datasets[0], out_dir)
+    task = TaskContext(0, command, tuple(n for d in datasets for n in d.vocabulary.names), datasets[0], out_dir,
+                       image_size=config.train.image_size)
     model.hook("before_task", task)
     result = train_one_task(model, dataset, config.train, out_dir, sampler=sampler, resume=resume)
     model.hook("after_task", task)

@@ -43,6 +43,8 @@ class TaskContext:
         train_dataset: the task's `DetectionDataset` (records + vocabulary).
         out_dir: folder for anything the method writes (adapters, embeddings, sweeps).
         extras: protocol-level information (e.g. general vocabulary for distillation).
+        image_size: the training input size (methods that run the detector on the task's
+            images themselves, like ewc's Fisher pass, default to it).
     """
 
     index: int
@@ -51,6 +53,7 @@ class TaskContext:
     train_dataset: Any = None
     out_dir: Any = None
     extras: dict = field(default_factory=dict)
+    image_size: int | None = None
 
 
 class Method(nn.Module):

@@ -17,7 +17,8 @@ class EwcConfig:
         batch_size: images per Fisher batch (1 = per-image squared gradients, the
             closest to the true empirical Fisher; larger is faster but averages
             gradients inside a batch before squaring).
-        image_size: letterbox size of the Fisher images (use the training size).
+        image_size: letterbox size of the Fisher images; None (default): the task's training
+            size (`TaskContext.image_size`).
         decay: online-EWC decay of earlier tasks' Fisher: F = decay * F_old + F_task
             (1 = plain sum over tasks).
         seed: picks which training images are used for the Fisher.
@@ -26,7 +27,7 @@ class EwcConfig:
     strength: float = 1000.0
     fisher_batches: int = 16
     batch_size: int = 1
-    image_size: int = 640
+    image_size: int | None = None
     decay: float = 1.0
     seed: int = 0
 
@@ -36,6 +37,7 @@ class EwcConfig:
         if self.fisher_batches < 1 or self.batch_size < 1:
             raise ValueError(f"fisher_batches and batch_size must be >= 1, got "
                              f"{self.fisher_batches} and {self.batch_size}")
-        check_image_size(self.image_size)
+        if self.image_size is not None:
+            check_image_size(self.image_size)
         if not 0 <= self.decay <= 1:
             raise ValueError(f"decay must be in [0, 1], got {self.decay}")

@@ -46,8 +46,12 @@ class EwcMethod(Method):
             raise ValueError(f"ewc needs the task's training data to estimate the Fisher; task {task.name!r} "
                              f"has no train_dataset")
         config = self.config
+        image_size = config.image_size or task.image_size
+        if image_size is None:
+            raise ValueError(f"ewc: set its image_size, or pass the training size as TaskContext.image_size "
+                             f"(task {task.name!r})")
         task_fisher = estimate_fisher(model, task.train_dataset, config.fisher_batches, config.batch_size,
-                                      config.image_size, config.seed + task.index)
+                                      image_size, config.seed + task.index)
         self.consolidate(model, task_fisher)
 
     def consolidate(self, model: ContinualModel, task_fisher: State) -> None:
