@@ -59,13 +59,15 @@ def check_image_size(size, name: str = "image_size") -> None:
                      f"got {size!r}{hint}")
 
 
-def check_names(names, where: str, what: str = "prompts") -> None:
+def check_names(names, where: str, what: str = "prompts", allow_repeats: bool = False) -> None:
     """Raise ValueError unless `names` is None or a list of distinct, non-empty strings, one per class.
 
     A protocol's prompts replace the class names in training and evaluation, so a comma
     string (read letter by letter), a YAML boolean (`yes` -> True), a list of synonyms, an empty
     or a repeated prompt (one text as positive and negative at once) would all train on
     something else than the user meant. `what` names the setting in the message.
+    `allow_repeats`: sets that are only evaluated may repeat a prompt (YOLO-World's LVIS
+    prompts name two LVIS classes "bow"), since each class is still scored as itself.
     """
     if names is None:
         return
@@ -83,7 +85,11 @@ def check_names(names, where: str, what: str = "prompts") -> None:
     from cl_detect.data.doctor import check_vocabulary
     from cl_detect.data.records import Vocabulary
     problems = []
-    check_vocabulary(Vocabulary(tuple(names)), f"{where} {what}",
-                     lambda severity, code, message, fix="": problems.append(f"{message} ({fix})"))
+
+    def add(severity, code, message, fix=""):
+        if not (allow_repeats and code == "duplicate_class_name"):
+            problems.append(f"{message} ({fix})")
+
+    check_vocabulary(Vocabulary(tuple(names)), f"{where} {what}", add)
     if problems:
         raise ValueError("; ".join(problems))

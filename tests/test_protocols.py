@@ -50,6 +50,7 @@ def test_shipped_protocols_resolve(monkeypatch):
     assert (pistols.train.path, pistols.test.path) == ("pistols/export/train_annotations_without_background.json",
                                                        "pistols/export/val_annotations_without_background.json")
     assert next(t for t in ivlod.tasks if t.name == "EgoHands").test.path.startswith("EgoHands/generic/mini_val/")
+    assert ivlod.retention[1].prompts == "/data/lvis_root/lvis_v1_class_texts.json"  # YOLO-World's LVIS prompts
 
 
 def _write(tmp_path: Path, config: dict) -> Path:
@@ -181,6 +182,8 @@ def test_task_and_retention_prompts_must_be_distinct_strings(tmp_path, prompts, 
     task = {**MINIMAL["tasks"][0], "prompts": prompts}
     with pytest.raises(ValueError, match=r"task 't'.*" + message):
         load_run_config(_write(tmp_path, {**MINIMAL, "tasks": [task]}))
+    if isinstance(prompts, str) or prompts == ["box", "Box"]:
+        return  # a retention set may name a prompt file and repeat a prompt (see the class-texts test)
     retention = [{"name": "r", "data": "c.json", "prompts": prompts}]
     with pytest.raises(ValueError, match=r"retention set 'r'.*" + message):
         load_run_config(_write(tmp_path, {**MINIMAL, "retention": retention}))
@@ -352,3 +355,35 @@ def test_an_evaluation_set_without_ground_truth_is_refused_not_scored_minus_one(
     config = {**MINIMAL, "data_root": str(tmp_path), "tasks": [task],
               "retention": [{"name": "r", "data": "boxes.json"}]}
     assert len(load_protocol_data(load_run_config(_write(tmp_path, config))).retention[0].dataset) == 1
+
+
+def test_a_retention_set_takes_its_prompts_from_a_class_texts_file(tmp_path):
+    # YOLO-World evaluates LVIS with the first text of each class in lvis_v1_class_texts.json,
+    # where two classes may share a prompt ("bow" the weapon and "bow" the ribbon)
+    cv2.imwrite(str(tmp_path / "0.jpg"), np.full((40, 40, 3), 90, np.uint8))
+    categories = [{"id": 1, "name": "bow_(weapon)"}, {"id": 2, "name": "bow_(decorative_ribbons)"}]
+    annotations = [{"id": i, "image_id": 1, "category_id": i, "bbox": [5, 5, 20, 20], "area": 400, "iscrowd": 0}
+                   for i in (1, 2)]
+    (tmp_path / "ret.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "0.jpg", "width": 40,
+                                                               "height": 40}],
+                                                   "annotations": annotations, "categories": categories}))
+    _coco_split(tmp_path / "task.json", with_boxes=True)
+    (tmp_path / "texts.json").write_text(json.dumps([["bow", "bow weapon"], ["bow", "bow decorative ribbons"]]))
+    (tmp_path / "texts.txt").write_text("bow\nribbon\n")
+
+    def protocol(prompts):
+        retention = [{"name": "lvis", "data": "ret.json", "prompts": prompts}]
+        task = {"name": "t", "train": "task.json", "test": "task.json"}
+        return load_run_config(_write(tmp_path, {**MINIMAL, "data_root": str(tmp_path), "tasks": [task],
+                                                 "retention": retention}))
+
+    assert load_protocol_data(protocol("texts.json")).retention[0].prompts == ["bow", "bow"]
+    assert load_protocol_data(protocol(str(tmp_path / "texts.txt"))).retention[0].prompts == ["bow", "ribbon"]
+    assert load_protocol_data(protocol(["bow", "bow"])).retention[0].prompts == ["bow", "bow"]  # not trained
+    with pytest.raises(ValueError, match="prompts file 'missing.json' does not exist"):
+        load_protocol_data(protocol("missing.json"))
+    with pytest.raises(ValueError, match="prompts is the string 'bow, ribbon'; give a list.*or a prompt file"):
+        protocol("bow, ribbon")
+    (tmp_path / "texts.txt").write_text("bow\n")
+    with pytest.raises(ValueError, match=r"1 prompts for the 2 classes of .*ret\.json"):
+        load_protocol_data(protocol("texts.txt"))

@@ -86,16 +86,23 @@ class RetentionSpec:
         data: one or more datasets with the same class names; several are merged
             (duplicate images dropped), which `lvis` protocols do not allow.
         protocol: "coco", "lvis" (300 dets/img) or "lvis-fixed" (Fixed AP).
-        prompts: one text per class (default: the class names).
+        prompts: one text per class (default: the class names), or a prompt file (.json or
+            .txt, joined to data_root unless absolute) read as `data check --texts` reads it,
+            taking the first text of each class: YOLO-World's `lvis_v1_class_texts.json` gives
+            the prompts it evaluates LVIS with. Prompts may repeat here (they are not trained).
     """
 
     name: str
     data: list[DataSpec]
     protocol: str = "coco"
-    prompts: list[str] | None = None
+    prompts: list[str] | str | None = None
 
     def __post_init__(self):
-        check_names(self.prompts, f"retention set {self.name!r}")
+        if isinstance(self.prompts, str) and not self.prompts.lower().endswith((".json", ".txt")):
+            raise ValueError(f"retention set {self.name!r}: prompts is the string {self.prompts!r}; give a list, "
+                             f"one prompt per class, or a prompt file ending in .json or .txt")
+        if not isinstance(self.prompts, str):
+            check_names(self.prompts, f"retention set {self.name!r}", allow_repeats=True)
         if self.protocol not in RETENTION_PROTOCOLS:
             raise ValueError(f"retention set {self.name!r}: protocol must be one of {RETENTION_PROTOCOLS}, "
                              f"got {self.protocol!r}")

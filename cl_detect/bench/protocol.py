@@ -14,8 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cl_detect.bench.config import DataSpec, RunConfig
+from cl_detect._config_keys import check_names
+from cl_detect.bench.config import DataSpec, RetentionSpec, RunConfig
 from cl_detect.data.checked import checked_dataset
+from cl_detect.data.doctor import load_texts
 from cl_detect.data.readers import read_dataset
 from cl_detect.data.records import DetectionDataset, Vocabulary
 
@@ -193,6 +195,19 @@ def merge_by_name(datasets: list[DetectionDataset], where: str) -> DetectionData
     return DetectionDataset(records, vocabulary, source=where, image_root=first.image_root)
 
 
+def retention_prompts(config: RunConfig, spec: RetentionSpec) -> list[str] | None:
+    """A retention set's prompts: its list, or the first text of each class in its prompt file."""
+    if not isinstance(spec.prompts, str):
+        return spec.prompts
+    path = config.resolve_path(spec.prompts)
+    if not path.is_file():
+        raise ValueError(f"retention set {spec.name}: prompts file {spec.prompts!r} does not exist ({path}; relative "
+                         f"paths are joined to data_root {config.data_root!r})")
+    prompts = [texts[0] if texts else "" for texts in load_texts(path)]
+    check_names(prompts, f"retention set {spec.name} ({path})", allow_repeats=True)
+    return prompts
+
+
 def check_scoreable(dataset: DetectionDataset, where: str) -> DetectionDataset:
     """Refuse an evaluation set without ground truth: COCO and LVIS AP is then -1 ("undefined"),
     which the matrices would read as an AP (R = -1 / -1 = 100%)."""
@@ -261,8 +276,9 @@ def load_protocol_data(config: RunConfig, max_train_images: int | None = None) -
         parts = [read_spec(config, data, where=f"retention set {spec.name}") for data in spec.data]
         dataset = parts[0] if len(parts) == 1 else merge_by_name(parts, f"retention set {spec.name}")
         checked_evaluation_set(dataset, f"retention set {spec.name}")
-        if spec.prompts is not None and len(spec.prompts) != len(dataset.vocabulary):
-            raise ValueError(f"retention set {spec.name}: {len(spec.prompts)} prompts for "
-                             f"{len(dataset.vocabulary)} classes")
-        retention.append(RetentionData(spec.name, dataset, spec.protocol, spec.prompts))
+        prompts = retention_prompts(config, spec)
+        if prompts is not None and len(prompts) != len(dataset.vocabulary):
+            raise ValueError(f"retention set {spec.name}: {len(prompts)} prompts for the {len(dataset.vocabulary)} "
+                             f"classes of {dataset.source}; give one prompt per class, in its class order")
+        retention.append(RetentionData(spec.name, dataset, spec.protocol, prompts))
     return ProtocolData(tasks, retention)
