@@ -18,10 +18,12 @@ class TrainConfig:
             applied is scaled with the images per optimizer step (batch_size x accumulate x processes)
             by the official rule (`optim.scaled_weight_decay`): as given up to 42 images, x2 at 128.
         optimizer: "adamw" or "sgd".
-        schedule: "linear" (official) or "cosine" decay after warmup.
+        schedule: "linear" (the official shape) or "cosine" decay after warmup. Both move every
+            optimizer step; docs/pretraining.md lists how this differs from mmyolo's schedule.
         final_lr_factor: LR at the end relative to `lr` (official 0.01).
         warmup_epochs, warmup_min_steps: warmup length = max(epochs x steps, min steps),
-            capped at half the run.
+            capped at half the run (official: 3 epochs and 1000 steps; the defaults, 1 and 0,
+            suit the short runs of a continual protocol).
         ema: keep an EMA of the detector (and of the text tower when it trains) and end with
             its weights (official).
         ema_momentum, ema_gamma: official ExpMomentumEMA 1e-4 and 2000.
