@@ -163,3 +163,19 @@ def test_atomic_text_write_keeps_the_previous_file_when_writing_fails(tmp_path):
     with pytest.raises(UnicodeEncodeError):
         atomic_write_text(path, "\ud800 cannot be encoded")  # fails half-way through the write
     assert path.read_text() == '{"ap": 0.5}\n' and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    import os
+
+    from cl_detect.models._checkpoint_io import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "result.json", "{}\n")
+        atomic_save({"x": torch.zeros(1)}, tmp_path / "state.pt")
+    finally:
+        os.umask(previous)
+    # mkstemp alone makes owner-only files, which a shared results folder's readers cannot open
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}

@@ -94,7 +94,10 @@ def test_finetune_with_lora_writes_the_merged_detector(pretrained, tmp_path):
 def test_finetune_needs_a_checkpoint_and_one_dataset(tmp_path):
     world = tiny_world(tmp_path)
     with pytest.raises(ValueError, match=r"detector_kwargs \{'use_bn_head': False\} need a detector name"):
-        load_config(_config(world, tmp_path, detector=None, detector_kwargs={"use_bn_head": False}))
+        load_config(_config(world, tmp_path, detector=None, detector_kwargs={"use_bn_head": False},
+                            init_checkpoint="model.pt"))
+    # without a checkpoint the architecture is the default one, which the arguments modify
+    assert load_config(_config(world, tmp_path, detector=None, detector_kwargs={"use_bn_head": False})).detector is None
     with pytest.raises(ValueError, match="needs init_checkpoint"):
         finetune(_config(world, tmp_path))
     two = [{"path": str(world / "base" / "train.json")}] * 2

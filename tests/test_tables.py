@@ -67,6 +67,25 @@ def test_failed_run_shows_the_exception_of_its_traceback(tmp_path):
     assert "- ewc (seed 0): ValueError: 8 training images is less than one optimizer step" in text
 
 
+def test_the_error_message_is_the_first_line_of_the_last_exception():
+    import traceback
+
+    from cl_detect.bench.results import error_message
+
+    def failing():
+        try:
+            raise KeyError("inner")
+        except KeyError:
+            raise ValueError("data.json: 2 errors\n  error box_outside_image\n(fix the data, or pass the override)")
+
+    try:
+        failing()
+    except ValueError:
+        recorded = traceback.format_exc()  # what the runner writes; the message spans three lines
+    assert error_message(recorded) == "ValueError: data.json: 2 errors"
+    assert error_message("stopped by the user\nmore") == "stopped by the user" and error_message(None)
+
+
 def test_latex_booktabs(results):
     text = format_table(results, "latex")
     for command in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}"):

@@ -249,11 +249,12 @@ class RunConfig:
         return cls(**data)
 
 
-def _data_spec(value: dict | str) -> DataSpec:
+def _data_spec(value: dict | str, where: str = "") -> DataSpec:
     if isinstance(value, str):
         return DataSpec(path=value)
     if not isinstance(value, dict) or "path" not in value:
-        raise ValueError(f"a dataset entry is a path or a mapping with a 'path', got {value!r}")
+        raise ValueError(f"{where + ': ' if where else ''}a dataset entry is a path or a mapping with a 'path', "
+                         f"got {value!r}")
     check_keys_and_types(DataSpec, value, f"dataset key(s) of {value['path']!r}:")
     return DataSpec(**value)
 
@@ -263,12 +264,14 @@ def _task_spec(value) -> TaskSpec:
     if missing:
         raise ValueError(f"task {value!r} lacks {', '.join(missing)}: each task is {{name, train, test, prompts}}")
     check_keys_and_types(TaskSpec, value, f"key(s) of task {value['name']!r}:")
-    return TaskSpec(name=value["name"], train=_data_spec(value["train"]), test=_data_spec(value["test"]),
+    where = f"task {value['name']!r}"
+    return TaskSpec(name=value["name"], train=_data_spec(value["train"], f"{where} train"),
+                    test=_data_spec(value["test"], f"{where} test"),
                     prompts=value.get("prompts"))
 
 
-def _data_specs(value) -> list[DataSpec]:
-    return [_data_spec(v) for v in value] if isinstance(value, list) else [_data_spec(value)]
+def _data_specs(value, where: str) -> list[DataSpec]:
+    return [_data_spec(v, where) for v in value] if isinstance(value, list) else [_data_spec(value, where)]
 
 
 def _retention_spec(value) -> RetentionSpec:
@@ -277,7 +280,8 @@ def _retention_spec(value) -> RetentionSpec:
         raise ValueError(f"retention set {value!r} lacks {', '.join(missing)}: each retention set is "
                          f"{{name, data, protocol, prompts}}")
     check_keys_and_types(RetentionSpec, value, f"key(s) of retention set {value['name']!r}:")
-    return RetentionSpec(name=value["name"], data=_data_specs(value["data"]), protocol=value.get("protocol", "coco"),
+    return RetentionSpec(name=value["name"], data=_data_specs(value["data"], f"retention set {value['name']!r}"),
+                         protocol=value.get("protocol", "coco"),
                          prompts=value.get("prompts"))
 
 

@@ -218,7 +218,7 @@ def check_scoreable(dataset: DetectionDataset, where: str) -> DetectionDataset:
     return dataset
 
 
-def check_labels(dataset: DetectionDataset, where: str) -> DetectionDataset:
+def check_label_range(dataset: DetectionDataset, where: str) -> DetectionDataset:
     """Refuse an evaluation set with a box outside its class list (a YOLO class index >= the number of
     names, a COCO category id missing from `categories`): scoring it fails in every run, after the
     base model has been built and other sets evaluated, so say it while the protocol is read.
@@ -249,7 +249,7 @@ def check_images_exist(dataset: DetectionDataset, where: str) -> DetectionDatase
 
 def checked_evaluation_set(dataset: DetectionDataset, where: str) -> DetectionDataset:
     """A test or retention set that can be scored in every run (see the checks above)."""
-    return check_images_exist(check_labels(check_scoreable(dataset, where), where), where)
+    return check_images_exist(check_label_range(check_scoreable(dataset, where), where), where)
 
 
 def load_protocol_data(config: RunConfig, max_train_images: int | None = None) -> ProtocolData:

@@ -34,12 +34,15 @@ class ResultError(ValueError):
 
 
 def error_message(error: str | None) -> str:
-    """The message of a failed run's error text: the exception line that ends a recorded
-    traceback, else the text's first line."""
+    """The first line of a failed run's exception: in a recorded traceback, the first
+    unindented line after the last frame (a message may span lines), else the text's first line."""
     lines = [line for line in (error or "").strip().splitlines() if line.strip()]
     if not lines:
         return "no error text recorded"
-    return lines[-1].strip() if lines[0].startswith("Traceback") else lines[0]
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    if not lines[0].startswith("Traceback") or not frames:
+        return lines[0]
+    return next((line for line in lines[frames[-1] + 1:] if not line.startswith(" ")), lines[-1]).strip()
 
 
 @dataclass

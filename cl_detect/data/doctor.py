@@ -106,7 +106,7 @@ def load_texts(texts: str | Path | list | tuple) -> list[list[str]]:
         path = Path(texts)
         content = path.read_text(encoding="utf-8-sig")
         try:
-            texts = json.loads(content) if path.suffix == ".json" else None
+            texts = json.loads(content) if path.suffix.lower() == ".json" else None
         except json.JSONDecodeError:
             texts = None
         if texts is None:

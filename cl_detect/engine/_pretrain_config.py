@@ -70,7 +70,7 @@ class PretrainConfig:
         detector: `create_detector` name; None: the init checkpoint's own architecture, or
             `DEFAULT_DETECTOR` without a checkpoint.
         detector_kwargs: its keyword arguments (text_dim defaults to the text encoder's width);
-            they need `detector`.
+            with an init checkpoint they need `detector`.
         text_encoder: `create_text_encoder` spec; None takes the init checkpoint's.
         init_checkpoint: cl_detect or official checkpoint to start from.
         synthetic_world: `write_synthetic_world` keyword arguments plus `path`; written when missing.
@@ -100,9 +100,9 @@ class PretrainConfig:
             raise ValueError("datasets is empty: list at least one training dataset")
         if self.eval_image_size is not None:
             check_image_size(self.eval_image_size, "eval_image_size")
-        if self.detector_kwargs and self.detector is None:
+        if self.detector_kwargs and self.detector is None and self.init_checkpoint is not None:
             raise ValueError(f"detector_kwargs {self.detector_kwargs} need a detector name: without one the "
-                             f"architecture is the init checkpoint's own ({DEFAULT_DETECTOR} without one)")
+                             f"architecture is the init checkpoint's own")
         for name in self.methods:
             kept_apart = method_classes(name)[1].kept_outside_detector
             if kept_apart:

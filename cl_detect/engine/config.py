@@ -16,7 +16,8 @@ class TrainConfig:
         image_size: square training input size.
         lr, weight_decay: base AdamW/SGD settings (official fine-tuning: AdamW 2e-4, 0.05). The decay
             applied is scaled with the images per optimizer step (batch_size x accumulate x processes)
-            by the official rule (`optim.scaled_weight_decay`): as given up to 42 images, x2 at 128.
+            by the official rule (`optim.scaled_weight_decay`): x total * max(round(64 / total), 1) / 64,
+            so x1 at 1, 2, 4, ..., 64 images, x1.125 at 24, x0.75 at 48, x2 at 128.
         optimizer: "adamw" or "sgd".
         schedule: "linear" (the official shape) or "cosine" decay after warmup. Both move every
             optimizer step; docs/pretraining.md lists how this differs from mmyolo's schedule.

@@ -41,8 +41,8 @@ def scaled_weight_decay(weight_decay: float, total_batch_size: int, base_total_b
     """Weight decay for `total_batch_size` images per optimizer step (official YOLOv5/YOLO-World rule).
 
     The official optimizer constructor multiplies the configured decay by
-    total * k / 64 with k = max(round(64 / total), 1): unchanged (up to
-    rounding) for totals up to 42 images, linear in the total above that
+    total * k / 64 with k = max(round(64 / total), 1): x1 for 1, 2, 4, ... 64 images,
+    near 1 for other totals up to 64 (x1.125 at 24, x0.75 at 48), linear above 64
     (x2 for the 8 x 16 images of the official runs).
     """
     accumulate = max(round(base_total_batch_size / total_batch_size), 1)

@@ -37,7 +37,8 @@ from cl_detect.data.merge import merge_datasets
 from cl_detect.data.records import DetectionDataset
 from cl_detect.engine._pretrain_config import DEFAULT_DETECTOR, DatasetSpec, PretrainConfig
 from cl_detect.engine.config import TrainConfig
-from cl_detect.engine.distributed import evaluate_distributed, init_distributed, is_distributed, is_main_process
+from cl_detect.engine.distributed import (
+    barrier, evaluate_distributed, init_distributed, is_distributed, is_main_process)
 from cl_detect.engine.task_data import augment_config
 from cl_detect.engine.train import train_one_task
 from cl_detect.models._checkpoint_io import atomic_write_text
@@ -103,7 +104,8 @@ def build_model(config: PretrainConfig):
         state, architecture = init["detector"], stored_detector_config(init)
     elif init is not None:
         from cl_detect.models.official import load_official_checkpoint
-        official = load_official_checkpoint(init, device="cpu")[0]
+        with torch.random.fork_rng():  # its random init must not shift the seeded init of what is re-initialised
+            official = load_official_checkpoint(init, device="cpu")[0]
         state, architecture = official.state_dict(), official.config
     if config.detector is None and architecture is not None:  # the checkpoint's own architecture
         detector = YOLOWorldDetector(dataclasses.replace(architecture, text_dim=text_encoder.dim))
@@ -156,7 +158,10 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
     datasets = [read_checked(spec, allow_data_errors) for spec in config.datasets]
     model, spec, transfer = build_model(config)
     trainable, total = model.parameter_counts()
-    print(f"{command}: {config.detector} with text encoder {spec!r}; {trainable:,}/{total:,} parameters train; "
+    arch = model.detector.config
+    built = config.detector or (f"the init checkpoint's architecture (deepen {arch.deepen}, widen {arch.widen}, "
+                                f"backbone {arch.backbone})")
+    print(f"{command}: {built} with text encoder {spec!r}; {trainable:,}/{total:,} parameters train; "
           f"{sum(len(d) for d in datasets)} training images")
     dataset, sampler = training_set(datasets, config.negatives, config.train)
     out_dir = Path(config.out_dir)
@@ -181,6 +186,7 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "metrics.json", json.dumps(meta, indent=2, default=str) + "\n")
         print(f"wrote {output} and {out_dir / 'metrics.json'} ({meta['wall_time_s']:.0f} s)")
+    barrier()  # under torchrun: every rank returns a path that rank 0 has written
     return output
 
 

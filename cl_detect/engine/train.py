@@ -13,7 +13,6 @@ checkpoints from which `resume=True` continues bit-exactly.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -111,7 +110,12 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if ema is not None:
-            ema.load_state_dict(saved["ema"])
+            try:
+                ema.load_state_dict(saved["ema"])
+            except RuntimeError as err:  # e.g. written before the EMA covered a training text tower
+                raise ValueError(f"{checkpoint}: its EMA does not fit this model ({str(err).splitlines()[0]}); it was "
+                                 f"written by another version or setting: delete it to train this task from its "
+                                 f"start") from None
         sampler.load_state_dict(saved["sampler"])
         set_rng_state(saved["rng"])
         progress, guard.stuck_steps = saved["progress"], saved["guard_steps"]
@@ -157,9 +161,10 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
             if progress["batches_in_epoch"] % config.accumulate:
                 guard(losses, progress["step"], batch)
                 continue
-            # the norm is computed even without clipping (max_norm inf): a non-finite gradient must stop
+            # the norm is computed even without clipping: a non-finite gradient must stop
             # training before the optimizer writes it into the weights; read with the losses in one sync
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or math.inf)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip else
+                         torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
             guard(losses, progress["step"], batch, grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -144,12 +144,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str | Path, write) -> None:
     """`write(binary handle)` into a temporary file in the same folder, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it owner-only; give it what open() would
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
