@@ -206,3 +206,12 @@ def test_unset_variable_in_a_dataset_path_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("NO_SUCH_ROOT", raising=False)
     with pytest.raises(ValueError, match="NO_SUCH_ROOT is not set"):
         DatasetSpec(path="${NO_SUCH_ROOT}/train.json")
+
+
+def test_a_numbered_gpu_under_torchrun_is_refused_before_joining(tmp_path, monkeypatch):
+    from cl_detect.engine.pretrain import pretrain
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before any process group is joined
+    config = _config(tiny_world(tmp_path), tmp_path, train={**TRAIN, "device": "cuda:0"})
+    with pytest.raises(ValueError, match=r"train.device 'cuda:0' would put every torchrun process on one GPU"):
+        pretrain(config)

@@ -109,6 +109,15 @@ def test_a_damaged_result_file_is_named_not_a_bare_json_error(protocol, tmp_path
         main(["run", str(protocol), "--methods", "finetune", "--out", str(tmp_path / "results")])
 
 
+def test_run_under_torchrun_is_refused_before_any_work(tmp_path, monkeypatch):
+    # each rank ran every method and seed, raced on the same files, and the base-model pretraining
+    # joined a process group that rank 1 left before rank 0 had written the checkpoint
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"cl-detect run does not run under torchrun \(WORLD_SIZE=2\)"):
+        main(["run", str(tmp_path / "never_read.yaml"), "--out", str(tmp_path / "results")])
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_damaged_state_file_fails_the_run_naming_it(protocol, tmp_path):
     # a state.pt cut short (a copy of the results folder that stopped) crashed `run` inside its own
     # failure handler, with torch's message and no file name, and no failed record was written

@@ -35,7 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # unsupported: each process would run every method and seed and write the same result files
+        raise ValueError(f"cl-detect run does not run under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}): "
+                         f"start it as one process (--jobs N runs N runs at once); to pretrain a base model "
+                         f"on several GPUs, use `torchrun ... -m cl_detect.cli pretrain CONFIG` and point "
+                         f"base_model.checkpoint at its output")
 
     from cl_detect._yaml import load_yaml
     from cl_detect.bench.config import DEFAULTS_PATH, load_run_config, merge_shallow

@@ -9,16 +9,27 @@ MASTER_ADDR/PORT) and joins the process group (NCCL on CUDA, gloo on CPU);
   r, r + W, r + 2W, ... of each epoch's single-process order, so the ranks are
   disjoint and together see the same draws, with the same augmentation keys, as
   one process; the saved position counts global draws, so a checkpoint written
-  by W ranks resumes in any number of processes at the same place;
+  by W ranks resumes in any number of processes P at the same place when the
+  position is whole optimizer steps of P x batch_size x accumulate draws
+  (`engine/state.py` refuses it otherwise); the total batch and the steps per
+  epoch are then P's, and the LR schedule goes on from the step count reached
+  over P's total steps (the LR jumps when P differs from W);
 - wraps the model in `DistributedDataParallel` for the forward pass;
 - passes the world size to `YOLOWorldLoss` (the official num_imgs x world_size scale);
 - logs and writes checkpoints on rank 0 only (every rank reads them when resuming;
   the restored RNG state is rank 0's, which only matters for code that draws from
   the global generators).
+The weights are not those of one process with batch W x batch_size: the loss
+normaliser (sum of assigned scores) and BatchNorm's batch statistics are per
+rank, as in the official DDP training; the gradients equal one process's over
+the same micro-batches with the loss scaled for W ranks (tests/test_ddp.py).
 `evaluate_distributed` runs each rank on its slice of a test set and scores the
 detections gathered with `all_gather_object`.
-A guard that stops one rank (`TrainingError`) leaves the others waiting in the
-next all-reduce until the process group times out; torchrun then ends them all.
+A rank that stops with an error (a guard's `TrainingError`, an unreadable image)
+exits, and torchrun ends the others at once (under gloo their collective fails
+first with "Connection closed by peer"); torchrun's report names the failing
+rank as the "Root Cause": its traceback is the one to read.
+`cl-detect run` refuses to start under torchrun (see commands/run.py).
 """
 from __future__ import annotations
 

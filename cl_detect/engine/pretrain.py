@@ -149,7 +149,11 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
         The written model checkpoint (`config.output`).
     """
     config = load_config(config)
-    init_distributed()
+    device = config.train.device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.startswith("cuda:"):
+        raise ValueError(f"train.device {device!r} would put every torchrun process on one GPU; use 'cuda' or "
+                         f"'auto' (each process takes GPU LOCAL_RANK)")
+    init_distributed("gloo" if device == "cpu" else None)  # NCCL cannot reduce CPU tensors
     if config.synthetic_world and is_main_process():
         _ensure_synthetic_world(config.synthetic_world)
     if is_distributed():

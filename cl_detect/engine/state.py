@@ -72,7 +72,30 @@ def read_saved_progress(path: Path, fix: str) -> dict:
 
 
 def load_trainer_state(path: Path) -> dict:
-    return read_saved_progress(path, "delete it to train this task from its start")
+    saved = read_saved_progress(path, "delete it to train this task from its start")
+    if saved.get("config") is not None:
+        saved["progress"]["batches_in_epoch"] = _batches_for_this_world_size(saved, path)
+    return saved
+
+
+def _batches_for_this_world_size(saved: dict, path: Path) -> int:
+    """The epoch's batches per process that the saved global draw position means in this run.
+
+    The loop counts its own batches and saves `batches x batch_size` draws per
+    process (x the world size, by `ShardedSampler`); a checkpoint written by W
+    processes and resumed by another number must restart that count from the
+    position, or the next checkpoint's position is wrong (draws repeated or skipped).
+    """
+    from cl_detect.engine.distributed import world_size
+
+    position, epoch = int(saved["sampler"]["position"]), saved["sampler"]["epoch"]
+    batch_size, accumulate = saved["config"]["batch_size"], saved["config"]["accumulate"]
+    batches, rest = divmod(position, batch_size * world_size())
+    if rest or batches % accumulate:
+        raise ValueError(f"{path} stopped after {position} draws of epoch {epoch}, which {world_size()} "
+                         f"process(es) x batch_size {batch_size} x accumulate {accumulate} cannot continue "
+                         f"in whole optimizer steps; resume with the number of processes that wrote it")
+    return batches
 
 
 # settings that change how a run is watched or fed, not what it computes

@@ -89,8 +89,9 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
     loader = build_train_loader(dataset, config.batch_size, config.num_workers, sampler=sampler, seed=config.seed)
     steps_per_epoch = len(sampler.epoch_order(0)) // config.batch_size // config.accumulate
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(sampler.epoch_order(0))} training images is less than one optimizer step of "
-                         f"batch_size x accumulate = {config.batch_size} x {config.accumulate} = "
+        per_process = f" per process ({world_size()} processes)" if is_distributed() else ""
+        raise ValueError(f"{len(sampler.epoch_order(0))} training images{per_process} is less than one optimizer "
+                         f"step of batch_size x accumulate = {config.batch_size} x {config.accumulate} = "
                          f"{config.batch_size * config.accumulate} images; lower accumulate or batch_size")
     total_steps = config.epochs * steps_per_epoch
     warmup = min(max(round(config.warmup_epochs * steps_per_epoch), config.warmup_min_steps), total_steps // 2)
