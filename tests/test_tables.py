@@ -164,6 +164,15 @@ def test_runs_of_one_protocol_over_other_tasks_are_refused(tmp_path):
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "plots")]) == 2  # not a shape error
 
 
+def test_runs_of_one_protocol_over_other_data_are_refused(tmp_path):
+    old, new = result_dict("finetune", 0, (0.3, 0.7), 0.2), result_dict("finetune", 1, (0.3, 0.7), 0.2)
+    old["data_fingerprint"], new["data_fingerprint"] = "0" * 16, "1" * 16  # e.g. EgoHands on valid vs mini_val
+    with pytest.raises(ResultError, match="made with other data or prompts"):
+        load_results(write_results(tmp_path, [old, new]))
+    new["data_fingerprint"] = None  # results written before fingerprints: nothing to compare
+    assert len(load_results(write_results(tmp_path / "older", [old, new]))) == 2
+
+
 def test_runs_of_one_protocol_over_other_retention_sets_are_refused(tmp_path):
     wider = result_dict("lora", 0, (0.3, 0.7), 0.2)
     wider["retention_sets"] = wider["retention_sets"] + ["lvis"]

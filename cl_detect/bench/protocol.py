@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import json
 import random
 import sys
 from dataclasses import dataclass
@@ -53,6 +55,18 @@ class ProtocolData:
     def general_vocabulary(self) -> dict[str, list[str]]:
         """Retention set name -> prompts (what `distill` may look up by name)."""
         return {r.name: list(r.prompts or r.dataset.vocabulary.names) for r in self.retention}
+
+    def fingerprint(self) -> str:
+        """A short hash of what runs train and score on: per set its name, image and box counts,
+        class names and prompts. Paths are left out, so the same data on another machine (or
+        under another root) gives the same value, while another split, image subset or prompt
+        list does not."""
+        def shape(dataset: DetectionDataset) -> list:
+            return [len(dataset), dataset.num_boxes, list(dataset.vocabulary.names)]
+
+        parts = [[t.name, shape(t.train), shape(t.test)] for t in self.tasks]
+        parts += [[r.name, r.protocol, shape(r.dataset), r.prompts] for r in self.retention]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def _image_names(path: Path) -> set[str]:

@@ -257,7 +257,7 @@ def load_results(paths: Sequence[str | Path]) -> list[RunResult]:
 def check_comparable(results: Sequence[RunResult]) -> None:
     """Refuse what would skew a table: two files for one (protocol, method, seed) (one seed counted
     twice), and runs of one protocol name over different task lists or retention sets (matrices of
-    other shapes, or of other columns).
+    other shapes, or of other columns), or over other data (`data_fingerprint`, when both record one).
 
     Raises:
         ResultError: naming both files and the fix.
@@ -273,6 +273,12 @@ def check_comparable(results: Sequence[RunResult]) -> None:
         if not result.finished:  # a failed run has no matrices to compare
             continue
         first = tasks_of.setdefault(result.protocol, result)
+        fingerprints = {first.data.get("data_fingerprint"), result.data.get("data_fingerprint")}
+        if None not in fingerprints and len(fingerprints) == 2:
+            raise ResultError(f"{first.source} and {result.source} are both protocol {result.protocol!r} but were "
+                              f"made with other data or prompts (data fingerprints {sorted(fingerprints)}: another "
+                              f"split, image subset or prompt list); give the protocol versions different names, "
+                              f"or table them separately")
         for what in ("tasks", "retention_sets"):
             if getattr(result, what) != getattr(first, what):
                 raise ResultError(f"{first.source} and {result.source} are both protocol {result.protocol!r} but "

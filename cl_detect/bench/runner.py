@@ -206,17 +206,28 @@ def result_record(config: RunConfig, data: ProtocolData, label: str, seed: int, 
                              "ap": e["per_category_ap"]} for e in progress.evaluations],
         "train": progress.train, "wall_time_s": progress.elapsed_s, "peak_memory_mb": peak_memory_mb(device),
         "trainable_params": progress.trainable_params, "total_params": progress.total_params,
-        "meta": run_meta(device), "config": config.to_dict(),
+        "meta": run_meta(device), "config": config.to_dict(), "data_fingerprint": data.fingerprint(),
     }
 
 
-def _stored_status(path: Path) -> str | None:
-    """The status in an existing result file (written atomically, so a damaged one was damaged elsewhere)."""
+def _is_finished(path: Path, data: ProtocolData) -> bool:
+    """Whether an existing result file holds this run, finished (so it is skipped).
+
+    Raises:
+        ValueError: the file is damaged, or it was made with other data or prompts (another split,
+            image subset or prompt file under the same protocol name), which a skip would keep.
+    """
     try:
-        return json.loads(path.read_text()).get("status")
+        stored = json.loads(path.read_text())
+        status, made_with = stored.get("status"), stored.get("data_fingerprint")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
         raise ValueError(f"{path}: this run's result file is not a valid result ({err}); delete it to run "
                          f"(or continue) the run again, or pass --force") from None
+    if status == "finished" and made_with is not None and made_with != data.fingerprint():
+        raise ValueError(f"{path} was made with other data or prompts than the protocol now names (data "
+                         f"fingerprint {made_with} vs {data.fingerprint()}: another split, image subset or prompt "
+                         f"list); pass --force to run it again, or --out another folder to keep both")
+    return status == "finished"
 
 
 def run_one(config: RunConfig, data: ProtocolData, method_names: list[str], seed: int, out: str | Path,
@@ -239,7 +250,7 @@ def run_one(config: RunConfig, data: ProtocolData, method_names: list[str], seed
     """
     label = config.run_label(method_names)
     path, work = result_path(out, config.name, label, seed), work_dir(out, config.name, label, seed)
-    if path.exists() and not force and _stored_status(path) == "finished":
+    if path.exists() and not force and _is_finished(path, data):
         return "skipped"
     if force:
         shutil.rmtree(work, ignore_errors=True)
