@@ -266,11 +266,11 @@ def test_a_test_box_outside_the_class_list_stops_the_protocol_at_load(tmp_path):
     (tmp_path / "test.json").write_text(json.dumps(data))
     task = {"name": "t", "train": "train.json", "test": "test.json"}
     config = load_run_config(_write(tmp_path, {**MINIMAL, "data_root": str(tmp_path), "tasks": [task]}))
-    with pytest.raises(ValueError, match=r"task t test set: .*0.jpg has box label\(s\) \[-1\] outside the 1 classes"):
+    with pytest.raises(ValueError, match=r"task t test set: 1 box\(es\) of .* outside its 1 classes, e.g. .*0.jpg.* has label -1"):
         load_protocol_data(config)
     config = {**MINIMAL, "data_root": str(tmp_path), "tasks": [{**task, "test": "train.json"}],
               "retention": [{"name": "r", "data": "test.json"}]}
-    with pytest.raises(ValueError, match=r"retention set r: .*outside the 1 classes"):
+    with pytest.raises(ValueError, match=r"retention set r: .*outside its 1 classes"):
         load_protocol_data(load_run_config(_write(tmp_path, config)))
 
 

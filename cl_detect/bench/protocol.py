@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cl_detect._config_keys import check_names
 from cl_detect.bench.config import DataSpec, RetentionSpec, RunConfig
+from cl_detect.data._doctor_boxes import check_labels
 from cl_detect.data.checked import checked_dataset
 from cl_detect.data.doctor import load_texts
 from cl_detect.data.readers import read_dataset
@@ -241,13 +242,12 @@ def check_label_range(dataset: DetectionDataset, where: str) -> DetectionDataset
         raise ValueError(f"{where}: {dataset.source} holds grounding records (a caption and its phrases, no class "
                          f"list), which COCO / LVIS AP cannot score; evaluate on detection data (a COCO, LVIS, YOLO "
                          f"or VOC set, or ODVG `detection` instances)")
-    size = len(dataset.vocabulary)
-    for record in dataset.records:
-        outside = sorted({int(label) for label in record.labels if not 0 <= label < size})
-        if outside:
-            raise ValueError(f"{where}: {record.image_path} has box label(s) {outside} outside the {size} classes of "
-                             f"{dataset.source} (-1: a category id the file does not list); fix the labels or the "
-                             f"class list (`cl-detect data check {dataset.source}` lists every such box)")
+    outside = []  # the dataset doctor's label check, its findings collected
+    check_labels(dataset, lambda severity, code, message, fix="": outside.append(message))
+    if outside:
+        raise ValueError(f"{where}: {len(outside)} box(es) of {dataset.source} have a label outside its "
+                         f"{len(dataset.vocabulary)} classes, e.g. {outside[0]}; fix the labels or the class list "
+                         f"(`cl-detect data check {dataset.source}` lists every such box)")
     return dataset
 
 
