@@ -136,3 +136,31 @@ def test_composes_with_trainers_and_other_regularisers(trainer, task_data):
     losses = model.train()(random_batch())
     losses["loss"].backward()
     assert losses["loss_ewc"] > 0 and {"loss_distill_cls", "loss_distill_feat"} <= set(losses)
+
+
+
+def test_batched_fisher_squares_the_mean_of_per_image_gradients(task_data):
+    # the training criterion pools its normaliser and multiplies by the image count, which made a
+    # 4-image Fisher batch 4**2 to 4**4 times the averaged gradient squared
+    from cl_detect.data.loader import EvalDataset, build_eval_loader
+    from cl_detect.methods.ewc._fisher import detection_loss, estimate_fisher
+
+    model = _ewc_model().eval()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    per_image = [torch.autograd.grad(detection_loss(model, batch), [p for _, p in params])
+                 for batch in build_eval_loader(EvalDataset(task_data, 64), 1)]
+    batched = estimate_fisher(model, task_data, 1, len(task_data), 64)
+    for i, (name, _) in enumerate(params):
+        mean_gradient = sum(grads[i] for grads in per_image) / len(per_image)
+        torch.testing.assert_close(batched[name], mean_gradient.pow(2), rtol=1e-3, atol=1e-12)
+    assert sum(f.sum() for f in batched.values()) > 0
+
+
+@pytest.mark.parametrize("order", [("lora", "ewc"), ("ewc", "lora")])
+def test_lora_merge_after_task_is_rejected_at_build(order):
+    # merged adapters are re-created under the same names: ewc pulled the fresh adapter towards the old
+    # one (loss_ewc ~1e8 at the next task start), or found nothing trainable after the merge
+    options = {"lora": {"merge_after_task": True}, "ewc": {"image_size": 64}}
+    with pytest.raises(ValueError, match="ewc cannot be combined with lora's merge_after_task"):
+        tiny_continual([(name, options[name]) for name in order])
+    tiny_continual([("lora", {}), ("ewc", {"image_size": 64})])  # unmerged adapters are fine

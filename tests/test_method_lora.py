@@ -129,6 +129,38 @@ def test_per_task_adapters_train_one_at_a_time_and_survive_a_checkpoint(tmp_path
     _same(eval_logits(model, images, list(VOCABULARY)), eval_logits(fresh, images, list(VOCABULARY)), atol=0)
 
 
+def test_switching_adapters_refreshes_cached_text_embeddings():
+    # the text caches key on weight versions; switching adapters writes no weight, so evaluation
+    # (no_grad, cached) kept using the previously active adapter's text embeddings
+    model = tiny_model([("lora", {"rank": 2, "parts": ["text"], "per_task_adapters": True})]).eval()
+    method, texts = model.method("lora"), [list(VOCABULARY)]
+    model.hook("before_task", TaskContext(0, "t0", VOCABULARY))
+    _randomise_adapters(model)
+    with torch.no_grad():
+        task0 = model.embed_texts(texts)
+        model.hook("before_task", TaskContext(1, "t1", VOCABULARY))
+        task1 = model.embed_texts(texts)
+        method.set_active_adapter("task0")
+        again = model.embed_texts(texts)
+    assert not torch.allclose(task0, task1)
+    torch.testing.assert_close(again, task0, atol=0, rtol=0)
+
+
+def test_fold_into_detector_keeps_the_outputs_with_inactive_per_task_adapters():
+    # every adapter used to be merged, inactive ones too: the saved detector was base + all deltas,
+    # a model that never ran (only the active adapter is applied in forward)
+    model = tiny_model([("lora", {"rank": 2, "per_task_adapters": True})])
+    for index in range(2):
+        model.hook("before_task", TaskContext(index, f"t{index}", VOCABULARY))
+        _randomise_adapters(model, seed=index)
+    model.double()
+    images = prompt_batch()["images"].double()
+    before = eval_logits(model, images, list(VOCABULARY))
+    model.hook("fold_into_detector")
+    assert model.method("lora").adapters() == [] and model.method("lora").active_adapter is None
+    _same(before, eval_logits(model, images, list(VOCABULARY)))
+
+
 def test_merge_after_task_writes_the_adapter_then_folds_it(tmp_path):
     model = tiny_model([("lora", {"rank": 2, "per_task_adapters": True, "merge_after_task": True})])
     task = TaskContext(0, "t0", VOCABULARY, out_dir=tmp_path)

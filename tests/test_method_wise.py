@@ -49,6 +49,20 @@ def test_midpoint_and_integer_buffers():
             assert torch.equal(value, finetuned[key]), key  # nearer end at alpha 0.5
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_interpolation_keeps_the_precision_of_the_weights(dtype):
+    # float64 weights were mixed in float32: alpha 0 was not exactly the anchor, the midpoint off by ~1e-7
+    from cl_detect.methods.wise.method import interpolate_states
+
+    generator = torch.Generator().manual_seed(0)
+    anchor, finetuned = ({"w": torch.randn(1000, generator=generator, dtype=torch.float64).to(dtype)} for _ in "ab")
+    assert torch.equal(interpolate_states(anchor, finetuned, 0.0)["w"], anchor["w"])
+    assert torch.equal(interpolate_states(anchor, finetuned, 1.0)["w"], finetuned["w"])
+    expected = (anchor["w"].double() + finetuned["w"].double()) / 2
+    mixed = interpolate_states(anchor, finetuned, 0.5)["w"]
+    assert mixed.dtype == dtype and torch.equal(mixed, expected.to(dtype))
+
+
 def test_sweep_rows_per_alpha_and_detector_restored():
     model, anchor, finetuned = _finetuned()
     probe = "head.cls_contrasts.0.bias"

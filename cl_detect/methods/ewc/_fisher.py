@@ -19,21 +19,33 @@ from cl_detect.data.records import DetectionDataset
 
 
 def detection_loss(model, batch: dict) -> torch.Tensor:
-    """The detector's own loss (class + box + DFL) on a batch, without any method's extra terms."""
+    """Mean over the batch's images of each image's own detection loss (class + box + DFL).
+
+    No method's extra terms. Each image is normalised by its own assigned scores and
+    counts once: the training criterion pools the normaliser over the batch and
+    multiplies by the image and rank counts, which would scale the Fisher by up to
+    batch_size^4 (the normaliser is clamped at 1) instead of averaging the gradients.
+    """
     device = next(model.detector.parameters()).device
     text = model.embed_texts(batch["texts"]).to(device)
     output = model.detector(images_to_device(batch["images"], device), text)
     labels = batch["gt_labels"].to(device)
     # readers keep boxes of unknown classes as label -1; they carry no class target
     mask = batch["gt_mask"].to(device) & (labels >= 0)
-    losses = model.criterion(output.cls_logits, output.bbox_preds, output.bbox_dists,
-                             batch["gt_boxes"].to(device), labels.clamp(min=0), mask)
-    return losses["loss"]
+    boxes, labels = batch["gt_boxes"].to(device), labels.clamp(min=0)
+    total = 0.0
+    for i in range(len(labels)):
+        one = [[level[i:i + 1] for level in levels]
+               for levels in (output.cls_logits, output.bbox_preds, output.bbox_dists)]
+        total = total + model.criterion(*one, boxes[i:i + 1], labels[i:i + 1], mask[i:i + 1])["loss"]
+    return total / (len(labels) * model.criterion.world_size)
 
 
 def estimate_fisher(model, dataset: DetectionDataset, num_batches: int, batch_size: int, image_size: int,
                     seed: int = 0) -> dict[str, torch.Tensor]:
     """Mean squared gradient of the detection loss for every parameter that trains now.
+
+    With `batch_size` > 1 the per-image gradients of a batch are averaged before squaring.
 
     Args:
         model: the ContinualModel (its trainer decides which parameters train).

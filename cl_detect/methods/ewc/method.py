@@ -41,6 +41,16 @@ class EwcMethod(Method):
                 "vocabulary of another size fails with a shape mismatch, one of the same size pulls the new "
                 "classes towards the old classes' rows; use ewc with finetune or lora")
 
+    def setup(self, model: ContinualModel) -> None:
+        lora = model.method("lora")
+        if lora is not None and lora.config.merge_after_task:
+            raise ValueError("ewc cannot be combined with lora's merge_after_task: ewc anchors the adapter tensors "
+                             "by name, but merging folds each task's adapter into the frozen base weights and the "
+                             "next task starts a fresh adapter under the same names, so the penalty would pull its "
+                             "random initialisation towards the merged adapter's values (or, with lora listed "
+                             "first, nothing trains when the Fisher is estimated); set merge_after_task false "
+                             "(merge after the run instead) or drop ewc")
+
     def after_task(self, model: ContinualModel, task: TaskContext) -> None:
         if task.train_dataset is None:
             raise ValueError(f"ewc needs the task's training data to estimate the Fisher; task {task.name!r} "

@@ -77,6 +77,11 @@ class LoraMethod(Method):
         for root in self._roots(model).values():
             _layers.activate(root, name)
         self.active_adapter = name
+        # switching changes the text tower's outputs without writing a weight, so the text caches
+        # (keyed on weight versions) would keep serving the previous adapter's embeddings
+        model.clear_text_cache()
+        if hasattr(model.text_encoder, "clear_cache"):
+            model.text_encoder.clear_cache()
         model.mark_trainable()
 
     def mark_trainable(self, model: ContinualModel) -> None:
@@ -99,7 +104,14 @@ class LoraMethod(Method):
             self.merge()
 
     def fold_into_detector(self, model: ContinualModel) -> None:
-        while self.active_adapter is not None:  # merge() activates the next adapter left, if any
+        """The detector as it computes now: the active adapter merged, inactive ones dropped unmerged
+        (they are not applied in forward, so folding them in too would give a model that never ran)."""
+        if self.active_adapter is not None:
+            active = self.active_adapter
+            for name in self.adapters(model):
+                if name != active:
+                    for root in self._roots(model).values():
+                        _layers.remove(root, name, merge=False)
             self.merge()
 
     def merge(self) -> None:

@@ -64,8 +64,10 @@ def interpolate_states(anchor: State, finetuned: State, alpha: float) -> State:
         if start.shape != end.shape:
             raise ValueError(f"wise: {name} has shape {tuple(end.shape)}, the anchor {tuple(start.shape)}")
         if start.is_floating_point():
+            # at least float32 (bf16 weights), never less than the tensor's own precision (float64)
+            dtype = torch.promote_types(start.dtype, torch.float32)
             end = end.to(start.device)
-            mixed[name] = ((1 - alpha) * start.float() + alpha * end.float()).to(start.dtype)
+            mixed[name] = ((1 - alpha) * start.to(dtype) + alpha * end.to(dtype)).to(start.dtype)
         else:
             mixed[name] = (start if alpha < 0.5 else end).clone()
     return mixed
