@@ -128,3 +128,16 @@ def test_class_balancing_applies_to_the_task_part_of_a_mix():
     assert len(dataset) == 4050
     first = sampler.epoch_order(0)
     assert not np.array_equal(first, sampler.epoch_order(1)) and np.array_equal(first, sampler.epoch_order(0))
+
+
+@pytest.mark.parametrize("size, shares", [(298, (0.03, 0.11)), (47, (0.05, 0.07)), (96, (0.25,))])
+def test_every_task_image_is_drawn_exactly_once_per_epoch_beside_mixed_in_data(size, shares):
+    from cl_detect.engine.config import TrainConfig
+    from cl_detect.engine.task_data import build_task_training_set
+
+    # shares alone gave the task 299 draws of its 298 images (one twice), or 46 of 47 (one left out)
+    extras = [(_records([[0]] * 30), share) for share in shares]
+    _, sampler = build_task_training_set(_records([[0]] * size), extras, TrainConfig(image_size=64, device="cpu"))
+    order = sampler.epoch_order(0)
+    assert np.bincount(order[order < size], minlength=size).tolist() == [1] * size
+    assert len(order) == round(size / (1 - sum(shares)))

@@ -74,7 +74,7 @@ class _ResumableSampler(Sampler, abc.ABC):
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
-def _allocate(total: int, ratios: np.ndarray) -> np.ndarray:
+def allocate_counts(total: int, ratios: np.ndarray) -> np.ndarray:
     """Split `total` into integer counts proportional to `ratios` (largest remainder)."""
     exact = ratios / ratios.sum() * total
     counts = np.floor(exact).astype(np.int64)
@@ -115,7 +115,7 @@ class MixingSampler(_ResumableSampler):
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
-        counts = _allocate(self.samples_per_epoch, self.ratios)
+        counts = allocate_counts(self.samples_per_epoch, self.ratios)
         picks = []
         for size, offset, count in zip(self.sizes, self.offsets, counts):
             rounds = math.ceil(count / size) if count else 0

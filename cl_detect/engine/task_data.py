@@ -8,12 +8,13 @@ factor says: the balancing applies to the task's own images, not to the mixed-in
 """
 from __future__ import annotations
 
+import numpy as np
 from torch.utils.data import Dataset, Sampler
 
 from cl_detect.data.loader import TrainDataset
 from cl_detect.data.records import DetectionDataset
 from cl_detect.data.sampling import (MixedDataset, MixedRepeatFactorSampler, MixingSampler, RepeatFactorSampler,
-                                     repeat_factors)
+                                     allocate_counts, repeat_factors)
 from cl_detect.data.transforms import AugmentConfig
 from cl_detect.engine.config import TrainConfig
 
@@ -48,7 +49,10 @@ def build_task_training_set(task_dataset: DetectionDataset, extras: list[tuple[D
         sampler = MixedRepeatFactorSampler(repeat_factors(task_dataset), [len(p) for p in parts[1:]],
                                            [r for _, r in extras], seed=config.seed)
         return MixedDataset(parts), sampler
-    ratios = [1 - extra_share] + [r for _, r in extras]
     samples = round(len(task_set) / (1 - extra_share))
-    sampler = MixingSampler([len(p) for p in parts], ratios, samples_per_epoch=samples, seed=config.seed)
+    # exact draw counts: each task image once per epoch (shares alone could round the task to N +- 1),
+    # the remaining draws split among the extras by their shares
+    extra_counts = allocate_counts(samples - len(task_set), np.array([r for _, r in extras]))
+    counts = [len(task_set)] + extra_counts.tolist()
+    sampler = MixingSampler([len(p) for p in parts], counts, samples_per_epoch=samples, seed=config.seed)
     return MixedDataset(parts), sampler
