@@ -8,6 +8,7 @@ from torch import nn
 
 from cl_detect.engine.ema import ModelEMA
 from cl_detect.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups, scaled_weight_decay
+from cl_detect.engine.runlog import RunLogger
 from cl_detect.engine.task_data import build_task_training_set
 from cl_detect.engine.train import train_one_task
 from cl_detect.engine.transfer import transfer_weights
@@ -172,3 +173,30 @@ def test_jsonl_and_tensorboard_logs_hold_loss_parts_lr_speed_and_memory(tmp_path
     assert {"train/loss_cls", "train/loss_bbox", "train/loss_dfl", "train/lr", "train/images_per_s",
             "train/memory_mb"} <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_a_resumed_session_drops_the_rows_logged_after_its_checkpoint(tmp_path):
+    """A run stopped (Ctrl-C, a kill) after its checkpoint at step 4 had logged steps 5 and 6, and a row cut
+    short; resumed, it logs 5.. again: each step is logged once, in order, in the JSONL and in TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = RunLogger(tmp_path)
+    for step in range(1, 7):
+        first.log({"step": step, "loss": float(step)}, step)
+    first.close()
+    with open(tmp_path / "log.jsonl", "a") as log:
+        log.write('{"step": 7, "lo')  # the process stopped while writing
+    resumed = RunLogger(tmp_path)
+    for step in range(5, 9):
+        resumed.log({"step": step, "loss": step + 0.5}, step)
+    resumed.close()
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(row["step"], row["loss"]) for row in rows] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0),
+                                                            (5, 5.5), (6, 6.5), (7, 7.5), (8, 8.5)]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(row["step"], row["loss"]) for row in rows]
+    started_over = RunLogger(tmp_path)  # --no-resume: a run from step 1 replaces the old log
+    started_over.log({"step": 1, "loss": 9.0}, 1)
+    started_over.close()
+    assert [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [1]

@@ -45,3 +45,10 @@ def test_names_that_read_alike_as_file_names_get_their_own_files(tmp_path):
     heatmaps = [p.name for p in written if p.name.endswith("_accuracy.png")]
     assert len(set(heatmaps)) == 4 and len(list((tmp_path / "fig").iterdir())) == 6
     assert all(name.startswith("p_q-") for name in heatmaps)
+
+
+def test_dollar_signs_in_names_are_drawn_as_text_not_math(tmp_path):
+    # "$^$" was parsed as matplotlib math text and stopped `cl-detect plot` with a ParseSyntaxException
+    runs = [result_dict(method, 0, (0.3, 0.7), 0.2, protocol="price $^$ set") for method in ("a$b$", "lora")]
+    written = plot_all(load_results(write_results(tmp_path / "runs", runs)), tmp_path / "fig")
+    assert len(written) == 4 and all(path.read_bytes().startswith(b"\x89PNG") for path in written)

@@ -387,3 +387,11 @@ def test_a_retention_set_takes_its_prompts_from_a_class_texts_file(tmp_path):
     (tmp_path / "texts.txt").write_text("bow\n")
     with pytest.raises(ValueError, match=r"1 prompts for the 2 classes of .*ret\.json"):
         load_protocol_data(protocol("texts.txt"))
+
+
+def test_negative_seeds_and_empty_image_caps_fail_at_load_naming_the_setting(tmp_path):
+    with pytest.raises(ValueError, match=r"seeds must be a list of integers \(0 or more\).*got \[-1\]"):
+        load_run_config(_write(tmp_path, {**MINIMAL, "seeds": [-1]}))
+    task = {"name": "t", "train": {"path": "a.json", "max_images": 0}, "test": "b.json"}
+    with pytest.raises(ValueError, match=r"a.json: max_images must be 1 or more, got 0"):
+        load_run_config(_write(tmp_path, {**MINIMAL, "tasks": [task]}))

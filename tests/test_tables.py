@@ -214,3 +214,13 @@ def test_names_with_special_characters_keep_the_table_intact(tmp_path):
     latex = format_table(results, "latex")
     assert "a\\textbar{}b \\textasciitilde{}\\textasciicircum{}\\textbackslash{} 50\\% & 1 &" in latex
     assert "\\label{tab:p-1}" in latex and "coco\\textbar{}val AP" in latex
+
+
+def test_latex_negative_values_use_a_minus_sign_not_a_hyphen(tmp_path):
+    # final AP above the best earlier AP on task 1: negative forgetting (and its interval) in LaTeX math
+    results = [result_dict("finetune", s, (0.65 + 0.01 * s, 0.70), 0.4) for s in range(3)]
+    text = format_table(load_results(write_results(tmp_path, results)), "latex")
+    row = next(line for line in text.splitlines() if line.startswith("finetune &"))
+    forgetting = row.split(" & ")[3]
+    assert forgetting.startswith("$-$6.0 $\\pm$ 1.0") and "[$-$" in forgetting
+    assert "-" not in forgetting.replace("$-$", "")

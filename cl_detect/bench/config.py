@@ -56,6 +56,9 @@ class DataSpec:
 
     def __post_init__(self):
         check_names(self.class_names, str(self.path), "class_names")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"{self.path}: max_images must be 1 or more, got {self.max_images}; leave it out to "
+                             f"keep every image")
 
 
 @dataclass
@@ -204,8 +207,8 @@ class RunConfig:
     def __post_init__(self):
         if not self.tasks:
             raise ValueError(f"protocol {self.name!r} has no tasks")
-        if not isinstance(self.seeds, list) or not all(type(seed) is int for seed in self.seeds):
-            raise ValueError(f"protocol {self.name!r}: seeds must be a list of integers, e.g. [0, 1, 2], "
+        if not isinstance(self.seeds, list) or not all(type(seed) is int and seed >= 0 for seed in self.seeds):
+            raise ValueError(f"protocol {self.name!r}: seeds must be a list of integers (0 or more), e.g. [0, 1, 2], "
                              f"got {self.seeds!r}")
         names = [t.name for t in self.tasks] + [r.name for r in self.retention]
         if len(set(names)) != len(names):

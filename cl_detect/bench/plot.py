@@ -38,6 +38,12 @@ def _slug(text: str) -> str:
     return slug if slug == text else f"{slug}-{hashlib.sha1(text.encode()).hexdigest()[:6]}".lstrip("-")
 
 
+def _label(name: str) -> str:
+    """A protocol, method or task name as matplotlib text: `$` would start math mode (and two of them
+    could fail to parse), so it is escaped."""
+    return name.replace("$", r"\$")
+
+
 def _nan_stats(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -74,7 +80,7 @@ def plot_accuracy_heatmaps(results: Sequence[RunResult], out_dir: str | Path) ->
     written = []
     for (protocol, method), runs in _by_protocol_method(results).items():
         mean, _ = _nan_stats(np.stack([r.accuracy for r in runs]) * 100)
-        tasks = runs[0].tasks
+        tasks = [_label(t) for t in runs[0].tasks]
         fig, ax = plt.subplots(figsize=(1.2 * len(tasks) + 2.5, 0.9 * len(tasks) + 2))
         image = ax.imshow(np.ma.masked_invalid(mean), cmap="viridis", vmin=0, vmax=max(1.0, np.nanmax(mean)))
         for (i, j), value in np.ndenumerate(mean):
@@ -85,7 +91,8 @@ def plot_accuracy_heatmaps(results: Sequence[RunResult], out_dir: str | Path) ->
         ax.set_yticks(range(len(tasks) + 1), ["base"] + tasks)
         ax.set_xlabel("evaluated on task")
         ax.set_ylabel("after training task")
-        ax.set_title(f"{protocol}: {method} (AP %, {len(runs)} seed{'s' * (len(runs) > 1)})", fontsize=9)
+        ax.set_title(f"{_label(protocol)}: {_label(method)} (AP %, {len(runs)} seed{'s' * (len(runs) > 1)})",
+                     fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046)
         written.append(_save(fig, out_dir / f"{_slug(protocol)}_{_slug(method)}_accuracy.png"))
     return written
@@ -123,21 +130,22 @@ def plot_pareto(results: Sequence[RunResult], out_dir: str | Path) -> list[Path]
             mean, std = _nan_stats(points)
             if np.isfinite(mean).all():
                 ax.errorbar(mean[0], mean[1], xerr=std[0], yerr=std[1], fmt="o", color=color, capsize=3,
-                            label=method)
-                ax.annotate(method, (mean[0], mean[1]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                            label=_label(method))
+                ax.annotate(_label(method), (mean[0], mean[1]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7)
             sweeps = [r.wise_points() for r in runs if r.wise_points()]
             alphas = sorted(set.intersection(*(set(a for a, _, _ in s) for s in sweeps))) if sweeps else []
             if alphas:
                 curve = np.array([[np.mean([x for a, x, _ in s if a == alpha]) for s in sweeps] for alpha in alphas])
                 ratio = np.array([[np.mean([y for a, _, y in s if a == alpha]) for s in sweeps] for alpha in alphas])
                 xs, ys = curve.mean(axis=1) * 100, ratio.mean(axis=1) * 100
-                ax.plot(xs, ys, "--", marker=".", color=color, label=f"{method} (WiSE α)")
+                ax.plot(xs, ys, "--", marker=".", color=color, label=f"{_label(method)} (WiSE α)")
                 for alpha, x, y in zip(alphas, xs, ys):
                     ax.annotate(f"{alpha:g}", (x, y), textcoords="offset points", xytext=(3, -8), fontsize=6,
                                 color=color)
         ax.set_xlabel("in-domain Avg AP (%)")
         ax.set_ylabel("retention ratio, mean over retention sets (%)")
-        ax.set_title(f"{protocol}: retention vs in-domain (upper right is better)", fontsize=9)
+        ax.set_title(f"{_label(protocol)}: retention vs in-domain (upper right is better)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         written.append(_save(fig, out_dir / f"{_slug(protocol)}_pareto.png"))
@@ -165,18 +173,18 @@ def plot_task_curves(results: Sequence[RunResult], out_dir: str | Path) -> list[
         for method, runs in methods.items():
             mean, std = _nan_stats(np.stack([r.accuracy for r in runs]) * 100)
             for j, ax in enumerate(axes[0]):
-                line, = ax.plot(steps, mean[:, j], marker="o", markersize=3, label=method)
+                line, = ax.plot(steps, mean[:, j], marker="o", markersize=3, label=_label(method))
                 ax.fill_between(steps, mean[:, j] - std[:, j], mean[:, j] + std[:, j], color=line.get_color(),
                                 alpha=0.15)
         for j, ax in enumerate(axes[0]):
             ax.axvline(j + 1, color="grey", linestyle=":", linewidth=1)  # the step that trains this task
-            ax.set_title(tasks[j], fontsize=9)
+            ax.set_title(_label(tasks[j]), fontsize=9)
             ax.set_xticks(steps, ["base"] + [f"T{i}" for i in steps[1:]], fontsize=7)
             ax.set_xlabel("after step")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("AP (%)")
         axes[0][-1].legend(fontsize=7, loc="best")
-        fig.suptitle(f"{protocol}: per-task AP over the sequence", fontsize=10)
+        fig.suptitle(f"{_label(protocol)}: per-task AP over the sequence", fontsize=10)
         written.append(_save(fig, out_dir / f"{_slug(protocol)}_task_curves.png"))
     return written
 

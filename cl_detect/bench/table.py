@@ -135,7 +135,8 @@ def _best(column: Column, rows: list[MethodRow]) -> float | None:
 
 def _number(column: Column, value: float, fmt: str = "md") -> str:
     if column.kind == "percent":
-        return f"{value * 100:.1f}"
+        text = f"{value * 100:.1f}"
+        return text.replace("-", "$-$") if fmt == "latex" else text  # a minus sign, not a hyphen
     if column.kind == "params":
         for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
             if value >= size:
@@ -156,9 +157,9 @@ def _cell(column: Column, stat: Stat, best: float | None, fmt: str, seeds: int) 
     if column.kind != "percent":
         return mean + fewer
     plus_minus = " ± " if fmt == "md" else " $\\pm$ "
-    text = mean + (plus_minus + _number(column, stat.std) if stat.n >= 2 else "")
+    text = mean + (plus_minus + _number(column, stat.std, fmt) if stat.n >= 2 else "")
     if stat.n >= 3:
-        interval = f"[{_number(column, stat.ci_low)}, {_number(column, stat.ci_high)}]"
+        interval = f"[{_number(column, stat.ci_low, fmt)}, {_number(column, stat.ci_high, fmt)}]"
         text += f" {interval}" if fmt == "md" else f" {{\\scriptsize {interval}}}"
     return text + fewer
 

@@ -24,7 +24,7 @@ def _add_source_arguments(parser: argparse.ArgumentParser, format_required: bool
                         "sources, and by convert as the root written file_names are relative to (default: guessed)")
 
 
-def _add_synth_parser(sub) -> None:
+def _add_synth_parser(sub, formatter) -> None:
     """The synth subcommand's arguments come from the synthetic-world module."""
     try:
         from cl_detect.data.synthetic import add_synth_arguments, run_synth
@@ -32,10 +32,11 @@ def _add_synth_parser(sub) -> None:
         # the other subcommands must keep working when the synthetic world is unavailable;
         # `error` is unbound after the except block, so the handler keeps the exception itself
         missing = error
-        parser = sub.add_parser("synth", help=f"unavailable ({missing})")
+        parser = sub.add_parser("synth", help=f"unavailable ({missing})", formatter_class=formatter)
         parser.set_defaults(_data_handler=lambda args: _unavailable(missing))
         return
-    parser = sub.add_parser("synth", help="write the synthetic shapes world as COCO json + images")
+    parser = sub.add_parser("synth", help="write the synthetic shapes world as COCO json + images",
+                            formatter_class=formatter)
     add_synth_arguments(parser)
     parser.set_defaults(_data_handler=run_synth)
 
@@ -48,26 +49,28 @@ def _unavailable(error: Exception) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the data subcommands to `parser`."""
     sub = parser.add_subparsers(dest="data_command", required=True)
-    convert = sub.add_parser("convert", help="write any supported format as COCO json")
+    formatter = parser.formatter_class  # shows defaults (cl_detect.commands._arguments)
+    convert = sub.add_parser("convert", help="write any supported format as COCO json", formatter_class=formatter)
     _add_source_arguments(convert, format_required=True)
     convert.add_argument("--out", required=True, help="COCO json to write")
     convert.set_defaults(_data_handler=run_convert)
 
-    check = sub.add_parser("check", help="the dataset doctor: report problems, exit 1 on errors")
+    check = sub.add_parser("check", help="the dataset doctor: report problems, exit 1 on errors",
+                           formatter_class=formatter)
     _add_source_arguments(check)
     check.add_argument("--texts", help="text prompt file (one per line, or a json list) to compare with the classes")
     check.add_argument("--no-images", action="store_true", help="skip opening the image files")
     check.add_argument("--max-per-code", type=int, default=5, help="examples printed per finding code")
     check.set_defaults(_data_handler=run_check)
 
-    pack = sub.add_parser("pack", help="resized JPEGs + COCO json with scaled boxes")
+    pack = sub.add_parser("pack", help="resized JPEGs + COCO json with scaled boxes", formatter_class=formatter)
     _add_source_arguments(pack)
     pack.add_argument("--out", required=True, help="output folder (images/ + annotations.json)")
     pack.add_argument("--max-side", type=int, default=640, help="longer image side after packing")
     pack.add_argument("--limit", type=int, help="pack only the first N images")
     pack.add_argument("--quality", type=int, default=90, help="JPEG quality")
     pack.set_defaults(_data_handler=run_pack)
-    _add_synth_parser(sub)
+    _add_synth_parser(sub, formatter)
 
 
 def _read(args: argparse.Namespace):

@@ -11,6 +11,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from cl_detect.commands._arguments import positive_int
+
 IMAGE_SUFFIXES = ".png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp"
 
 
@@ -29,16 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "folder's in front (a_x_det.png, b_x_det.png)")
     parser.add_argument("--text-encoder", default=None,
                         help="text encoder spec, replacing the checkpoint's (e.g. 'clip:ViT-B-32:openai')")
-    parser.add_argument("--image-size", type=int, default=640)
+    parser.add_argument("--image-size", type=positive_int, default=640,
+                        help="images are letterboxed to this square size (a multiple of 32)")
     parser.add_argument("--score-thr", type=float, default=0.3, help="only draw/print detections above this")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--compile", action="store_true",
                         help="run the detector compiled by torch.compile (compiles first: worth it for many images)")
 
 
-def _cuda() -> bool:
+def _default_device() -> str:
     import torch
-    return torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def parse_texts(texts: str) -> list[str]:
@@ -139,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
 
     names = parse_texts(args.texts)
     targets = output_paths(args.out, args.images)
-    detector, text_encoder = load_model(args.weights, device=args.device, text_encoder_spec=args.text_encoder)
+    detector, text_encoder = load_model(args.weights, device=args.device or _default_device(),
+                                        text_encoder_spec=args.text_encoder)
     if text_encoder is None:
         raise SystemExit(f"{args.weights} carries no text encoder; pass --text-encoder")
     with torch.no_grad():

@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import argparse
 
+from cl_detect.commands._arguments import non_negative_int, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="protocol YAML (merged over experiments/defaults.yaml)")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="method lists, '+' composes (lora+distill); default: the protocol's, else every "
                              "registered method alone")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the protocol's)")
-    parser.add_argument("--out", default="results", help="results folder")
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=None,
+                        help="seeds (default: the protocol's)")
+    parser.add_argument("--out", default="results", help="results folder; runs are written to OUT/<protocol>/")
     parser.add_argument("--force", action="store_true", help="redo runs that already finished")
-    parser.add_argument("--max-train-images", type=int, default=None, help="cap every task's training images")
-    parser.add_argument("--image-size", type=int, default=None, help="training and evaluation image size")
+    parser.add_argument("--max-train-images", type=positive_int, default=None,
+                        help="cap every task's training images (a fixed-seed subset)")
+    parser.add_argument("--image-size", type=positive_int, default=None, help="training and evaluation image size")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: the protocol's)")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep each run's model state after it finishes")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=positive_int, default=1,
                         help="runs at once, one process each (CPU: 2 on 2 cores beats 2 threads in one)")
     parser.add_argument("--defaults", default=None, help="defaults YAML (default: experiments/defaults.yaml)")
     parser.add_argument("--allow-data-errors", action="store_true",

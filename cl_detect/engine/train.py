@@ -120,6 +120,7 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
         sampler.load_state_dict(saved["sampler"])
         set_rng_state(saved["rng"])
         progress, guard.stuck_steps = saved["progress"], saved["guard_steps"]
+        logger.start(progress["step"])  # drop what an earlier session logged after this checkpoint
     already_stopped = stop_after_steps is not None and progress["step"] >= stop_after_steps  # no extra step
     if progress["status"] == "finished" or already_stopped:
         logger.close()
