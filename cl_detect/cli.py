@@ -90,5 +90,5 @@ RESUME_HINTS = {
 }
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m cl_detect.cli` (torchrun's entry) behaves as the script does
+    sys.exit(console_main())

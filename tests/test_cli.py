@@ -83,3 +83,12 @@ def test_ctrl_c_stops_with_one_line_and_status_130(command, resumable, tmp_path,
     monkeypatch.setenv(cli.DEBUG_VARIABLE, "1")
     with pytest.raises(KeyboardInterrupt):
         cli.console_main()
+
+
+def test_python_dash_m_behaves_as_the_script(tmp_path):
+    """`python -m cl_detect.cli` is torchrun's entry: bad input is one message and status 2 there too."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "cl_detect.cli", "run", str(tmp_path / "missing.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr

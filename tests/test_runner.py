@@ -98,6 +98,9 @@ def test_run_writes_a_complete_result_then_skips_and_forces(protocol, tmp_path, 
     assert main(["run", str(protocol), "--methods", "finetune", "--out", str(out), "--force"]) == 0
     assert (out / "tiny" / "finetune_seed0.json").stat().st_mtime_ns != stamp
     assert _result(out)["accuracy_matrix"] == accuracy  # same seed, same numbers
+    capsys.readouterr()  # a method list or seed named twice is one run
+    assert main(["run", str(protocol), "--methods", "finetune", "finetune", "--seeds", "0", "0", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("1 skipped")
     # a finished result made with other data (here fewer training images) is not skipped as if it were this one
     assert len(_result(out)["data_fingerprint"]) == 16
     with pytest.raises(ValueError, match="finetune_seed0.json was made with other data or prompts.*--force"):

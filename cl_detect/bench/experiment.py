@@ -94,11 +94,12 @@ def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: lis
     Returns:
         One {"method", "seed", "status"} per run, status "finished", "failed", "skipped" or "interrupted".
     """
-    runs = method_runs(method_specs, config)
+    # a method list or seed named twice would run twice (with --jobs, two processes writing one file)
+    runs = list({"+".join(names): names for names in method_runs(method_specs, config)}.values())
     if config.label and len(runs) > 1:
         raise ValueError(f"label {config.label!r} names one run, but {len(runs)} method lists were asked for: "
                          f"{['+'.join(r) for r in runs]}")
-    seeds = list(config.seeds if seeds is None else seeds)
+    seeds = list(dict.fromkeys(config.seeds if seeds is None else seeds))
     prepare_protocol(config, log)
     save_resolved(config, Path(out) / config.name / "config.yaml")
     pairs = [(names, seed) for seed in seeds for names in runs]
