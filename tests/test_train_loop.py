@@ -109,47 +109,41 @@ def test_training_changes_weights_and_resuming_a_finished_run_is_a_no_op(world, 
     assert again.status == "finished" and again.steps == result.steps and again.images_per_s == 0.0
 
 
-class _NanAfter(Method):
-    """Adds a NaN loss from the `after`-th forward pass on."""
+class _InjectedLoss(Method):
+    """Adds `loss_injected = make(model, call)` to every forward pass (`call` counts from 1)."""
 
-    name = "nan_after"
+    name = "injected_loss"
 
-    def __init__(self, after: int):
+    def __init__(self, make):
         super().__init__(None)
-        self.after, self.calls = after, 0
+        self.make, self.calls = make, 0
 
     def extra_losses(self, model, batch, output, text):
         self.calls += 1
-        value = float("nan") if self.calls > self.after else 0.0
-        return {"loss_injected": torch.tensor(value)}
+        return {"loss_injected": self.make(model, self.calls)}
+
+
+def _nan_from_third_call(model, call):
+    return torch.tensor(float("nan") if call > 2 else 0.0)
+
+
+def _nan_gradient_at_second_call(model, call):
+    """A loss of value 0 whose gradient is NaN (sqrt at 0) on the second call."""
+    weight = next(model.detector.parameters())
+    return torch.sqrt((weight * 0).sum()) if call == 2 else torch.zeros(())
 
 
 def test_non_finite_loss_names_step_and_batch(world, tmp_path):
     config = tiny_config()
-    model = tiny_model(methods=[create_method("finetune"), _NanAfter(after=2)])
+    model = tiny_model(methods=[create_method("finetune"), _InjectedLoss(_nan_from_third_call)])
     dataset, sampler = build_task_training_set(base_split(world), [], config)
     with pytest.raises(TrainingError, match=r"loss is nan at step 2 \(batch image ids tensor\(\[\d+, \d+"):
         train_one_task(model, dataset, config, tmp_path, sampler=sampler)
 
 
-class _NanGradientAt(Method):
-    """Adds, at the `at`-th forward pass, a loss of value 0 whose gradient is NaN (sqrt at 0)."""
-
-    name = "nan_gradient_at"
-
-    def __init__(self, at: int):
-        super().__init__(None)
-        self.at, self.calls = at, 0
-
-    def extra_losses(self, model, batch, output, text):
-        self.calls += 1
-        weight = next(model.detector.parameters())
-        return {"loss_injected": torch.sqrt((weight * 0).sum()) if self.calls == self.at else torch.zeros(())}
-
-
 def test_non_finite_gradient_stops_before_the_step_and_keeps_the_checkpoint_clean(world, tmp_path):
     config = tiny_config(checkpoint_every_steps=1)
-    model = tiny_model(methods=[create_method("finetune"), _NanGradientAt(at=2)])
+    model = tiny_model(methods=[create_method("finetune"), _InjectedLoss(_nan_gradient_at_second_call)])
     dataset, sampler = build_task_training_set(base_split(world), [], config)
     with pytest.raises(TrainingError, match=r"gradient norm is nan at step 1 although the loss is finite"):
         train_one_task(model, dataset, config, tmp_path, sampler=sampler)
