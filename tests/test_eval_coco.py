@@ -267,3 +267,48 @@ def test_cli_eval_out_creates_its_folder_and_refuses_a_folder(coco_val, tmp_path
     assert main(["eval", "--gt", coco_val, "--dets", str(dets_path), "--out", str(tmp_path / "new")]) == 2
     captured = capsys.readouterr()
     assert f"--out {tmp_path / 'new'} is a folder" in captured.err and captured.out == ""
+
+
+def two_image_gt() -> dict:
+    return {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1, "name": "a"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "area": 2500,
+                             "iscrowd": 0},
+                            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [0, 0, 20, 20], "area": 400,
+                             "iscrowd": 0}]}
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "fast"])
+@pytest.mark.parametrize("part, index, key, value, message", [
+    # pycocotools looks annotations up by id: it scored the second box twice, the fast backend each once
+    ("annotations", 1, "id", 1, r"annotation id 1 is used by annotations \[0, 1\].*renumber"),
+    ("annotations", 0, "bbox", [10, 10, float("nan"), 50], r"annotations\[0\] \(id 1\) has bbox .*not 4 finite"),
+    ("annotations", 0, "bbox", [10, 10, 50], r"annotations\[0\] \(id 1\) has bbox .*not 4 finite"),
+    ("annotations", 0, "area", None, r"annotations\[0\] \(id 1\) has area None, not a finite number"),
+    ("annotations", 0, "iscrowd", 256, r"annotations\[0\] \(id 1\) has iscrowd 256, not 0 or 1"),
+    ("images", 0, "id", "img1", r"images\[0\] has id 'img1', not an integer id.*renumber"),
+    ("images", 0, "id", 2 ** 64 + 1, r"images\[0\] has id 18446744073709551617, not an integer id"),
+])
+def test_ground_truth_values_the_backends_would_misread_are_named(backend, part, index, key, value, message):
+    gt = two_image_gt()
+    gt[part][index][key] = value
+    detections = [{"image_id": 2, "category_id": 1, "bbox": [0, 0, 20, 20], "score": 0.5}]
+    with pytest.raises(ValueError, match=rf"the ground-truth dict: .*{message}"):
+        evaluate_coco(gt, detections, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "fast"])
+@pytest.mark.parametrize("key, value", [("image_id", 1.5), ("image_id", "1"), ("category_id", 1.5),
+                                        ("image_id", 2 ** 64)])
+def test_detection_ids_that_are_not_integers_are_named(backend, key, value):
+    # 1.5 used to be truncated to image 1 and "1" parsed: scored as a detection pycocotools would refuse
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}] * 2
+    detections = [detections[0], {**detections[1], key: value}]
+    with pytest.raises(ValueError, match=rf"entry 1 has {key} .*not an integer id"):
+        evaluate_coco(two_image_gt(), detections, backend=backend)
+    per_image = [{"image_id": 1.5, "boxes": np.zeros((0, 4)), "scores": [], "labels": []}]
+    with pytest.raises(ValueError, match="image_id 1.5, not an integer id"):
+        evaluate_coco(two_image_gt(), per_image, vocabulary=Vocabulary(("a",)))
+    # integral floats (some JSON writers emit 3.0) are the same id
+    floats = [{"image_id": 1.0, "category_id": 1.0, "bbox": [10, 10, 50, 50], "score": 0.9}]
+    assert evaluate_coco(two_image_gt(), floats, backend=backend)["AP50"] == evaluate_coco(
+        two_image_gt(), [{**floats[0], "image_id": 1, "category_id": 1}], backend=backend)["AP50"]

@@ -156,3 +156,45 @@ def test_lvis_bbox_that_is_not_4_numbers_is_named(bad_bbox):
     detections = [{"image_id": 10, "category_id": 1, "bbox": bad_bbox, "score": 0.5}] * 4
     with pytest.raises(ValueError, match="entry 0 has bbox .*not 4 numbers"):
         evaluate_lvis(hand_made_lvis(), detections)
+
+
+def test_image_ids_score_a_subset_of_the_file_only():
+    gt = hand_made_lvis()
+    gt["images"].append({**gt["images"][0], "id": 11})
+    gt["annotations"].append({**gt["annotations"][0], "id": 2, "image_id": 11})
+    found = [{"image_id": 10, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.5}]
+    # the whole file: image 11's cup is missed -> recall 1/2
+    assert evaluate_lvis(gt, found)["AP"] == pytest.approx(0.5, abs=0.01)
+    assert evaluate_lvis(gt, found, image_ids=[10])["AP"] == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="image_ids has 1 image id.*first: 12"):
+        evaluate_lvis(gt, found, image_ids=[10, 12])
+
+
+def test_detector_on_an_lvis_subset_scores_its_images_only(tmp_path, monkeypatch):
+    """An image_list / max_images subset of an LVIS json used to count the left-out images as missed."""
+    import dataclasses
+
+    import cv2
+    import torch
+
+    import cl_detect.eval.detector_eval as detector_eval
+    from cl_detect.data.readers import read_dataset
+
+    gt = hand_made_lvis()
+    gt["images"] = [{**gt["images"][0], "id": i, "file_name": f"{i}.jpg"} for i in (10, 11, 12, 13)]
+    gt["annotations"] = [{**gt["annotations"][0], "id": i, "image_id": i} for i in (10, 11, 12, 13)]
+    for image in gt["images"]:
+        cv2.imwrite(str(tmp_path / image["file_name"]), np.zeros((100, 100, 3), np.uint8))
+    (tmp_path / "lvis.json").write_text(json.dumps(gt))
+    dataset = read_dataset(tmp_path / "lvis.json")
+
+    def perfect_detector(detector, embeddings, dataset, *args, **kwargs):  # the ground truth, score 1
+        return [{"image_id": r.image_id, "boxes": r.boxes.astype(np.float64), "scores": np.ones(len(r.boxes)),
+                 "labels": r.labels} for r in dataset.records]
+
+    monkeypatch.setattr(detector_eval, "run_detector", perfect_detector)
+    subset = dataclasses.replace(dataset, records=dataset.records[:2])
+    for protocol in ("lvis", "lvis-fixed"):
+        stats = detector_eval.evaluate_detector(None, lambda names: torch.zeros(len(names), 4), subset,
+                                                protocol=protocol)
+        assert stats["AP"] == pytest.approx(1.0, abs=1e-12), protocol

@@ -8,10 +8,13 @@ into a results list for pycocotools / lvis-api with the very same float values.
 
 Every results-list bbox must be exactly 4 numbers and every per-image `boxes`
 array (N, 4); anything else is an error naming the first bad entry, never
-reshaped into other boxes.
+reshaped into other boxes. Image and category ids must be integers (an
+integral float such as 3.0 counts): 1.5 or "3" is an error, never truncated
+or parsed into another image's id.
 """
 from __future__ import annotations
 
+import math
 import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +56,36 @@ class DetectionColumns:
         return DetectionColumns(self.image_ids[keep], self.category_ids[keep], self.boxes[keep], self.scores[keep])
 
 
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def _is_integer(value) -> bool:
+    """An id that int64 holds exactly: an integer, or an integral float (JSON writers emit 3.0)."""
+    if isinstance(value, (int, np.integer)):
+        return -INT64_MAX - 1 <= int(value) <= INT64_MAX
+    if isinstance(value, (float, np.floating)):
+        return math.isfinite(value) and float(value).is_integer() and abs(value) < 2.0 ** 63
+    return False
+
+
+def first_non_integer(values: Sequence) -> int | None:
+    """Index of the first value that is not an integer id fitting int64, or None when all are."""
+    column = np.asarray(values)
+    if column.ndim == 1 and column.dtype.kind == "i":
+        return None  # the common case, without a Python loop
+    return next((index for index, value in enumerate(values) if not _is_integer(value)), None)
+
+
+def _id_column(results: Sequence[Mapping], key: str) -> np.ndarray:
+    values = [r[key] for r in results]
+    bad = first_non_integer(values)
+    if bad is not None:
+        raise ValueError(
+            f"COCO results entry {bad} has {key} {reprlib.repr(values[bad])}, not an integer id; write the "
+            f"annotation file's integer {key} (1.5 or \"12\" would be scored as another id or not at all)")
+    return np.array(values, dtype=np.int64)
+
+
 def _empty() -> DetectionColumns:
     return DetectionColumns(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0))
 
@@ -86,8 +119,8 @@ def _boxes_of_results(results: Sequence[Mapping]) -> np.ndarray:
 
 def _from_results(results: Sequence[Mapping]) -> DetectionColumns:
     try:
-        image_ids = np.array([r["image_id"] for r in results], dtype=np.int64)
-        category_ids = np.array([r["category_id"] for r in results], dtype=np.int64)
+        image_ids = _id_column(results, "image_id")
+        category_ids = _id_column(results, "category_id")
         boxes = _boxes_of_results(results)
         scores = np.array([r["score"] for r in results], dtype=np.float64)
     except KeyError as err:
@@ -114,6 +147,9 @@ def _from_arrays(per_image: Sequence[Mapping], vocabulary: Vocabulary | None) ->
             raise ValueError(
                 f"image {item['image_id']}: boxes have shape {xyxy.shape}; per-image boxes must be (N, 4) "
                 "[x1, y1, x2, y2] in pixels")
+        if not _is_integer(item["image_id"]):
+            raise ValueError(f"per-image detections have image_id {reprlib.repr(item['image_id'])}, not an integer "
+                             "id; use the annotation file's integer image id")
         labels = np.asarray(item["labels"], dtype=np.int64).reshape(-1)
         scores = np.asarray(item["scores"], dtype=np.float64).reshape(-1)
         if not len(xyxy) == len(labels) == len(scores):

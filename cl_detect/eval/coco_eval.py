@@ -16,6 +16,10 @@ detections score 0.0.
 The ground truth must carry every key pycocotools reads, annotations' `area`
 and `iscrowd` included; a missing one is a ValueError naming the first record
 that lacks it, for both backends (no default that pycocotools would not apply).
+So is a value the backends would read differently or not at all: a non-integer
+id, a repeated annotation id (pycocotools looks annotations up by id and would
+score the last of them twice), a bbox that is not 4 finite numbers, an `area`
+that is not a finite number, an `iscrowd` other than 0 / 1.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import contextlib
 import copy
 import io
 import json
+import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,7 +36,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
 from cl_detect.data.records import Vocabulary
-from cl_detect.eval._detections import DetectionColumns, check_ids, to_columns
+from cl_detect.eval._detections import DetectionColumns, check_ids, first_non_integer, to_columns
 
 BACKENDS = ("pycocotools", "fast")
 AREA_NAMES = ("all", "small", "medium", "large")
@@ -73,6 +78,73 @@ def check_gt_keys(dataset, source: str, required: Mapping[str, Sequence[str]], f
                     f"({len(lacking)} of {len(records)} {part} lack it); {fix}")
 
 
+def _first_bad_box(bboxes: list) -> int | None:
+    """Index of the first bbox that is not 4 finite numbers, or None."""
+    try:
+        boxes = np.asarray(bboxes, dtype=np.float64)
+        if boxes.shape == (len(bboxes), 4) and np.isfinite(boxes).all():
+            return None
+    except (ValueError, TypeError):
+        pass
+    for index, bbox in enumerate(bboxes):
+        try:
+            box = np.asarray(bbox, dtype=np.float64)
+        except (ValueError, TypeError):
+            return index
+        if isinstance(bbox, str) or box.shape != (4,) or not np.isfinite(box).all():
+            return index
+    return None
+
+
+def check_gt_values(dataset: dict, source: str, crowd: bool = True) -> None:
+    """Raise a ValueError naming the first ground-truth record with a value the evaluators misread.
+
+    Args:
+        dataset: the parsed annotation file (its keys already checked).
+        source: how to name it in errors (its path).
+        crowd: check `iscrowd` too (COCO; the lvis-api does not read it).
+    """
+    def fail(part: str, index: int, key: str, problem: str, fix: str):
+        record = dataset[part][index]
+        named = f"{part}[{index}]" if key == "id" else f"{part}[{index}] (id {reprlib.repr(record.get('id'))})"
+        raise ValueError(f"{source}: {named} has {key} {reprlib.repr(record[key])}, {problem}; {fix}")
+
+    for part, key in (("images", "id"), ("categories", "id"), ("annotations", "id"),
+                      ("annotations", "image_id"), ("annotations", "category_id")):
+        bad = first_non_integer([record[key] for record in dataset[part]])
+        if bad is not None:
+            fail(part, bad, key, "not an integer id", "detections are scored by integer ids: renumber them "
+                 "(e.g. 1..N, keeping names in file_name) in the annotations and the detections alike")
+    annotations = dataset["annotations"]
+    ids, first, counts = np.unique(np.array([a["id"] for a in annotations], dtype=np.int64),
+                                   return_index=True, return_counts=True)
+    if (counts > 1).any():
+        index = int(np.sort(first[counts > 1])[0])
+        repeats = [i for i, a in enumerate(annotations) if a["id"] == annotations[index]["id"]]
+        raise ValueError(
+            f"{source}: annotation id {annotations[index]['id']} is used by annotations {repeats[:5]} "
+            f"({int((counts > 1).sum())} ids repeat); pycocotools looks annotations up by id, so it would score "
+            "one of them twice and lose the others; give every annotation its own id (renumber them 1..N)")
+    bad = _first_bad_box([a["bbox"] for a in annotations])
+    if bad is not None:
+        fail("annotations", bad, "bbox", "not 4 finite numbers", "write each bbox as [x, y, width, height] in "
+             "pixels, or drop the annotation")
+    areas = [a["area"] for a in annotations]
+    column = np.asarray(areas)
+    bad = None if column.dtype.kind in "iuf" and np.isfinite(column).all() else next(
+        i for i, area in enumerate(areas) if isinstance(area, (bool, np.bool_))
+        or not isinstance(area, (int, float, np.number)) or not np.isfinite(area))
+    if bad is not None:
+        fail("annotations", bad, "area", "not a finite number", "write the object's area in pixels (width * "
+             "height of the bbox when there is no mask); it decides small / medium / large")
+    if crowd:
+        column = np.asarray([a["iscrowd"] for a in annotations])
+        bad = None if column.dtype.kind in "iub" and np.isin(column, (0, 1)).all() else next(
+            i for i, a in enumerate(annotations) if a["iscrowd"] not in (0, 1))
+        if bad is not None:
+            fail("annotations", bad, "iscrowd", "not 0 or 1", "write 0, or 1 for a crowd region")
+
+
 def load_coco_gt(gt: str | Path | dict | COCO) -> COCO:
     """Return a pycocotools COCO object from a path, a dataset dict or a COCO object.
 
@@ -83,16 +155,19 @@ def load_coco_gt(gt: str | Path | dict | COCO) -> COCO:
         The COCO ground truth, built without pycocotools' progress prints.
 
     Raises:
-        ValueError: a record lacks a key pycocotools reads (named, with the fix).
+        ValueError: a record lacks a key pycocotools reads, or has a value the backends would
+            misread (named, with the fix).
     """
     if isinstance(gt, COCO):
         check_gt_keys(gt.dataset, "the ground truth", COCO_REQUIRED_KEYS, COCO_KEYS_FIX)
+        check_gt_values(gt.dataset, "the ground truth")
         return gt
     if isinstance(gt, (str, Path)):
         dataset, source = json.loads(Path(gt).read_text()), str(gt)
     else:
         dataset, source = copy.deepcopy(dict(gt)), "the ground-truth dict"
     check_gt_keys(dataset, source, COCO_REQUIRED_KEYS, COCO_KEYS_FIX)
+    check_gt_values(dataset, source)
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):

@@ -94,7 +94,8 @@ def evaluate_detector(detector, text_encoder, dataset: DetectionDataset, image_s
         dataset: test set (its annotations are the ground truth).
         image_size, batch_size, num_workers: inference settings.
         protocol: "coco" (100 dets/img, pycocotools rules), "lvis" (300 dets/img,
-            federated rules; `dataset.source` must be the LVIS json) or "lvis-fixed" (Fixed AP).
+            federated rules; `dataset.source` must be the LVIS json, scored on the dataset's
+            images only) or "lvis-fixed" (Fixed AP).
         prompts: texts per class (default: the class names).
         backend: COCO backend, "fast" (identical statistics, tested) or "pycocotools".
         fuse: evaluate a BatchNorm-folded copy (pass False when `detector` is already one).
@@ -117,7 +118,8 @@ def evaluate_detector(detector, text_encoder, dataset: DetectionDataset, image_s
         return evaluate_coco(gt, detections, max_dets=100, backend=backend, vocabulary=vocabulary)
     if protocol in ("lvis", "lvis-fixed"):
         from cl_detect.eval.lvis_eval import evaluate_lvis
+        # a subset of the file's images (image_list, max_images) is scored on those images only
         return evaluate_lvis(dataset.source, detections, fixed_ap=protocol == "lvis-fixed",
-                             vocabulary=dataset.vocabulary)
+                             vocabulary=dataset.vocabulary, image_ids=[r.image_id for r in dataset.records])
     raise ValueError(f"protocol must be 'coco', 'lvis' or 'lvis-fixed', got {protocol!r}")
 

@@ -16,6 +16,8 @@ category is annotated as present or listed in `neg_category_ids`; unmatched
 detections of a category in `not_exhaustive_category_ids` are ignored.
 Ground truth without these lists (a COCO file) or lacking another key the
 lvis-api reads is a ValueError naming the file and the first such record.
+`image_ids` scores a subset of the file's images (as LVISEval's
+params.img_ids does): the images left out are not counted as missed.
 
 The lvis package is imported inside the functions: importing it loads cv2
 and matplotlib. lvis 0.5.3 calls `np.float`, removed in NumPy 1.24; `lvis_numpy_compat()`
@@ -30,7 +32,7 @@ import json
 import logging
 import types
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,7 +40,7 @@ import numpy as np
 
 from cl_detect.data.records import Vocabulary
 from cl_detect.eval._detections import DetectionColumns, check_ids, to_columns
-from cl_detect.eval.coco_eval import check_gt_keys
+from cl_detect.eval.coco_eval import check_gt_keys, check_gt_values
 
 if TYPE_CHECKING:
     from lvis import LVIS, LVISResults
@@ -84,7 +86,8 @@ def lvis_numpy_compat() -> Iterator[None]:
 
 
 def check_lvis_gt(dataset, source: str) -> None:
-    """Raise a ValueError if `dataset` is not LVIS ground truth or a record lacks a key the lvis-api reads.
+    """Raise a ValueError if `dataset` is not LVIS ground truth or a record lacks a key the lvis-api
+    reads or has a value it would misread (see `check_gt_values`).
 
     Args:
         dataset: the parsed annotation file.
@@ -97,6 +100,7 @@ def check_lvis_gt(dataset, source: str) -> None:
             "which the federated rules need; score COCO-format ground truth with COCO rules (drop --lvis from "
             "cl-detect eval, or call evaluate_coco)")
     check_gt_keys(dataset, source, LVIS_REQUIRED_KEYS, LVIS_KEYS_FIX)
+    check_gt_values(dataset, source, crowd=False)
 
 
 def load_lvis_gt(gt: str | Path | dict | LVIS) -> LVIS:
@@ -145,6 +149,18 @@ def cap_detections_per_category(detections: DetectionColumns, limit: int = FIXED
     return detections.subset(keep)
 
 
+def _scored_images(lvis_gt: LVIS, image_ids: Iterable[int]) -> list[int]:
+    """`image_ids` sorted; a ValueError names one the ground truth does not have."""
+    wanted = sorted({int(i) for i in image_ids})
+    unknown = [i for i in wanted if i not in lvis_gt.imgs]
+    if unknown:
+        raise ValueError(f"image_ids has {len(unknown)} image id(s) the LVIS ground truth does not contain (first: "
+                         f"{unknown[0]}); pass ids of the annotation file's images")
+    if not wanted:
+        raise ValueError("image_ids is empty: no image to score; pass None to score every image of the file")
+    return wanted
+
+
 def _lvis_results(lvis_gt: LVIS, results: list[dict], max_dets: int) -> LVISResults:
     from lvis import LVISResults
 
@@ -161,7 +177,8 @@ def _lvis_results(lvis_gt: LVIS, results: list[dict], max_dets: int) -> LVISResu
 
 def evaluate_lvis(gt: str | Path | dict | LVIS, detections: Sequence[Mapping] | DetectionColumns,
                   max_dets: int = 300, fixed_ap: bool = False, vocabulary: Vocabulary | None = None,
-                  dets_per_category: int = FIXED_AP_DETS_PER_CATEGORY) -> dict:
+                  dets_per_category: int = FIXED_AP_DETS_PER_CATEGORY, image_ids: Iterable[int] | None = None
+                  ) -> dict:
     """Score detections with the LVIS federated protocol.
 
     Args:
@@ -173,6 +190,8 @@ def evaluate_lvis(gt: str | Path | dict | LVIS, detections: Sequence[Mapping] | 
         fixed_ap: use Fixed AP (no per-image cap, top `dets_per_category` per category).
         vocabulary: maps per-image labels to category ids.
         dets_per_category: the Fixed AP cap per category (10,000 in the protocol).
+        image_ids: score only these images of the file (default: all); detections on
+            other images are dropped before any cap.
 
     Returns:
         A dict with protocol, AP, AP50, AP75, APs, APm, APl, APr, APc, APf,
@@ -184,6 +203,8 @@ def evaluate_lvis(gt: str | Path | dict | LVIS, detections: Sequence[Mapping] | 
     lvis_gt = load_lvis_gt(gt)
     columns = to_columns(detections, vocabulary)
     check_ids(columns, lvis_gt.imgs.keys(), lvis_gt.cats.keys())
+    scored_images = sorted(lvis_gt.imgs) if image_ids is None else _scored_images(lvis_gt, image_ids)
+    columns = columns.subset(np.isin(columns.image_ids, scored_images))
     if fixed_ap:
         columns = cap_detections_per_category(columns, dets_per_category)
         max_dets, protocol = -1, f"fixed-ap-{dets_per_category}"
@@ -192,6 +213,7 @@ def evaluate_lvis(gt: str | Path | dict | LVIS, detections: Sequence[Mapping] | 
     with lvis_numpy_compat():
         evaluator = LVISEval(lvis_gt, _lvis_results(lvis_gt, columns.to_results(), max_dets), iou_type="bbox")
         evaluator.params.max_dets = max_dets
+        evaluator.params.img_ids = scored_images
         evaluator.run()
     results = evaluator.get_results()
     stats = {key: float(results[key]) for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")}
