@@ -6,6 +6,7 @@ Python, independent of the tensor code.
 """
 import math
 
+import pytest
 import torch
 
 from cl_detect.engine._box_ops import make_priors
@@ -147,3 +148,15 @@ def test_batched_assignment_equals_per_image():
         assert torch.allclose(single.scores[0], batched.scores[image])
         fg = single.fg_mask[0]
         assert torch.equal(single.boxes[0, fg], batched.boxes[image, fg])
+
+
+def test_a_label_outside_the_prompts_names_the_row_not_an_index_error():
+    scores, boxes = grid_inputs([0.0, 0.0, 16.0, 16.0])
+    gt_boxes = torch.tensor([[[0.0, 0.0, 16.0, 16.0]] * 3])
+    mask = torch.tensor([[True, True, False]])
+    assigner = TaskAlignedAssigner()
+    for bad in (NUM_CLASSES, -1):
+        with pytest.raises(ValueError, match=rf"GT label {bad} \(image 0, GT row 1\) is outside the 3 prompts"):
+            assigner(scores, boxes, POINTS, torch.tensor([[0, bad, 0]]), gt_boxes, mask)
+    padded = assigner(scores, boxes, POINTS, torch.tensor([[0, 1, 99]]), gt_boxes, mask)  # padding may hold anything
+    assert padded.fg_mask.any()

@@ -65,3 +65,20 @@ def test_shape_errors_and_zero_base():
     with pytest.raises(ValueError, match="retention"):
         continual_summary(ACC, RET, ["coco"])
     assert math.isnan(retention_ratio([[0.0], [0.2]])[0])
+
+
+def test_a_nan_the_formulas_need_is_refused_naming_the_cell():
+    # these gave a NaN in-domain Avg / BWT (a dash), or a forgetting averaged over fewer tasks
+    final = ACC.copy()
+    final[3, 1] = np.nan
+    for metric in (in_domain_avg, forgetting, backward_transfer):
+        with pytest.raises(ValueError, match=r"a\[3\]\[2\] \(AP on task 2 after training task 3\) is NaN"):
+            metric(final)
+    diagonal = ACC.copy()
+    diagonal[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"a\[2\]\[2\] .* is NaN"):
+        continual_summary(diagonal)
+    before_learned = ACC.copy()
+    before_learned[1, 2] = np.nan  # task 3 scored after task 1: "not applicable" is allowed there
+    assert backward_transfer(before_learned) == pytest.approx(-0.175, abs=1e-15)
+    assert in_domain_avg(before_learned) == pytest.approx(in_domain_avg(ACC), abs=1e-15)

@@ -395,3 +395,19 @@ def test_negative_seeds_and_empty_image_caps_fail_at_load_naming_the_setting(tmp
     task = {"name": "t", "train": {"path": "a.json", "max_images": 0}, "test": "b.json"}
     with pytest.raises(ValueError, match=r"a.json: max_images must be 1 or more, got 0"):
         load_run_config(_write(tmp_path, {**MINIMAL, "tasks": [task]}))
+
+
+def test_a_label_too_long_for_a_file_name_fails_when_the_protocol_is_read(tmp_path):
+    # it used to fail after data and model loading, with "[Errno 36] File name too long"
+    with pytest.raises(ValueError, match=r"protocol label 'x+'\.\.\. is 250 bytes long.*at most 200 bytes"):
+        load_run_config(_write(tmp_path, {**MINIMAL, "label": "x" * 250}))
+    task = {**MINIMAL["tasks"][0], "name": "t" * 230}
+    with pytest.raises(ValueError, match=r"protocol task name 't+'\.\.\. is 230 bytes"):
+        load_run_config(_write(tmp_path, {**MINIMAL, "tasks": [task]}))
+
+
+def test_an_lvis_retention_set_may_be_subset(tmp_path):
+    # LVIS evaluation scores a subset's own images (tests/test_eval_lvis.py), so max_images is allowed
+    retention = [{"name": "lvis", "protocol": "lvis", "data": {"path": "lvis.json", "max_images": 50}}]
+    config = load_run_config(_write(tmp_path, {**MINIMAL, "retention": retention}))
+    assert config.retention[0].data[0].max_images == 50

@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -224,3 +225,29 @@ def test_latex_negative_values_use_a_minus_sign_not_a_hyphen(tmp_path):
     forgetting = row.split(" & ")[3]
     assert forgetting.startswith("$-$6.0 $\\pm$ 1.0") and "[$-$" in forgetting
     assert "-" not in forgetting.replace("$-$", "")
+
+
+def test_a_result_with_a_null_cell_on_the_diagonal_is_refused_naming_file_and_cell(tmp_path):
+    broken = result_dict("specialist", 0, (0.3, 0.7), 0.2)
+    broken["accuracy_matrix"][1][0] = None  # task 1 right after it was learned: BWT had silently become NaN
+    path = write_results(tmp_path, [broken])[0]
+    with pytest.raises(ResultError, match=rf"{path.name}: accuracy a\[1\]\[1\] .* is NaN"):
+        load_results([path])
+
+
+def test_a_result_with_a_non_numeric_seed_names_the_file(tmp_path):
+    bad = result_dict("finetune", 0, (0.3, 0.7), 0.2)
+    bad["seed"] = "s0"  # was a bare "invalid literal for int()" without the file
+    path = write_results(tmp_path, [bad])[0]
+    with pytest.raises(ResultError, match=rf"{path.name}: seed, .* must be numbers .*'s0'"):
+        load_results([path])
+
+
+def test_a_measured_zero_stays_zero_and_a_missing_measurement_is_nan(tmp_path):
+    timed, untimed = result_dict("finetune", 0, (0.3, 0.7), 0.2), result_dict("finetune", 1, (0.3, 0.7), 0.2)
+    timed["wall_time_s"], timed["peak_memory_mb"] = 0, 0.0  # used to read as NaN (`0 or nan`)
+    untimed.pop("wall_time_s", None)
+    untimed["peak_memory_mb"] = None
+    first, second = load_results(write_results(tmp_path, [timed, untimed]))
+    assert (first.wall_time_s, first.peak_memory_mb) == (0.0, 0.0)
+    assert math.isnan(second.wall_time_s) and math.isnan(second.peak_memory_mb)

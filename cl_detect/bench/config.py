@@ -26,6 +26,9 @@ from cl_detect.engine.config import TrainConfig
 
 DEFAULTS_PATH = Path(__file__).resolve().parents[2] / "experiments" / "defaults.yaml"
 RETENTION_PROTOCOLS = ("coco", "lvis", "lvis-fixed")
+# A run writes `<protocol>/<label>_seed<seed>.json` and `work/<label>_seed<seed>/task<i>_<task>/`;
+# file systems allow 255 bytes per name, so names stay well below that.
+MAX_NAME_BYTES = 200
 
 
 @dataclass
@@ -112,9 +115,6 @@ class RetentionSpec:
         if self.protocol != "coco" and len(self.data) != 1:
             raise ValueError(f"retention set {self.name!r}: LVIS evaluation reads one LVIS json; "
                              f"got {len(self.data)} data entries")
-        if self.protocol != "coco" and self.data[0].max_images is not None:
-            raise ValueError(f"retention set {self.name!r}: LVIS evaluation scores the whole json; "
-                             f"max_images cannot subset it")
 
 
 @dataclass
@@ -222,6 +222,11 @@ class RunConfig:
                 raise ValueError(f"protocol {self.name!r} method_options: {err}") from None
         if self.label is not None and (not self.label or "/" in self.label or "+" in self.label):
             raise ValueError(f"label {self.label!r} must be a non-empty name without '/' or '+'")
+        for setting, value in [("name", self.name), ("label", self.label)] + [("task name", t.name) for t in self.tasks]:
+            if value is not None and len(value.encode()) > MAX_NAME_BYTES:
+                raise ValueError(f"protocol {setting} {value[:40]!r}... is {len(value.encode())} bytes long; it names "
+                                 f"the result files (<label>_seed<seed>.json) and work folders, and file names are "
+                                 f"limited to 255 bytes: give a {setting} of at most {MAX_NAME_BYTES} bytes")
 
     def run_label(self, method_names: list[str]) -> str:
         """Name of a run's result file and table row."""

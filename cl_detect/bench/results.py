@@ -9,7 +9,9 @@ Matrices may contain NaN where an evaluation does not apply (the closed-set
 `specialist` has no head for a vocabulary it was not trained on). The summary
 then follows the formulas over the defined entries only: forgetting's max runs
 over the rows where a[l][j] is defined, zero-shot transfer averages the defined
-a[i][j]; a metric with no defined entry is NaN.
+a[i][j]; a metric with no defined entry is NaN. The last row and the diagonal
+must be defined (`cl_detect.eval.continual.check_required_cells`): a finished
+result with null there is refused when read, naming the file and the cell.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cl_detect.eval.continual import continual_summary
+from cl_detect.eval.continual import check_required_cells, continual_summary
 
 STATUSES = ("finished", "failed")
 _ALWAYS = ("protocol", "method", "seed", "status")
@@ -166,6 +168,11 @@ def _matrix(data: dict, key: str, shape: tuple[int, int], source: str) -> np.nda
     return matrix
 
 
+def _number(value) -> float:
+    """A recorded measurement; None (not measured) reads as NaN, 0 stays 0."""
+    return math.nan if value is None else float(value)
+
+
 def validate_result(data: dict, source: str) -> RunResult:
     """Check one loaded result object and turn it into a `RunResult`.
 
@@ -188,13 +195,17 @@ def validate_result(data: dict, source: str) -> RunResult:
         raise ResultError(f"{source}: missing field(s) {', '.join(missing)}")
     if data["status"] not in STATUSES:
         raise ResultError(f"{source}: status must be one of {STATUSES}, got {data['status']!r}")
-    result = RunResult(source=source, protocol=str(data["protocol"]), method=str(data["method"]),
-                       seed=int(data["seed"]), status=data["status"], error=data.get("error"),
-                       rows=list(data.get("rows") or []), data=data,
-                       wall_time_s=float(data.get("wall_time_s") or math.nan),
-                       peak_memory_mb=float(data.get("peak_memory_mb") or math.nan),
-                       trainable_params=int(data.get("trainable_params") or 0),
-                       total_params=int(data.get("total_params") or 0))
+    try:
+        result = RunResult(source=source, protocol=str(data["protocol"]), method=str(data["method"]),
+                           seed=int(data["seed"]), status=data["status"], error=data.get("error"),
+                           rows=list(data.get("rows") or []), data=data,
+                           wall_time_s=_number(data.get("wall_time_s")),
+                           peak_memory_mb=_number(data.get("peak_memory_mb")),
+                           trainable_params=int(data.get("trainable_params") or 0),
+                           total_params=int(data.get("total_params") or 0))
+    except (TypeError, ValueError) as err:  # a hand-edited field: name the file, not just the value
+        raise ResultError(f"{source}: seed, wall_time_s, peak_memory_mb and the parameter counts must be "
+                          f"numbers and rows a list ({err})") from None
     if not result.finished:
         return result
     result.tasks = [str(t) for t in data["tasks"]]
@@ -204,6 +215,11 @@ def validate_result(data: dict, source: str) -> RunResult:
     num_tasks = len(result.tasks)
     result.accuracy = _matrix(data, "accuracy_matrix", (num_tasks + 1, num_tasks), source)
     result.retention = _matrix(data, "retention_matrix", (num_tasks + 1, len(result.retention_sets)), source)
+    try:
+        check_required_cells(result.accuracy)
+    except ValueError as err:
+        raise ResultError(f"{source}: {err}; the run is incomplete (run it again with --force) or its method "
+                          f"cannot score a task it has learned") from None
     return result
 
 

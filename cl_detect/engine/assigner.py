@@ -75,11 +75,17 @@ class TaskAlignedAssigner:
 
         Returns:
             The per-prior `AssignResult`.
+
+        Raises:
+            ValueError: an unpadded GT label outside [0, C), naming its image and row (checked for CPU
+                tensors; on an accelerator the trainer's `check_batch` checks the batch on the host).
         """
         batch, num_priors, num_classes = pred_scores.shape
         num_gt = gt_boxes.shape[1]
         if num_gt == 0:
             return _empty_result(pred_scores, gt_boxes.dtype)
+        if gt_labels.device.type == "cpu":
+            _check_labels(gt_labels, gt_mask, num_classes)
 
         # Padding rows may carry any label; clamp so the gathers stay in range.
         labels = torch.where(gt_mask, gt_labels, torch.zeros_like(gt_labels)).long()
@@ -124,6 +130,23 @@ class TaskAlignedAssigner:
         left_top = points[None, None] - gt_boxes[:, :, None, :2]
         right_bottom = gt_boxes[:, :, None, 2:] - points[None, None]
         return torch.cat([left_top, right_bottom], dim=-1).amin(dim=-1) > self.eps
+
+
+def _check_labels(gt_labels: torch.Tensor, gt_mask: torch.Tensor, num_classes: int) -> None:
+    """Refuse a real (unpadded) GT label outside [0, num_classes) with a message, not an index error.
+
+    Only called on CPU tensors, where reading the result costs nothing: on an accelerator it would
+    add a host-device sync to every training step, and the trainer's `check_batch` already checks
+    each batch on the host before it is moved there.
+    """
+    real = gt_mask.bool()
+    labels = gt_labels[real]
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        image, row = real.nonzero()[bad.nonzero()[0, 0]].tolist()
+        raise ValueError(f"GT label {int(labels[bad][0])} (image {image}, GT row {row}) is outside the "
+                         f"{num_classes} prompts of the batch: labels index each image's texts, 0..{num_classes - 1}; "
+                         f"mark padding rows False in gt_mask, or pass more texts")
 
 
 def _empty_result(pred_scores: torch.Tensor, box_dtype: torch.dtype) -> AssignResult:

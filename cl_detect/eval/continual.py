@@ -14,6 +14,12 @@ Metrics that need two tasks (forgetting, BWT, zero-shot transfer) return NaN
 for T = 1, meaning "undefined for a one-task sequence" (a table prints it as a
 dash); a retention ratio whose base AP is 0 is NaN for the same reason. Wrong
 shapes raise ValueError.
+
+A NaN cell of `acc` means "not applicable" (a closed-set model scored on a
+task it has not learned yet). The cells the formulas cannot do without, the
+last row a[T][j] (in-domain Avg, F, BWT) and the diagonal a[j][j] (BWT), must
+be defined: a NaN there raises ValueError naming the cell, rather than a NaN
+metric or a mean over fewer tasks that would flatter the run.
 """
 from __future__ import annotations
 
@@ -30,6 +36,23 @@ def _accuracy(acc: np.ndarray | Sequence) -> np.ndarray:
     return acc
 
 
+def check_required_cells(acc: np.ndarray | Sequence) -> None:
+    """Raise ValueError naming the first NaN in the last row or on the diagonal (rows 1..T).
+
+    Args:
+        acc: (T+1, T) accuracy matrix, row 0 = before training.
+    """
+    acc = _accuracy(acc)
+    num_tasks = acc.shape[1]
+    cells = [(num_tasks, j) for j in range(1, num_tasks + 1)] + [(j, j) for j in range(1, num_tasks)]
+    for i, j in cells:
+        if np.isnan(acc[i, j - 1]):
+            raise ValueError(
+                f"accuracy a[{i}][{j}] (AP on task {j} after training task {i}) is NaN (not evaluated or not "
+                f"applicable); in-domain Avg, forgetting and BWT need every task's AP right after it is learned "
+                f"and after the last task: evaluate that cell (other cells may be NaN)")
+
+
 def in_domain_avg(acc: np.ndarray | Sequence) -> float:
     """Mean over tasks j of a[T][j]: AP on every task's test set after the last task.
 
@@ -40,6 +63,7 @@ def in_domain_avg(acc: np.ndarray | Sequence) -> float:
         The in-domain average.
     """
     acc = _accuracy(acc)
+    check_required_cells(acc)
     return float(np.mean(acc[-1]))
 
 
@@ -56,6 +80,7 @@ def forgetting(acc: np.ndarray | Sequence) -> float:
         Forgetting (positive = AP lost); NaN when T = 1.
     """
     acc = _accuracy(acc)
+    check_required_cells(acc)
     num_tasks = acc.shape[1]
     if num_tasks < 2:
         return float("nan")
@@ -73,6 +98,7 @@ def backward_transfer(acc: np.ndarray | Sequence) -> float:
         Backward transfer (negative = forgetting); NaN when T = 1.
     """
     acc = _accuracy(acc)
+    check_required_cells(acc)
     num_tasks = acc.shape[1]
     if num_tasks < 2:
         return float("nan")
