@@ -234,3 +234,35 @@ def test_bf16_teacher_gives_float32_losses_close_to_the_float32_teachers():
     for key in DISTILL_KEYS:
         assert rounded[key].dtype == torch.float32, key
         torch.testing.assert_close(rounded[key], exact[key], rtol=0.05, atol=1e-3)
+
+
+@pytest.mark.parametrize("methods", [
+    [("distill", {}), ("lora", {"rank": 2})],  # the teacher took the adapters at task 0, a fresh one has none
+    [("lora", {"rank": 2, "per_task_adapters": True}), ("distill", {"teacher": "previous_task"})],
+    [("specialist", {}), ("distill", {"teacher": "previous_task"})],  # the teacher took the closed-set heads
+])
+def test_a_teacher_copied_after_the_trainer_changed_the_layout_resumes(methods):
+    # resuming these runs failed with "checkpoint does not fit this model" (the runner then started over)
+    if not {name for name, _ in methods} <= set(list_methods()):
+        pytest.skip("method not registered")
+    model = tiny_continual(methods)
+    for index in range(2):
+        model.hook("before_task", TaskContext(index, f"t{index}", ("red square", "blue circle")))
+    perturb(model.detector)
+    restored = tiny_continual(methods, seed=3)
+    load_model_state(restored, model_state(model))
+    expected, got = model.state_dict(), restored.state_dict()
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected if isinstance(expected[k], torch.Tensor))
+    assert not any(p.requires_grad for p in restored.method("distill").teacher.parameters())
+
+
+def test_a_teacher_older_than_the_detector_layout_says_which_order_resumes():
+    methods = [("lora", {"rank": 2, "per_task_adapters": True}), ("distill", {})]
+    if "lora" not in list_methods():
+        pytest.skip("lora is not registered")
+    model = tiny_continual(methods)
+    for index in range(2):
+        model.hook("before_task", TaskContext(index, f"t{index}", ("red square",)))
+    with pytest.raises(ValueError, match="teacher 'base' list distill before the trainer"):
+        load_model_state(tiny_continual(methods, seed=3), model_state(model))

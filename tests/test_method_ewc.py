@@ -1,6 +1,8 @@
 """The `ewc` method: penalty and its gradient, Fisher estimation from task data, accumulation, checkpoints."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -164,3 +166,42 @@ def test_lora_merge_after_task_is_rejected_at_build(order):
     with pytest.raises(ValueError, match="ewc cannot be combined with lora's merge_after_task"):
         tiny_continual([(name, options[name]) for name in order])
     tiny_continual([("lora", {}), ("ewc", {"image_size": 64})])  # unmerged adapters are fine
+
+
+@pytest.mark.parametrize("regulariser", ["ewc", "wise"])
+def test_any_method_that_renews_its_trained_tensors_is_refused(regulariser):
+    # the refusal asks the declared property, not lora by name: any trainer may declare it
+    from _regulariser_fixtures import text_encoder
+    from cl_detect.methods import ContinualModel
+    from cl_detect.models.registry import create_detector
+    trainer = create_method("finetune", {"parts": "head"})
+    trainer.renews_trained_tensors = "finetune's test setting (set it false)"
+    options = {"ewc": {"image_size": 64}, "wise": {}}[regulariser]
+    with pytest.raises(ValueError, match=f"{regulariser} cannot be combined with finetune's test setting"):
+        ContinualModel(create_detector("yolo_world_v2_t", text_dim=32), text_encoder(),
+                       [trainer, create_method(regulariser, options)])
+
+
+def test_image_size_override_touches_ewc_only_when_it_runs_and_the_used_size_is_recorded(tmp_path):
+    import yaml
+    from cl_detect.bench.config import load_run_config
+    from cl_detect.bench.experiment import with_method_image_sizes, with_overrides
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "base_model": {"checkpoint": "m.pt"}, "train": {"image_size": 96},
+                                    "tasks": [{"name": "t", "train": "a.json", "test": "b.json"}]}))
+    config = load_run_config(path, defaults_path=None)
+    # --image-size with --methods finetune wrote `ewc: {image_size: N}` into the saved config all the same
+    assert "ewc" not in with_overrides(config, image_size=320, method_specs=["finetune"]).method_options
+    assert with_overrides(config, image_size=320, method_specs=["lora+ewc"]).method_options["ewc"] == {
+        "image_size": 320}
+    # left unset, ewc's Fisher runs at the training size: the saved config and result JSONs say which
+    assert with_method_image_sizes(config, ["finetune+ewc"]).method_options["ewc"]["image_size"] == 96
+    assert "ewc" not in with_method_image_sizes(config, ["finetune"]).method_options
+    explicit = dataclasses.replace(config, method_options={"ewc": {"image_size": 64}})
+    assert with_method_image_sizes(explicit, ["ewc"]).method_options["ewc"]["image_size"] == 64
+
+
+def test_lora_per_task_adapters_is_rejected_at_build():
+    # each task trained a new adapter and no consolidated tensor trained again: loss_ewc was exactly 0
+    with pytest.raises(ValueError, match="ewc cannot be combined with lora's per_task_adapters"):
+        tiny_continual([("lora", {"per_task_adapters": True}), ("ewc", {"image_size": 64})])

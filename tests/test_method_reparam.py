@@ -159,3 +159,12 @@ def test_applies_to_only_the_folded_vocabulary():
     assert method.applies_to(("anything",))  # nothing folded yet: the open-vocabulary model
     method.vocabulary = ["red box", "blue box"]
     assert method.applies_to(("blue box", "red box")) and not method.applies_to(("red box", "person"))
+
+
+def test_other_prompts_in_training_name_the_mixed_in_data():
+    # replay's pretraining_data (other classes) failed at the first step with "evaluate other vocabularies ..."
+    model = _folded_model()
+    with pytest.raises(ValueError, match="a training batch names them.*replay's pretraining_data"):
+        model.train().embed_texts([["red thing", "person"]])
+    with pytest.raises(ValueError, match="evaluate other vocabularies"):
+        model.eval().embed_texts([["red thing", "person"]])

@@ -49,23 +49,25 @@ def method_runs(specs: list[str] | None, config: RunConfig) -> list[list[str]]:
 
 
 def with_overrides(config: RunConfig, image_size: int | None = None, max_train_images: int | None = None,
-                   device: str | None = None) -> RunConfig:
+                   device: str | None = None, method_specs: list[str] | None = None) -> RunConfig:
     """The config with command-line settings applied (so the saved config says what ran).
 
     Args:
         config: the protocol.
-        image_size: training and evaluation size.
+        image_size: training and evaluation size; also the `image_size` option of the methods that
+            run the detector themselves (ewc's Fisher pass), among the methods that will run.
         max_train_images: cap on every task's training images.
         device: training/evaluation device.
+        method_specs: the method lists that will run, as `run_experiment` takes them (None: the
+            protocol's, else every registered method).
     """
     train, evaluation, tasks = dict(config.train), config.eval, config.tasks
     options = {name: dict(values or {}) for name, values in config.method_options.items()}
     if image_size is not None:
         train["image_size"] = image_size
         evaluation = dataclasses.replace(evaluation, image_size=image_size)
-        for name in list_methods():  # methods that run the detector themselves (ewc's Fisher pass)
-            if any(f.name == "image_size" for f in dataclasses.fields(method_classes(name)[0])):
-                options.setdefault(name, {})["image_size"] = image_size
+        for name in _sized_methods(method_specs, config):
+            options.setdefault(name, {})["image_size"] = image_size
     if device is not None:
         train["device"] = device
     if max_train_images is not None:
@@ -73,6 +75,23 @@ def with_overrides(config: RunConfig, image_size: int | None = None, max_train_i
             task.train, max_images=min(max_train_images, task.train.max_images or max_train_images)))
             for task in tasks]
     return dataclasses.replace(config, train=train, eval=evaluation, tasks=tasks, method_options=options)
+
+
+def _sized_methods(method_specs: list[str] | None, config: RunConfig) -> list[str]:
+    """The methods that will run and have an `image_size` option (they run the detector themselves)."""
+    names = dict.fromkeys(name for names in method_runs(method_specs, config) for name in names)
+    return [name for name in names
+            if any(f.name == "image_size" for f in dataclasses.fields(method_classes(name)[0]))]
+
+
+def with_method_image_sizes(config: RunConfig, method_specs: list[str] | None) -> RunConfig:
+    """The config with the `image_size` a running method leaves unset (None: the training size) written
+    out as that size, so the saved config and every result JSON say the size the method used."""
+    options = {name: dict(values or {}) for name, values in config.method_options.items()}
+    for name in _sized_methods(method_specs, config):
+        if options.get(name, {}).get("image_size") is None:
+            options.setdefault(name, {})["image_size"] = config.train_config().image_size
+    return dataclasses.replace(config, method_options=options)
 
 
 def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: list[int] | None, out: str | Path,
@@ -100,6 +119,7 @@ def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: lis
         raise ValueError(f"label {config.label!r} names one run, but {len(runs)} method lists were asked for: "
                          f"{['+'.join(r) for r in runs]}")
     seeds = list(dict.fromkeys(config.seeds if seeds is None else seeds))
+    config = with_method_image_sizes(config, method_specs)
     prepare_protocol(config, log)
     save_resolved(config, Path(out) / config.name / "config.yaml")
     pairs = [(names, seed) for seed in seeds for names in runs]

@@ -66,6 +66,14 @@ class Method(nn.Module):
     # what the method learns outside the detector's weights (empty: nothing), which a plain
     # detector checkpoint cannot hold; pretrain/finetune refuse such methods
     kept_outside_detector = ""
+    # how the tensors it trains are dropped after each task and started afresh under the same names
+    # (empty: they carry over), with the setting to change; wise and ewc, which keep a copy of each
+    # tensor by name across tasks, refuse a model with such a method
+    renews_trained_tensors = ""
+    # how each task trains new tensors of its own, under new names, the earlier tasks' kept frozen (empty:
+    # the same tensors train on every task), with the setting to change; ewc's penalty, which reaches
+    # only tensors that trained before, would be 0, and wise needs its anchor taken after they are added
+    trains_new_tensors_each_task = ""
 
     def __init__(self, config):
         super().__init__()

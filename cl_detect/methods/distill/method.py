@@ -73,9 +73,11 @@ class DistillMethod(Method):
         self.vocabulary_embeddings: torch.Tensor | None = None  # (V, D), the teacher's text
         self.reference = ReferenceImages(config.reference_images) if config.reference_images else None
         self._compiled_teacher = None  # with compile_teacher: built on first use, dropped when the teacher changes
-        self.register_load_state_dict_pre_hook(self._drop_compiled_teacher)
+        self._model: ContinualModel | None = None
+        self.register_load_state_dict_pre_hook(self._before_load)
 
     def setup(self, model: ContinualModel) -> None:
+        object.__setattr__(self, "_model", model)  # plain reference: registering it would make the tree cyclic
         self.teacher = frozen_copy(model.detector)
         if self.config.vocabulary_is_file:
             self.set_vocabulary(model, read_vocabulary_file(self.config.vocabulary))
@@ -125,8 +127,28 @@ class DistillMethod(Method):
             return list(given[name])
         return list(given)
 
-    def _drop_compiled_teacher(self, *args) -> None:
+    def _before_load(self, module, state_dict, prefix, *args) -> None:
+        """Give the teacher the layout the checkpoint's teacher has.
+
+        A teacher copied after a trainer changed the detector's layout (lora's adapters, the
+        specialist's heads) has that layout, but a freshly built model's teacher is copied at setup.
+        The model's own load hooks have given the detector the checkpoint's layout by now, so a
+        teacher saved with that layout is rebuilt as a copy of it (its values load next).
+        """
         self._compiled_teacher = None
+        saved = {k[len(prefix) + len("teacher."):] for k in state_dict if k.startswith(f"{prefix}teacher.")}
+        if self.teacher is None or not saved or saved == set(self.teacher.state_dict()):
+            return
+        if self._model is not None and saved == set(self._model.detector.state_dict()):
+            device = next(self._model.detector.parameters()).device
+            self.teacher = frozen_copy(self._model.detector).to(device)
+            return
+        order = "distill before the trainer" if self.config.teacher == "base" else "the trainer before distill"
+        raise ValueError(f"distill: the checkpoint's teacher has another layout than the detector it was saved "
+                         f"with (the trainer added modules to the detector after the teacher was copied: lora's "
+                         f"per_task_adapters, the specialist's heads), so a fresh model cannot rebuild it; with "
+                         f"teacher {self.config.teacher!r} list {order} so the two layouts stay the same, and "
+                         f"start the run over")
 
     def _run_teacher(self, images: torch.Tensor, text: torch.Tensor):
         # a named range, so profiles (benchmarks/profile_train_step.py) show the teacher's share of a step

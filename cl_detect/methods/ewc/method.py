@@ -42,14 +42,18 @@ class EwcMethod(Method):
                 "classes towards the old classes' rows; use ewc with finetune or lora")
 
     def setup(self, model: ContinualModel) -> None:
-        lora = model.method("lora")
-        if lora is not None and lora.config.merge_after_task:
-            raise ValueError("ewc cannot be combined with lora's merge_after_task: ewc anchors the adapter tensors "
-                             "by name, but merging folds each task's adapter into the frozen base weights and the "
-                             "next task starts a fresh adapter under the same names, so the penalty would pull its "
-                             "random initialisation towards the merged adapter's values (or, with lora listed "
-                             "first, nothing trains when the Fisher is estimated); set merge_after_task false "
-                             "(merge after the run instead) or drop ewc")
+        for method in model.methods:
+            if method.renews_trained_tensors:
+                raise ValueError(f"ewc cannot be combined with {method.renews_trained_tensors}: ewc anchors the "
+                                 f"trained tensors by name, so the penalty would pull each fresh tensor's "
+                                 f"initialisation towards the previous task's values (or, with {method.name} "
+                                 f"listed first, nothing trains when the Fisher is estimated); change that "
+                                 f"setting or drop ewc")
+            if method.trains_new_tensors_each_task:
+                raise ValueError(f"ewc cannot be combined with {method.trains_new_tensors_each_task}: ewc "
+                                 f"penalises only tensors that were trained and consolidated before, and none of "
+                                 f"them trains again, so the penalty would always be 0; change that setting or "
+                                 f"drop ewc")
 
     def after_task(self, model: ContinualModel, task: TaskContext) -> None:
         if task.train_dataset is None:

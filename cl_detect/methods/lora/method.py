@@ -40,6 +40,14 @@ class LoraMethod(Method):
         super().__init__(config)
         self.active_adapter: str | None = None
         self._model: ContinualModel | None = None
+        if config.merge_after_task:
+            self.renews_trained_tensors = (
+                "lora's merge_after_task (it folds each task's adapter into the base weights and drops it, and "
+                "the next task starts a fresh adapter; set merge_after_task false and merge after the run instead)")
+        if config.per_task_adapters:
+            self.trains_new_tensors_each_task = (
+                "lora's per_task_adapters (every task trains a new adapter task0, task1, ..., the earlier ones "
+                "kept frozen; set per_task_adapters false)")
 
     @property
     def model(self) -> ContinualModel:

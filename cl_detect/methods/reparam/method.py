@@ -120,8 +120,12 @@ class ReparamMethod(Method):
         if unknown:
             raise ValueError(f"reparam: the detector was re-parameterised for {len(self.vocabulary)} classes "
                              f"{self.vocabulary[:10]}{'...' if len(self.vocabulary) > 10 else ''} and cannot score "
-                             f"other prompts such as {unknown[:5]}; evaluate other vocabularies with a model that "
-                             f"keeps its text input (any method but reparam)")
+                             f"other prompts such as {unknown[:5]}; " + (
+                                 "a training batch names them, so data mixed into the task holds other classes "
+                                 "(replay's pretraining_data, a dataset of another vocabulary): drop that data "
+                                 "or use a method that keeps its text input" if model.training else
+                                 "evaluate other vocabularies with a model that keeps its text input (any method "
+                                 "but reparam)"))
         table = torch.cat([self.class_index.class_embeddings, self.class_index.padding_embeddings])
         rows = table[torch.tensor([row[t] for t in flat], device=table.device)]
         return rows.reshape(len(texts), -1, rows.shape[-1])

@@ -123,27 +123,25 @@ def _json_value(value):
 
 
 def check_adapter_names(model: ContinualModel, wise: "WiseMethod") -> None:
-    """Reject LoRA settings that change the detector's tensor names between the anchor and a task's end.
+    """Reject trainers whose tensor names change between the anchor and a task's end.
 
-    Interpolation is tensor by tensor name; with `merge_after_task` each task's adapter is folded
-    into the base weights and dropped, and with `per_task_adapters` each task adds new adapter
-    tensors, which a base anchor (or one taken before lora adds them) does not have.
+    Interpolation is tensor by tensor name. The trainers declare it: `renews_trained_tensors` (lora's
+    `merge_after_task` folds each task's adapter into the base weights and drops it) and
+    `trains_new_tensors_each_task` (lora's `per_task_adapters` adds adapter tensors every task, which a
+    base anchor, or one taken before lora adds them, does not have).
     """
-    lora = model.method("lora")
-    if lora is None:
-        return
-    if lora.config.merge_after_task:
-        raise ValueError("wise cannot be combined with lora's merge_after_task: merging folds each task's adapter "
-                         "into the base weights and drops it, so after a task the detector's tensors no longer "
-                         "match the anchor's name by name; set merge_after_task false (merge after the run "
-                         "instead) or drop wise")
     methods = list(model.methods)
-    lora_first = methods.index(lora) < methods.index(wise)
-    if lora.config.per_task_adapters and not (wise.config.anchor == "previous_task" and lora_first):
-        raise ValueError("wise with lora's per_task_adapters needs wise anchor 'previous_task' and lora listed "
-                         "before wise: every task adds a new adapter (task1, task2, ...) whose tensors the anchor "
-                         "lacks unless it is taken again after lora adds them at each task start, so "
-                         "interpolation would fail after the task has trained")
+    for method in methods:
+        if method.renews_trained_tensors:
+            raise ValueError(f"wise cannot be combined with {method.renews_trained_tensors}: after a task the "
+                             f"detector's tensors no longer match the anchor's name by name; change that setting "
+                             f"or drop wise")
+        listed_first = methods.index(method) < methods.index(wise)
+        if method.trains_new_tensors_each_task and not (wise.config.anchor == "previous_task" and listed_first):
+            raise ValueError(f"wise with {method.trains_new_tensors_each_task} needs wise anchor 'previous_task' "
+                             f"and {method.name} listed before wise: every task adds new tensors the anchor "
+                             f"lacks unless it is taken again after {method.name} adds them at each task start, "
+                             f"so interpolation would fail after the task has trained")
 
 
 class WiseMethod(Method):
