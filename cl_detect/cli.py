@@ -84,8 +84,9 @@ def _path_fix(err: Exception) -> str:
 
 
 RESUME_HINTS = {
-    command: "Run the same command again to continue from the last checkpoint (written at every epoch end, "
-             "and every train.checkpoint_every_steps steps when set)."
+    command: "Run the same command again to continue from the last checkpoint (a Ctrl-C during training "
+             "writes one after the step under way; others are written at every epoch end, and every "
+             "train.checkpoint_every_steps steps when set)."
     for command in ("run", "pretrain", "finetune")
 }
 

@@ -291,3 +291,35 @@ def test_parallel_runs_each_write_their_result(protocol, tmp_path, capsys):
         result = _result(out, method)
         assert result["status"] == "finished" and len(result["accuracy_matrix"]) == 3
     assert "2 at a time" in capsys.readouterr().out
+
+
+def test_an_unfinished_run_is_not_continued_on_other_data_or_settings(protocol, tmp_path):
+    from cl_detect.bench.experiment import with_overrides
+
+    config, out = load_run_config(protocol), tmp_path / "results"
+    assert run_experiment(config, ["finetune"], [0], out, stop_after_steps=1, log=lambda line: None)[0]["status"] \
+        == "interrupted"
+    for changed, named in [(with_overrides(config, max_train_images=4), r"data fingerprint \w+ -> \w+"),
+                           (with_overrides(config, image_size=96), r"train\.image_size 64 -> 96; eval_image_size")]:
+        with pytest.raises(ValueError, match=rf"state\.pt: this unfinished run was started with other data or "
+                                             rf"settings \({named}.*--force"):
+            run_experiment(changed, ["finetune"], [0], out, log=lambda line: None)
+    assert not (out / "tiny" / "finetune_seed0.json").exists()  # stopped, not recorded as a failed run
+    fewer = with_overrides(config, max_train_images=4)
+    assert run_experiment(fewer, ["finetune"], [0], out, force=True, log=lambda line: None)[0]["status"] == "finished"
+
+
+def test_a_finished_run_without_a_cell_the_metrics_need_is_recorded_failed(monkeypatch):
+    from types import SimpleNamespace
+
+    nan = float("nan")
+    # task 1 right after it was learned is not scored: BWT cannot be computed, so no table row
+    monkeypatch.setattr(runner, "matrices", lambda *args: ([[0.1, 0.0], [nan, 0.0], [0.2, 0.3]], [[0.5], [0.4], [0.3]]))
+    monkeypatch.setattr(runner, "run_meta", lambda device: {})
+    data = SimpleNamespace(tasks=[SimpleNamespace(name="a"), SimpleNamespace(name="b")],
+                           retention=[SimpleNamespace(name="coco", protocol="coco")], fingerprint=lambda: "f")
+    config = SimpleNamespace(name="p", to_dict=lambda: {})
+    record = runner.result_record(config, data, "finetune", 0, runner.Progress(), "finished", None,
+                                  torch.device("cpu"))
+    assert record["status"] == "failed" and record["summary"] == {}
+    assert "trained every task, but accuracy a[1][1]" in record["error"]

@@ -141,3 +141,14 @@ def test_every_task_image_is_drawn_exactly_once_per_epoch_beside_mixed_in_data(s
     order = sampler.epoch_order(0)
     assert np.bincount(order[order < size], minlength=size).tolist() == [1] * size
     assert len(order) == round(size / (1 - sum(shares)))
+
+
+def test_epoch_length_is_the_length_of_the_epoch_order():
+    from cl_detect.data.sampling import MixedRepeatFactorSampler
+    factors = np.random.default_rng(0).uniform(1, 3, 50)
+    samplers = [MixingSampler([7, 30], ratios=[0.3, 0.7], samples_per_epoch=41, seed=1),
+                RepeatFactorSampler(factors, seed=2), MixedRepeatFactorSampler(factors, [9, 4], [0.2, 0.1], seed=3)]
+    for sampler in samplers:
+        lengths = [sampler.epoch_length(epoch) for epoch in range(6)]
+        assert lengths == [len(sampler.epoch_order(epoch)) for epoch in range(6)]
+    assert len(set(lengths)) > 1  # repeat-factor epochs differ in length

@@ -92,7 +92,8 @@ def test_resuming_with_other_training_settings_is_refused(world, tmp_path):
     config = tiny_config(checkpoint_every_steps=1)
     _, first = _train(world, tmp_path, config, stop_after_steps=1)
     assert first.status == "interrupted"
-    with pytest.raises(ValueError, match=r"other training settings \(lr 0.001 -> 0.0005\).*--no-resume"):
+    # each command's way out: `cl-detect run` has no --no-resume
+    with pytest.raises(ValueError, match=r"other training settings \(lr 0.001 -> 0.0005\).*--no-resume.*run --force"):
         _train(world, tmp_path, tiny_config(checkpoint_every_steps=1, lr=config.lr / 2))
     _, resumed = _train(world, tmp_path, tiny_config(checkpoint_every_steps=1, log_every=3))  # watching only
     assert resumed.status == "finished"
@@ -313,3 +314,47 @@ def test_too_few_images_for_one_accumulated_step_names_both_knobs(world, tmp_pat
     with pytest.raises(ValueError, match=r"16 training images .*batch_size x accumulate = 4 x 8 = 32 .*"
                                          r"lower accumulate or batch_size"):
         _train(world, tmp_path, tiny_config(accumulate=8))
+
+
+def test_the_lr_schedule_counts_every_epoch_of_class_balanced_sampling(world, tmp_path):
+    from cl_detect.data.loader import TrainDataset
+    from cl_detect.data.sampling import RepeatFactorSampler
+    from cl_detect.engine.optim import lr_factor
+    from cl_detect.engine.task_data import augment_config
+
+    config = tiny_config(epochs=3, ema=False, batch_size=2, warmup_epochs=0, warmup_min_steps=0,
+                         final_lr_factor=0.01, mosaic=False, close_mosaic_epochs=0)
+    records = base_split(world)
+    sampler = RepeatFactorSampler(np.full(len(records), 1.5), seed=0)
+    lengths = [len(sampler.epoch_order(epoch)) for epoch in range(3)]
+    assert len(set(lengths)) > 1  # epochs of 22, 23 and 27 draws: 11, 11 and 13 steps
+    dataset = TrainDataset(records, augment_config(config), num_texts=config.num_texts, seed=config.seed)
+    result = train_one_task(tiny_model(seed=0), dataset, config, tmp_path, sampler=sampler)
+    assert result.steps == sum(n // 2 for n in lengths)
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    # the schedule spans the steps done: it decays to its final value at the run's end, not before
+    expected = [config.lr * lr_factor(step, result.steps, 0, "linear", 0.01) for step in range(result.steps)]
+    np.testing.assert_allclose(logged, expected, rtol=1e-12)
+
+
+def test_training_in_an_out_dir_another_process_trains_in_is_refused(world, tmp_path):
+    import fcntl
+
+    with open(tmp_path / ".train.lock", "w") as held:  # what the other process holds while it trains
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(ValueError, match=r"is in use: another training process \(pid 4242\).*another out_dir"):
+            _train(world, tmp_path, tiny_config(epochs=1))
+    assert not (tmp_path / "checkpoint.pt").exists()
+    _, result = _train(world, tmp_path, tiny_config(epochs=1))  # free once that process ends
+    assert result.status == "finished"
+
+
+def test_resuming_with_another_method_list_names_the_checkpoint_and_the_fix(world, tmp_path):
+    config = tiny_config(checkpoint_every_steps=1)
+    _train(world, tmp_path, config, stop_after_steps=1)
+    model = tiny_model(seed=0, methods=[create_method("lora")])
+    dataset, sampler = build_task_training_set(base_split(world), [], config)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: checkpoint does not fit this model: .*--no-resume"):
+        train_one_task(model, dataset, config, tmp_path, sampler=sampler)

@@ -36,7 +36,7 @@ from cl_detect.bench.config import RunConfig
 from cl_detect.bench.protocol import ProtocolData
 from cl_detect.bench.results import summarize
 from cl_detect.engine.runlog import peak_memory_mb
-from cl_detect.engine.state import load_model_state, model_state, read_saved_progress
+from cl_detect.engine.state import SETTINGS_FREE_TO_CHANGE, load_model_state, model_state, read_saved_progress
 from cl_detect.engine.task_data import build_task_training_set
 from cl_detect.engine.train import TrainResult, resolve_device, train_one_task
 from cl_detect.methods import ContinualModel, TaskContext, create_method
@@ -75,6 +75,22 @@ class Progress:
     elapsed_s: float = 0.0
     trainable_params: int = 0
     total_params: int = 0
+    # what the run was started with (None: a state.pt from before they were kept)
+    data_fingerprint: str | None = None
+    settings: dict | None = None
+
+
+class ChangedRunError(ValueError):
+    """A run's saved progress was made with other data, prompts or settings than it now has."""
+
+
+def run_settings(config: RunConfig, method_names: list[str], seed: int) -> dict:
+    """What a run computes with besides its data: training settings (but those that only watch
+    or feed it, `engine/state.py`), evaluation size, its methods' options and joint training."""
+    train = dataclasses.asdict(config.train_config(seed))
+    return {"train": {k: v for k, v in train.items() if k not in SETTINGS_FREE_TO_CHANGE},
+            "eval_image_size": config.eval.image_size, "joint": config.joint,
+            "method_options": {name: config.method_options.get(name) for name in method_names}}
 
 
 def seed_everything(seed: int) -> None:
@@ -91,20 +107,47 @@ def build_model(config: RunConfig, method_names: list[str], seed: int, base: Bas
     return ContinualModel(detector, text_encoder, methods)
 
 
-def _restore(model: ContinualModel, work: Path) -> Progress:
-    """Progress from `state.pt`; a state that no longer fits the model restarts the run."""
+def _restore(model: ContinualModel, work: Path, data: ProtocolData, settings: dict) -> Progress:
+    """Progress from `state.pt`; a state that no longer fits the model restarts the run.
+
+    Raises:
+        ChangedRunError: the run was started with other data, prompts or settings (`run_settings`).
+    """
     state_file = work / "state.pt"
+    fresh = Progress(data_fingerprint=data.fingerprint(), settings=settings)
     if not state_file.exists():
-        return Progress()
+        return fresh
     saved = read_saved_progress(state_file, f"delete the folder {work} to start this run over")
+    changed = _changes(saved["progress"], asdict(fresh))
+    if changed:
+        raise ChangedRunError(f"{state_file}: this unfinished run was started with other data or settings "
+                              f"({changed}); continuing it would mix both in one result. Pass --force to start it "
+                              f"over, or --out another folder to keep both")
     try:
         if saved["model"] is not None:
             load_model_state(model, saved["model"])
     except (ValueError, RuntimeError) as err:
         print(f"  cannot resume from {state_file} ({err}); starting this run again")
         shutil.rmtree(work)
-        return Progress()
+        return fresh
     return Progress(**saved["progress"])
+
+
+def _changes(saved: dict, now: dict) -> str:
+    """The settings and data fingerprint that differ (old -> new), where `saved` holds them."""
+    changed = []
+    if saved.get("data_fingerprint") not in (None, now["data_fingerprint"]):
+        changed.append(f"data fingerprint {saved['data_fingerprint']} -> {now['data_fingerprint']}: another "
+                       f"split, image subset or prompt list")
+    old, new = saved.get("settings") or {}, now["settings"]
+    for group in old:
+        if isinstance(old[group], dict) and isinstance(new.get(group), dict):
+            changed += [f"{group}.{key} {old[group].get(key)!r} -> {new[group].get(key)!r}"
+                        for key in sorted(old[group].keys() | new[group].keys())
+                        if old[group].get(key) != new[group].get(key)]
+        elif old[group] != new.get(group):
+            changed.append(f"{group} {old[group]!r} -> {new.get(group)!r}")
+    return "; ".join(changed)
 
 
 def _save(model: ContinualModel, work: Path, progress: Progress, with_model: bool, since: float) -> float:
@@ -138,7 +181,7 @@ def continual_run(config: RunConfig, data: ProtocolData, method_names: list[str]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(config, method_names, seed, base).to(device)
-    progress = _restore(model, work)
+    progress = _restore(model, work, data, run_settings(config, method_names, seed))
     progress.total_params = model.parameter_counts()[1]
     label = config.run_label(method_names)
     if progress.completed_tasks < 0:
@@ -193,8 +236,11 @@ def result_record(config: RunConfig, data: ProtocolData, label: str, seed: int, 
     accuracy, retention = matrices(progress.evaluations, task_names, retention_names)
     summary = {}
     if status == "finished":  # NaN-aware: not-applicable entries are skipped as the formulas allow
-        summary = summarize(np.array(accuracy, dtype=float),
-                            np.array(retention, dtype=float).reshape(len(accuracy), -1), retention_names)
+        try:
+            summary = summarize(np.array(accuracy, dtype=float),
+                                np.array(retention, dtype=float).reshape(len(accuracy), -1), retention_names)
+        except ValueError as err:  # a cell the metrics cannot do without was not scored: no table row
+            status, error = "failed", f"the run trained every task, but {err}"
     return {
         "schema": RESULT_SCHEMA, "protocol": config.name, "method": label, "methods": label.split("+"),
         "seed": seed, "status": status, "error": error, "tasks": task_names, "retention_sets": retention_names,
@@ -258,6 +304,8 @@ def run_one(config: RunConfig, data: ProtocolData, method_names: list[str], seed
     progress, error, started = Progress(), None, time.time()
     try:
         status, progress, _ = continual_run(config, data, method_names, seed, work, base, stop_after_steps)
+    except ChangedRunError:  # stops the command, as a finished result made with other data does
+        raise
     except Exception:  # a failed run is recorded with its traceback and the loop goes on
         status, error = "failed", traceback.format_exc()
         state_file = work / "state.pt"

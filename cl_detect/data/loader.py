@@ -10,6 +10,7 @@ third-party code that uses them.
 from __future__ import annotations
 
 import random
+import signal
 
 import numpy as np
 import torch
@@ -174,7 +175,14 @@ def collate_detection(batch: list[dict]) -> dict:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: seed `numpy` and `random` from torch's per-worker seed."""
+    """DataLoader `worker_init_fn`: seed `numpy` and `random` from torch's per-worker seed.
+
+    The worker also ignores SIGINT. A terminal's Ctrl-C reaches every process of its group, and the
+    main process decides what it does (training finishes its step and checkpoints it, which needs the
+    step's remaining micro-batches); the workers end when the main process shuts the loader down.
+    Set here, not inherited, so it holds whatever the start method (fork, or forkserver by default
+    from Python 3.14 on)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)

@@ -39,6 +39,11 @@ class _ResumableSampler(Sampler, abc.ABC):
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The draw order of `epoch` (indices into the dataset)."""
 
+    def epoch_length(self, epoch: int) -> int:
+        """Draws in `epoch` (the training loop sums them over the epochs for its LR schedule);
+        subclasses answer without building the epoch's order when they can."""
+        return len(self.epoch_order(epoch))
+
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its beginning at the next iteration."""
         self.epoch, self.position = epoch, 0
@@ -113,6 +118,9 @@ class MixingSampler(_ResumableSampler):
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
         self.samples_per_epoch = int(self.sizes.sum() if samples_per_epoch is None else samples_per_epoch)
 
+    def epoch_length(self, epoch: int) -> int:
+        return self.samples_per_epoch
+
     def epoch_order(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
         counts = allocate_counts(self.samples_per_epoch, self.ratios)
@@ -157,7 +165,8 @@ class RepeatFactorSampler(_ResumableSampler):
     """Class-balanced image sampling (LVIS repeat-factor sampling), shuffled per epoch.
 
     Image i appears floor(r_i) times plus once more with probability frac(r_i),
-    re-drawn every epoch (stochastic rounding), so the epoch length varies.
+    re-drawn every epoch (stochastic rounding), so the epoch length varies (the training
+    loop's LR schedule counts each epoch's own steps).
 
     Args:
         factors: per-image repeat factors (`repeat_factors(dataset, threshold)`).
@@ -168,11 +177,16 @@ class RepeatFactorSampler(_ResumableSampler):
         super().__init__(seed)
         self.factors = np.asarray(factors, np.float64)
 
+    def _repeats(self, rng: np.random.Generator) -> np.ndarray:
+        whole = np.floor(self.factors)
+        return (whole + (rng.random(len(self.factors)) < self.factors - whole)).astype(np.int64)
+
+    def epoch_length(self, epoch: int) -> int:
+        return int(self._repeats(np.random.default_rng([self.seed, epoch])).sum())
+
     def epoch_order(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
-        whole = np.floor(self.factors)
-        repeats = (whole + (rng.random(len(self.factors)) < self.factors - whole)).astype(np.int64)
-        order = np.repeat(np.arange(len(self.factors)), repeats)
+        order = np.repeat(np.arange(len(self.factors)), self._repeats(rng))
         rng.shuffle(order)
         return order
 
@@ -239,6 +253,9 @@ class MixedRepeatFactorSampler(RepeatFactorSampler):
     def __init__(self, factors: np.ndarray, extra_sizes: list[int], extra_ratios: list[float], seed: int = 0):
         super().__init__(factors, seed)
         self.extra_sizes, self.extra_ratios = list(extra_sizes), list(extra_ratios)
+
+    def epoch_length(self, epoch: int) -> int:
+        return round(super().epoch_length(epoch) / (1 - sum(self.extra_ratios)))
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         task = super().epoch_order(epoch)

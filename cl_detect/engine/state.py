@@ -98,6 +98,10 @@ def _batches_for_this_world_size(saved: dict, path: Path) -> int:
     return batches
 
 
+# the ways out of a checkpoint that cannot be continued, for messages
+START_OVER = ("Start over (cl-detect pretrain/finetune --no-resume, cl-detect run --force, resume=False in "
+              "Python), or use another out_dir (cl-detect run: another --out)")
+
 # settings that change how a run is watched or fed, not what it computes
 SETTINGS_FREE_TO_CHANGE = ("log_every", "num_workers", "checkpoint_every_steps", "guard_patience", "device")
 
@@ -120,5 +124,4 @@ def check_resumed_settings(saved: dict | None, config: dict, path: Path) -> None
     if changed:
         listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
         raise ValueError(f"{path} holds a run with other training settings ({listed}); resuming it would give "
-                         f"the old run's model under the new settings. Pass --no-resume (resume=False) to start "
-                         f"over, or use another out_dir")
+                         f"the old run's model under the new settings. {START_OVER}")

@@ -9,12 +9,25 @@ with the total batch by the official rule), warmup then linear or cosine decay, 
 official EMA, bf16 autocast on CUDA (on a CPU with `amp_cpu`), gradient clipping
 and accumulation, close-mosaic epochs, guards, JSONL + TensorBoard logs, and atomic
 checkpoints from which `resume=True` continues bit-exactly.
+
+Ctrl-C (SIGINT) during the loop finishes the optimizer step under way, writes the
+checkpoint at once, says where and raises KeyboardInterrupt; a second Ctrl-C stops
+at once. The handler is the main thread's only while the loop runs; DataLoader
+workers ignore SIGINT (`data.loader.seed_worker`), so the step can still take its
+micro-batches. Under torchrun a terminal's Ctrl-C reaches every rank
+twice (from the terminal, then from the agent), which stops them at once as before;
+`kill -INT` of the agent alone has rank 0 checkpoint its step.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
+import signal
+import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +44,7 @@ from cl_detect.engine.guards import LossGuard, check_batch
 from cl_detect.engine.optim import build_optimizer, build_scheduler, parameter_groups, scaled_weight_decay
 from cl_detect.engine.runlog import RunLogger, peak_memory_mb
 from cl_detect.engine.state import (
-    check_resumed_settings, load_model_state, load_trainer_state, save_trainer_state, set_rng_state)
+    START_OVER, check_resumed_settings, load_model_state, load_trainer_state, save_trainer_state, set_rng_state)
 from cl_detect.models.precision import bf16_autocast
 
 
@@ -74,26 +87,42 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
         sampler: a resumable sampler (default: shuffling over the dataset, seeded).
         resume: continue from `out_dir/checkpoint.pt` when it exists.
         stop_after_steps: stop (checkpointed, status "interrupted") after this many steps.
+
+    Raises:
+        ValueError: another process is training in `out_dir` (two runs there would overwrite
+            each other's checkpoint and log).
     """
-    out_dir, device = Path(out_dir), resolve_device(config.device)
+    out_dir = Path(out_dir)
+    with _only_process_in(out_dir):
+        return _train(model, dataset, config, out_dir, sampler, resume, stop_after_steps)
+
+
+def _train(model, dataset, config: TrainConfig, out_dir: Path, sampler, resume: bool,
+           stop_after_steps: int | None) -> TrainResult:
+    """`train_one_task`'s loop (arguments as there), with `out_dir` held by this process."""
+    device = resolve_device(config.device)
     checkpoint = out_dir / "checkpoint.pt"
     model.to(device).train()
     broadcast_model(model)  # DDP: identical starting weights on every rank, before EMA copies them
-    # under torchrun each rank takes its slice of every epoch's draws (see engine/distributed.py)
-    sampler = shard_sampler(sampler or MixingSampler([len(dataset)], seed=config.seed))
+    sampler = sampler or MixingSampler([len(dataset)], seed=config.seed)
+    # each epoch's optimizer steps (repeat-factor sampling draws another number of images every epoch),
+    # per process: under torchrun each of W ranks takes draws // W of them (see engine/distributed.py)
+    epoch_draws = [sampler.epoch_length(epoch) // world_size() for epoch in range(config.epochs)]
+    epoch_steps = [draws // config.batch_size // config.accumulate for draws in epoch_draws]
+    sampler = shard_sampler(sampler)
     if is_distributed():
         model.criterion.world_size = world_size()
     # the classification loss of this task: official BCE, or focal for imbalanced domains
     model.criterion.cls_loss = config.cls_loss
     model.criterion.focal_gamma, model.criterion.focal_alpha = config.focal_gamma, config.focal_alpha
     loader = build_train_loader(dataset, config.batch_size, config.num_workers, sampler=sampler, seed=config.seed)
-    steps_per_epoch = len(sampler.epoch_order(0)) // config.batch_size // config.accumulate
+    steps_per_epoch = epoch_steps[0]
     if steps_per_epoch == 0:
         per_process = f" per process ({world_size()} processes)" if is_distributed() else ""
-        raise ValueError(f"{len(sampler.epoch_order(0))} training images{per_process} is less than one optimizer "
+        raise ValueError(f"{epoch_draws[0]} training images{per_process} is less than one optimizer "
                          f"step of batch_size x accumulate = {config.batch_size} x {config.accumulate} = "
                          f"{config.batch_size * config.accumulate} images; lower accumulate or batch_size")
-    total_steps = config.epochs * steps_per_epoch
+    total_steps = sum(epoch_steps)
     warmup = min(max(round(config.warmup_epochs * steps_per_epoch), config.warmup_min_steps), total_steps // 2)
     weight_decay = scaled_weight_decay(config.weight_decay, config.batch_size * config.accumulate * world_size())
     optimizer = build_optimizer(parameter_groups(model.named_trainable_parameters(), config.lr, weight_decay),
@@ -107,7 +136,11 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
     if resume and checkpoint.exists():
         saved = load_trainer_state(checkpoint)
         check_resumed_settings(saved.get("config"), dataclasses.asdict(config), checkpoint)
-        load_model_state(model, saved["model"])
+        try:
+            load_model_state(model, saved["model"])
+        except ValueError as err:  # the same settings, but another model or method list
+            raise ValueError(f"{checkpoint}: {err}; it holds a run of another model or method list. "
+                             f"{START_OVER}") from None
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if ema is not None:
@@ -142,65 +175,137 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
     params = [p for group in optimizer.param_groups for p in group["params"]]
     start, images_seen, last = time.perf_counter(), 0, {}
     window_start, window_images = start, 0
-    for epoch in range(progress["epoch"], config.epochs):
-        dataset.set_mosaic(config.mosaic and epoch < config.epochs - config.close_mosaic_epochs)
-        model.hook("before_epoch", epoch)
-        if progress["batches_in_epoch"] == 0:
-            sampler.set_epoch(epoch)
-        bar = tqdm(loader, total=steps_per_epoch * config.accumulate - progress["batches_in_epoch"],
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
-        for batch in bar:
-            check_batch(batch)
-            # DDP: all-reduce gradients only on the micro-batch that completes a step
-            syncing = (progress["batches_in_epoch"] + 1) % config.accumulate == 0
-            with nullcontext() if syncing else forward.no_sync():
-                with autocast:
-                    losses = forward(batch)
-                (losses["loss"] / config.accumulate).backward()
-            progress["batches_in_epoch"] += 1
-            images_seen += len(batch["images"])
-            window_images += len(batch["images"])
-            if progress["batches_in_epoch"] % config.accumulate:
-                guard(losses, progress["step"], batch)
-                continue
-            # the norm is computed even without clipping: a non-finite gradient must stop
-            # training before the optimizer writes it into the weights; read with the losses in one sync
-            grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip else
-                         torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-            guard(losses, progress["step"], batch, grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step_lr = optimizer.param_groups[0]["lr"]  # the LR this step used, logged below
-            scheduler.step()
-            forward.sync_buffers()
-            if ema is not None:
-                ema.update(averaged)
-            progress["step"] += 1
-            model.hook("after_step", progress["step"])
-            last = {k: v.detach() for k, v in losses.items() if k.startswith("loss")}  # read when logged: no sync
-            if progress["step"] % config.log_every == 0:
-                last = _loss_values(losses)
-                now = time.perf_counter()
-                row = {"step": progress["step"], "epoch": epoch, **last, "lr": step_lr,
-                       "num_pos": int(losses.get("num_pos", 0)), "images_per_s": window_images / (now - window_start),
-                       "memory_mb": peak_memory_mb(device)}
-                logger.log(row, progress["step"])
-                bar.set_postfix(loss=f"{last['loss']:.3f}")
-                window_start, window_images = now, 0
-            if config.checkpoint_every_steps and progress["step"] % config.checkpoint_every_steps == 0:
-                save("running")
-            if stop_after_steps is not None and progress["step"] >= stop_after_steps:
-                save("interrupted")
-                logger.close()
-                return _result("interrupted", progress, start, images_seen, device, last)
-        optimizer.zero_grad(set_to_none=True)  # drop a partial accumulation at the epoch end
-        progress.update(epoch=epoch + 1, batches_in_epoch=0)
-        save("running")
+    with StopOnInterrupt() as interrupt:  # Ctrl-C: finish the step, checkpoint, then stop
+        for epoch in range(progress["epoch"], config.epochs):
+            dataset.set_mosaic(config.mosaic and epoch < config.epochs - config.close_mosaic_epochs)
+            model.hook("before_epoch", epoch)
+            if progress["batches_in_epoch"] == 0:
+                sampler.set_epoch(epoch)
+            bar = tqdm(loader, total=epoch_steps[epoch] * config.accumulate - progress["batches_in_epoch"],
+                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=None, leave=False)
+            for batch in bar:
+                check_batch(batch)
+                # DDP: all-reduce gradients only on the micro-batch that completes a step
+                syncing = (progress["batches_in_epoch"] + 1) % config.accumulate == 0
+                with nullcontext() if syncing else forward.no_sync():
+                    with autocast:
+                        losses = forward(batch)
+                    (losses["loss"] / config.accumulate).backward()
+                progress["batches_in_epoch"] += 1
+                images_seen += len(batch["images"])
+                window_images += len(batch["images"])
+                if progress["batches_in_epoch"] % config.accumulate:
+                    guard(losses, progress["step"], batch)
+                    continue
+                # the norm is computed even without clipping: a non-finite gradient must stop
+                # training before the optimizer writes it into the weights; read with the losses in one sync
+                grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip else
+                             torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+                guard(losses, progress["step"], batch, grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step_lr = optimizer.param_groups[0]["lr"]  # the LR this step used, logged below
+                scheduler.step()
+                forward.sync_buffers()
+                if ema is not None:
+                    ema.update(averaged)
+                progress["step"] += 1
+                model.hook("after_step", progress["step"])
+                # read when logged: no sync
+                last = {k: v.detach() for k, v in losses.items() if k.startswith("loss")}
+                if progress["step"] % config.log_every == 0:
+                    last = _loss_values(losses)
+                    now = time.perf_counter()
+                    row = {"step": progress["step"], "epoch": epoch, **last, "lr": step_lr,
+                           "num_pos": int(losses.get("num_pos", 0)),
+                           "images_per_s": window_images / (now - window_start), "memory_mb": peak_memory_mb(device)}
+                    logger.log(row, progress["step"])
+                    bar.set_postfix(loss=f"{last['loss']:.3f}")
+                    window_start, window_images = now, 0
+                if config.checkpoint_every_steps and progress["step"] % config.checkpoint_every_steps == 0:
+                    save("running")
+                if stop_after_steps is not None and progress["step"] >= stop_after_steps:
+                    save("interrupted")
+                    logger.close()
+                    return _result("interrupted", progress, start, images_seen, device, last)
+                if interrupt.requested:  # checked after the step: saving needs no further batch
+                    _stop_on_interrupt(save, logger, progress, checkpoint)
+            optimizer.zero_grad(set_to_none=True)  # drop a partial accumulation at the epoch end
+            progress.update(epoch=epoch + 1, batches_in_epoch=0)
+            save("running")
+            if interrupt.requested:  # during the micro-batches after the epoch's last step
+                _stop_on_interrupt(save, logger, progress, checkpoint)
     if ema is not None:
         averaged.load_state_dict(ema.module.state_dict())
     save("finished")
     logger.close()
     return _result("finished", progress, start, images_seen, device, last)
+
+
+@contextmanager
+def _only_process_in(out_dir: Path):
+    """Hold an exclusive lock on `out_dir/.train.lock` (rank 0; the OS drops it if the process dies).
+
+    Raises:
+        ValueError: naming the folder and the process that holds it.
+    """
+    if not is_main_process():  # the other ranks of a torchrun job only read the checkpoint
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".train.lock", "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise ValueError(f"{out_dir} is in use: another training process (pid {handle.read().strip() or '?'}) "
+                             f"writes its checkpoint and log there; wait for it to end, or give this run another "
+                             f"out_dir (cl-detect run: another --out)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class StopOnInterrupt:
+    """While entered (in the main thread): the first SIGINT only sets `requested`, which the loop
+    reads after each optimizer step; a second one raises KeyboardInterrupt at once. The previous
+    handler comes back on exit. DataLoader workers, which a terminal's Ctrl-C reaches too, ignore
+    it (`data.loader.seed_worker`), so the step under way can still take its micro-batches."""
+
+    def __init__(self):
+        self.requested, self._installed, self._previous, self._pid = False, False, None, os.getpid()
+
+    def __enter__(self) -> "StopOnInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous, self._installed = signal.signal(signal.SIGINT, self._handle), True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:  # None: the previous handler was not set from Python; the default stands in
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)
+            self._installed = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if os.getpid() == self._pid:  # os.write: the handler may run inside a print (tqdm's) to stderr
+            os.write(2, b"\nCtrl-C: finishing this optimizer step to checkpoint it (Ctrl-C again stops at once, "
+                        b"losing the work since the last checkpoint)\n")
+
+
+def _stop_on_interrupt(save, logger: RunLogger, progress: dict, checkpoint: Path) -> None:
+    """Checkpoint the step just done, say where, and raise KeyboardInterrupt."""
+    save("interrupted")
+    logger.close()
+    print(f"stopped by Ctrl-C after step {progress['step']}; checkpoint written to {checkpoint}",
+          file=sys.stderr, flush=True)
+    raise KeyboardInterrupt
 
 
 def _averaged_modules(model) -> torch.nn.Module:
