@@ -1,6 +1,7 @@
 """Checkpoint safety, unreadable files, and the official layout round trip (save -> load gives the same model)."""
 import io
 import pickle
+import re
 import sys
 import types
 
@@ -9,6 +10,7 @@ import torch
 
 from cl_detect import create_detector, load_official_checkpoint, save_official_checkpoint
 from cl_detect.models._checkpoint_io import atomic_save, read_checkpoint
+from cl_detect.models.checkpoint import load_model
 from cl_detect.models.official import FixedTextEmbeddings, infer_config, official_state_dict
 
 
@@ -92,6 +94,24 @@ def test_prompt_tuned_checkpoint_gives_fixed_embeddings(capsys):
         text_encoder(["a", "b"])
 
 
+def test_prompt_tuned_checkpoint_with_mlp_adapter_gives_the_adapted_embeddings(capsys):
+    """An official use_mlp_adapter=True file: its adapter.* tensors were 'ignored' and the raw
+    embeddings used, where the official detector uses normalize(adapter(E) + E)."""
+    torch.manual_seed(0)
+    embeddings = torch.randn(3, 512)
+    adapter = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 512))
+    state_dict = official_state_dict(create_detector("yolo_world_v2_t"), FixedTextEmbeddings(embeddings))
+    state_dict.update({f"adapter.{k}": v for k, v in adapter.state_dict().items()})
+    _, text_encoder = load_official_checkpoint(state_dict)
+    assert "3 prompt-tuned class embeddings (MLP adapter applied)" in capsys.readouterr().out
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(adapter(embeddings) + embeddings, dim=-1)
+    torch.testing.assert_close(text_encoder(["a", "b", "c"]), expected)
+    del state_dict["adapter.2.bias"]
+    with pytest.raises(ValueError, match=r"part of an MLP adapter .*adapter.2.bias"):
+        load_official_checkpoint(state_dict)
+
+
 def test_shape_mismatch_and_missing_keys_fail_loudly():
     state_dict = official_state_dict(create_detector("yolo_world_v2_t"))
     bad = dict(state_dict)
@@ -105,6 +125,46 @@ def test_shape_mismatch_and_missing_keys_fail_loudly():
         load_official_checkpoint({"foo": torch.zeros(1)})
 
 
+
+def test_detector_tensors_the_model_lacks_are_refused_other_keys_reported(capsys):
+    """A YOLO-World v1 'dual_vlpan' checkpoint loaded with its image-pooling attention
+    (neck.text_enhancer, which changes the text embeddings) listed as 'ignored': another model."""
+    state_dict = official_state_dict(create_detector("yolo_world_v2_t", use_bn_head=False))
+    with pytest.raises(ValueError, match=r"1 detector tensors this YOLO-World v2 model lacks, e.g. "
+                                         r"\['neck.text_enhancer.proj.weight'\].*delete them"):
+        load_official_checkpoint({**state_dict, "neck.text_enhancer.proj.weight": torch.zeros(512, 256)})
+    load_official_checkpoint({**state_dict, "data_preprocessor.mean": torch.zeros(3)})
+    assert "unexpected (ignored): ['data_preprocessor.mean']" in capsys.readouterr().out
+
+
+def test_wrapped_or_cl_detect_named_state_dicts_say_what_to_pass(tmp_path):
+    """These used to end in 'expected a checkpoint path, ...' or 'missing backbone.image_model...',
+    naming neither the file, nor the entries found, nor the fix."""
+    detector = create_detector("yolo_world_v2_t")
+    state_dict = official_state_dict(detector)
+    with pytest.raises(ValueError, match=r"1 of its 1 entries are not tensors \(\['ema'\]\).*pass checkpoint\['ema'\]"):
+        load_official_checkpoint({"ema": state_dict})
+    with pytest.raises(ValueError, match=r"entries are not tensors \(\['steps'\]\)"):
+        load_official_checkpoint({"state_dict": {**state_dict, "steps": 3}})
+    trainer_state = tmp_path / "checkpoint.pt"
+    torch.save({"model": {"detector.head.proj": torch.zeros(1)}, "optimizer": {}, "progress": {}}, trainer_state)
+    with pytest.raises(ValueError,
+                       match=f"^{re.escape(str(trainer_state))}: .*a cl_detect training state .*save_model"):
+        load_model(trainer_state)
+    bare = tmp_path / "bare.pt"
+    torch.save(detector.state_dict(), bare)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(bare))}: not a YOLO-World checkpoint.*cl_detect module"):
+        load_official_checkpoint(bare)
+
+
+def test_a_text_encoder_of_another_width_for_an_official_checkpoint_is_named(tmp_path):
+    """It was only refused at the first forward: 'text embeddings must be (B, N, 512), got (1, 2, 384)'."""
+    weights = tmp_path / "official.pth"
+    save_official_checkpoint(create_detector("yolo_world_v2_t"), weights)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(weights))}: the detector expects 512-d .*'minilm' gives"):
+        load_model(weights, text_encoder_spec="minilm")
+
+
 def _torch_bytes(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -116,10 +176,13 @@ def _torch_bytes(obj) -> bytes:
     (b'{"state_dict": {}}', "not a torch file: it starts with b'{\"state_dict"),
     (bytes(range(7, 107)), "not a torch file"),
     (b"checkpoint\nweights\n", "not a torch file"),  # starts like a pickle GLOBAL opcode
+    (b"junk", "not a torch file: it starts with b'junk'"),  # 'j' + 3 bytes: torch raised struct.error
+    (b"\x80unk", "a pickle of 4 bytes .*truncated"),  # torch: ValueError 'unsupported pickle protocol: 117'
     ("zip_half", "a zip archive of .* bytes that is truncated or corrupted"),
     ("zip_cut_in_data", "a zip archive of 5000 bytes that is truncated or corrupted"),  # torch: bare OSError
     (pickle.dumps({"a": list(range(100))})[:40], "a pickle of 40 bytes .*truncated"),
-], ids=["empty", "json", "binary", "text", "truncated_zip", "zip_cut_in_data", "truncated_pickle"])
+], ids=["empty", "json", "binary", "text", "short_text", "bad_protocol", "truncated_zip", "zip_cut_in_data",
+        "truncated_pickle"])
 def test_unreadable_files_are_named(tmp_path, content, found):
     if content == "zip_half":
         whole = _torch_bytes({"x": torch.ones(64)})

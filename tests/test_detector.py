@@ -49,6 +49,8 @@ def test_wrong_text_width_no_prompts_and_odd_image_sides_are_clear_errors():
     detector = create_detector("yolo_world_v2_t")
     with pytest.raises(ValueError, match="no prompts"):
         detector(torch.zeros(1, 3, 64, 64), torch.zeros(1, 0, 512))
+    with pytest.raises(ValueError, match=r"text embeddings are \(3, 2, 512\) for 2 images.*B = 2"):
+        detector(torch.zeros(2, 3, 64, 64), torch.zeros(3, 2, 512))  # failed in einsum
     with pytest.raises(ValueError, match=r"images are 64x500 \(HxW\); both sides must be multiples of 32"):
         detector(torch.zeros(1, 3, 64, 500), torch.zeros(1, 2, 512))
     assert detector(torch.zeros(1, 3, 64, 96), torch.zeros(1, 2, 512)).cls_logits[0].shape == (1, 2, 8, 12)
@@ -86,6 +88,33 @@ def test_timm_backbone_feeds_the_same_neck_and_head():
         create_detector("yolo_world_v2_t", backbone="resnet18")
     with pytest.raises(ValueError, match="official layout holds YOLO-World's CSPDarknet.*save_model"):
         save_official_checkpoint(detector, "unused.pth")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("no_such_net", r"unknown timm model 'no_such_net'; see timm.list_models\('no\*'\)"),
+    # channels-last (NHWC) maps used to reach the neck and fail there on a concat of wrong sizes
+    ("mambaout_femto", r"'mambaout_femto' gives feature maps of shape \[\(12, 16, 96\).*channels-first"),
+    # a fixed input size: even at its own 224 it failed deep in the neck (its maps are NHWC too)
+    ("swin_tiny_patch4_window7_224", r"cannot run on a 96x128 image \(AssertionError.*convolutional model"),
+])
+def test_unusable_timm_backbones_are_refused_when_built(name, message):
+    with pytest.raises(ValueError, match=message):
+        create_detector("yolo_world_v2_t", text_dim=32, backbone=f"timm:{name}")
+
+
+def test_box_distances_stay_float32_under_bf16_autocast():
+    """The DFL expectation runs in float32 under autocast: in bf16 it rounded each box side
+    to 1/16 of a stride near 8-16 bins (up to 2 px at stride 32)."""
+    torch.manual_seed(0)
+    detector = create_detector("yolo_world_v2_t", text_dim=16).eval()
+    images, text = torch.rand(1, 3, 64, 96), torch.randn(1, 3, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = detector(images, text)
+    for dists, distances in zip(out.bbox_dists, out.bbox_preds):
+        assert dists.dtype == torch.bfloat16 and distances.dtype == torch.float32
+        batch, _, height, width = dists.shape
+        prob = dists.float().reshape(batch, 4, 16, height, width).softmax(2)
+        assert torch.allclose(distances, (prob * torch.arange(16.0)[:, None, None]).sum(2), atol=1e-5)
 
 
 def test_training_step_gives_gradients_everywhere():

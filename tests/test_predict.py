@@ -120,6 +120,23 @@ def test_predict_is_batch_invariant_and_within_bounds(tmp_path):
         assert a.boxes.min() >= 0
 
 
+def test_predict_takes_each_images_own_prompts_across_batches():
+    """(B, N, D) prompts, one set per image, used to reach the head whole with a batch of
+    fewer images and fail in einsum ('subscript b has size 3 ... size 2')."""
+    torch.manual_seed(0)
+    detector = _confident(create_detector("yolo_world_v2_t", text_dim=16))
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (60, 90, 3), dtype=np.uint8) for _ in range(3)]
+    text = torch.nn.functional.normalize(torch.randn(3, 4, 16), dim=-1)
+    together = detector.predict(images, text, image_size=64, batch_size=2)
+    for image, prompts, got in zip(images, text, together):
+        alone = detector.predict(image, prompts, image_size=64)[0]
+        torch.testing.assert_close(got.scores, alone.scores)
+        assert torch.equal(got.labels, alone.labels)
+    with pytest.raises(ValueError, match=r"text embeddings are \(2, 4, 16\) for 3 images.*B = 3"):
+        detector.predict(images, text[:2], image_size=64)
+
+
 @pytest.mark.slow
 def test_predict_cli_draws_boxes(tmp_path, capsys):
     from cl_detect.models.text_encoders import create_text_encoder
@@ -155,6 +172,29 @@ def test_predict_cli_reads_the_checkpoints_that_training_writes(tmp_path, capsys
     out = tmp_path / "vis.png"
     assert main(["predict", "--weights", str(weights), "--texts", "fish,shark", str(image), "--out", str(out),
                  "--image-size", "64", "--score-thr", "0.0"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["detections"] and {d["label"] for d in row["detections"]} <= {"fish", "shark"}
+
+
+def test_predict_cli_checks_the_image_size_before_loading_the_model(tmp_path):
+    """A wrong --image-size was found only after the checkpoint had loaded (seconds for L/X)."""
+    with pytest.raises(ValueError, match="multiple of 32.*got 500"):
+        main(["predict", "--weights", str(tmp_path / "not_read.pt"), "--texts", "fish", str(tmp_path / "in.png"),
+              "--out", str(tmp_path / "vis.png"), "--image-size", "500"])
+
+
+@pytest.mark.slow
+def test_predict_cli_uses_a_prompt_tuned_checkpoints_class_embeddings_without_padding(tmp_path, capsys):
+    """Its embeddings hold exactly the tuned classes; the blank padding prompt the command appends
+    made every run fail with 'holds 2 class embeddings, got 3 texts'."""
+    from cl_detect.models.official import FixedTextEmbeddings
+    detector = _confident(create_detector("yolo_world_v2_t"))
+    weights = tmp_path / "prompt_tuned.pth"
+    save_official_checkpoint(detector, weights, FixedTextEmbeddings(torch.randn(2, 512)))
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), np.full((40, 56, 3), 90, np.uint8))
+    assert main(["predict", "--weights", str(weights), "--texts", "fish,shark", str(image), "--out",
+                 str(tmp_path / "vis.png"), "--image-size", "64", "--score-thr", "0.0"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["detections"] and {d["label"] for d in row["detections"]} <= {"fish", "shark"}
 
@@ -310,3 +350,37 @@ def test_predict_cli_reads_prompt_files_and_keeps_outputs_of_same_named_inputs_a
                  "--out", str(out), "--image-size", "64"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["out"] == str(out / "x_det.png")
     assert cv2.imread(str(out / "x_det.png")) is not None
+
+
+@pytest.mark.slow
+def test_predict_cli_decodes_one_batch_of_images_at_a_time(tmp_path, capsys, monkeypatch):
+    """It decoded every input before predicting: 36 MB per 12-megapixel photo, all held at once
+    (2.4 GB peak for 40 photos)."""
+    import importlib
+    import weakref
+
+    from cl_detect.data import preprocess
+    from cl_detect.models.checkpoint import save_model
+    predict_module = importlib.import_module("cl_detect.models.predict")  # the package exports a function of that name
+    weights = tmp_path / "model.pt"
+    save_model(weights, _confident(create_detector("yolo_world_v2_t", text_dim=384)), "minilm-random")
+    paths = []
+    for i in range(20):  # more than predict's batch of 16
+        paths.append(str(tmp_path / f"in{i}.png"))
+        cv2.imwrite(paths[-1], np.full((40, 56, 3), 10 * i, np.uint8))
+    decoded, most_alive = [], []
+    read = preprocess.load_image_bgr
+
+    def counting_read(path):
+        image = read(path)
+        decoded.append(weakref.ref(image))
+        most_alive.append(sum(ref() is not None for ref in decoded))
+        return image
+
+    monkeypatch.setattr(preprocess, "load_image_bgr", counting_read)
+    monkeypatch.setattr(predict_module, "load_image_bgr", counting_read)
+    assert main(["predict", "--weights", str(weights), "--texts", "fish", *paths, "--out", str(tmp_path / "vis"),
+                 "--image-size", "64"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 20
+    assert max(most_alive) <= 16 + 1
+    assert all(cv2.imread(str(tmp_path / "vis" / f"in{i}_det.png")) is not None for i in range(20))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 import socket
 
 import numpy as np
@@ -95,6 +96,28 @@ def test_blank_prompts_work(official_encoder):
     assert torch.isfinite(emb).all()
     # Both are the official blank prompt: start + end token only.
     torch.testing.assert_close(emb[0], emb[1])
+
+
+def test_prompts_longer_than_the_context_are_cut_with_one_warning(caplog):
+    """They were cut to 77 tokens without a word (the official code fails on them instead)."""
+    encoder = small_encoder()
+    fits, too_long = "word " * 75, "word " * 76  # + start and end tokens: 77 and 78
+    with caplog.at_level(logging.WARNING, logger="cl_detect.models.text_encoders"):
+        encoder(["dog", fits])
+        assert caplog.records == []
+        tokens = encoder.tokenize(["dog", too_long, "cat " * 90])
+        encoder.tokenize(["x " * 100])
+    assert [r.getMessage()[:73] for r in caplog.records] == [
+        "2 of 3 prompts are longer than the text tower's 77 tokens and were cut to"]
+    assert "(78 tokens)" in caplog.records[0].getMessage()
+    assert tokens.shape == (3, 77) and tokens[1, -1] == tokens[1].max()  # cut, ending with the end token
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), 3, b"dog"])
+def test_a_text_that_is_not_a_string_is_named_by_position(bad):
+    """They failed inside the tokenizer ("object of type 'NoneType' has no len()", ftfy's UnicodeError)."""
+    with pytest.raises(TypeError, match=r"texts\[1\] is .* \((NoneType|float|int|bytes)\); check the class names"):
+        small_encoder()(["dog", bad])
 
 
 # ------------------------------------------------------------------ HF mapping

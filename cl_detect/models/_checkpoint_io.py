@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import tempfile
 import types
 import zipfile
@@ -29,8 +30,10 @@ _ALLOWED = {
 }
 _INERT_MODULES = ("mmengine", "mmdet", "mmyolo", "mmcv", "numpy", "yolo_world")
 # What torch.load raises on bytes it cannot parse (the pickle and zip readers differ; a zip cut
-# inside its data records raises OSError errno 22).
-PARSE_ERRORS = (EOFError, pickle.UnpicklingError, RuntimeError, KeyError, IndexError, UnicodeDecodeError, OSError)
+# inside its data records raises OSError errno 22; a few bytes that start like a pickle opcode with
+# an argument, e.g. a 4-byte file "junk", struct.error; a bad protocol byte, ValueError).
+PARSE_ERRORS = (EOFError, pickle.UnpicklingError, RuntimeError, KeyError, IndexError, UnicodeDecodeError, OSError,
+                struct.error, ValueError)
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"  # legacy (pre-zip) torch files are pickles that start with the PROTO opcode
 

@@ -58,10 +58,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", text_encode
     data = read_checkpoint(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         from cl_detect.models.official import load_official_checkpoint
-        detector, text_encoder = load_official_checkpoint(data, device=device)
+        try:
+            detector, text_encoder = load_official_checkpoint(data, device=device)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None  # the loader gets the file's contents, not its name
         if text_encoder_spec:
             from cl_detect.models.text_encoders import create_text_encoder
             text_encoder = create_text_encoder(text_encoder_spec).to(device)
+            _check_text_width(path, detector.config.text_dim, text_encoder, text_encoder_spec)
         return detector, text_encoder
     from cl_detect.models.text_encoders import create_text_encoder
     config = stored_detector_config(data)
@@ -70,7 +74,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", text_encode
     text_encoder = create_text_encoder(text_encoder_spec or data["text_encoder_spec"])
     if data.get("text_encoder") is not None and text_encoder_spec is None:
         text_encoder.load_state_dict(data["text_encoder"])
-    if text_encoder.dim != config.text_dim:
-        raise ValueError(f"{path}: the detector expects {config.text_dim}-d text embeddings but the text encoder "
-                         f"{text_encoder_spec or data['text_encoder_spec']!r} gives {text_encoder.dim}-d")
+    _check_text_width(path, config.text_dim, text_encoder, text_encoder_spec or data["text_encoder_spec"])
     return detector.to(device).eval(), text_encoder.to(device).eval()
+
+
+def _check_text_width(path, text_dim: int, text_encoder, spec: str) -> None:
+    if text_encoder.dim != text_dim:
+        raise ValueError(f"{path}: the detector expects {text_dim}-d text embeddings but the text encoder "
+                         f"{spec!r} gives {text_encoder.dim}-d")

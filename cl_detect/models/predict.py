@@ -152,7 +152,8 @@ def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 6
     Args:
         detector: a YOLOWorldDetector (put in eval mode here).
         images: a path, a uint8 BGR (or gray, BGRA) array, or a list of them.
-        text_embeddings: (N, D) or (1, N, D) embeddings of the prompts (same for all images).
+        text_embeddings: (N, D) or (1, N, D) embeddings of the prompts for all images, or
+            (B, N, D) with B = the number of images: each image's own prompts.
         image_size: letterbox size (official: 640).
         batch_size: images per forward pass.
         score_thr, nms_pre, iou_thr, max_per_img: official post-processing settings.
@@ -171,6 +172,9 @@ def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 6
     device = next(detector.parameters()).device
     runner = compile_for_inference(detector, min(batch_size, len(images))) if compile else detector
     text = text_embeddings if text_embeddings.dim() == 3 else text_embeddings[None]
+    if len(text) not in (1, len(images)):
+        raise ValueError(f"text embeddings are {tuple(text_embeddings.shape)} for {len(images)} images: give (N, D) "
+                         f"or (1, N, D) prompts for all images, or (B, N, D) with B = {len(images)}, one set per image")
     text = text.to(device)
     autocast = bf16_autocast(device, cuda=bf16)
     results: list[Detections] = []
@@ -178,7 +182,7 @@ def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 6
         chunk = [letterbox(_as_bgr(image), image_size) for image in images[start:start + batch_size]]
         batch = images_to_device(torch.stack([to_uint8_tensor(padded) for padded, _ in chunk]), device)
         with autocast:
-            out = runner(batch, text)
+            out = runner(batch, text if len(text) == 1 else text[start:start + batch_size])
         results += postprocess(out.cls_logits, out.bbox_preds, detector.strides, [info for _, info in chunk],
                                score_thr, nms_pre, iou_thr, max_per_img)
     return results

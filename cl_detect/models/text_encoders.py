@@ -84,6 +84,12 @@ class TextEncoder(nn.Module, abc.ABC):
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not a single string")
         texts = list(texts)
+        # a None or NaN class name (a gap in a CSV) failed inside the tokenizer without its position
+        wrong = next(((i, t) for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if wrong is not None:
+            index, text = wrong
+            raise TypeError(f"texts must be strings, but texts[{index}] is {text!r} ({type(text).__name__}); "
+                            "check the class names (a missing name reads as None or NaN)")
         params = list(self.parameters())
         device = params[0].device if params else torch.device("cpu")
         if not texts:
@@ -151,6 +157,7 @@ class ClipTextEncoder(TextEncoder):
         self.model_name = model_name
         self.quick_gelu = quick_gelu
         self.tokenizer = tokenizer
+        self._warned_truncation = False
         self.tower = _build_text_tower(embed_dim, text_cfg, quick_gelu=quick_gelu)
         self.load_report: str | None = None
         if pretrained is not None:
@@ -160,8 +167,28 @@ class ClipTextEncoder(TextEncoder):
 
     # ----------------------------------------------------------------- encoding
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """open_clip token ids (N, context_length), padded with 0."""
-        return self.tokenizer(list(texts))
+        """open_clip token ids (N, context_length), padded with 0.
+
+        A prompt longer than the context (77 tokens for CLIP, start and end tokens included) is
+        cut to fit, as CLIP does, keeping its start; the first time this happens a warning names
+        the prompt (the official code, which does not truncate, fails on such a prompt).
+        """
+        from open_clip.tokenizer import SimpleTokenizer
+
+        texts = list(texts)
+        tokens = self.tokenizer(texts)
+        # CLIP's BPE tokenizer pads with 0; others (HF) pad and cut in their own ways
+        if not self._warned_truncation and isinstance(self.tokenizer, SimpleTokenizer):
+            context = tokens.shape[1]
+            # only rows that fill the context can have been cut: count those again
+            cut = [(text, n) for text in (texts[i] for i in (tokens[:, -1] != 0).nonzero().flatten().tolist())
+                   if (n := len(self.tokenizer.encode(text)) + 2) > context]
+            if cut:
+                self._warned_truncation = True
+                logger.warning("%d of %d prompts are longer than the text tower's %d tokens and were cut to fit, "
+                               "e.g. %r (%d tokens); shorten them to keep their end (warned once per encoder)",
+                               len(cut), len(texts), context, cut[0][0][:200], cut[0][1])
+        return tokens
 
     def _is_plain_clip(self) -> bool:
         tower = self.tower

@@ -186,13 +186,21 @@ class YOLOWorldHead(nn.Module):
     def forward(self, feats: list[torch.Tensor], text: torch.Tensor):
         cls_logits, bbox_preds, bbox_dists = [], [], []
         for x, cls_pred, reg_pred, contrast in zip(feats, self.cls_preds, self.reg_preds, self.cls_contrasts):
-            batch, _, height, width = x.shape
             cls_logits.append(contrast(cls_pred(x), text))
             dist = reg_pred(x)
             bbox_dists.append(dist)
-            prob = dist.reshape(batch, 4, self.reg_max, height, width).softmax(2)
-            bbox_preds.append(torch.einsum("bsrhw,r->bshw", prob, self.proj.to(prob.dtype)))
+            bbox_preds.append(self._expected_distances(dist))
         return cls_logits, bbox_preds, bbox_dists
+
+    def _expected_distances(self, dist: torch.Tensor) -> torch.Tensor:
+        """DFL expectation in float32, also under bf16 autocast: rounding its result to bf16
+        alone moved box sides by up to 1/16 of a stride (float32 inputs compute as before)."""
+        batch, _, height, width = dist.shape
+        prob = dist.float().reshape(batch, 4, self.reg_max, height, width).softmax(2)
+        if not torch.is_autocast_enabled(prob.device.type):
+            return torch.einsum("bsrhw,r->bshw", prob, self.proj.float())
+        with torch.autocast(prob.device.type, enabled=False):
+            return torch.einsum("bsrhw,r->bshw", prob, self.proj.float())
 
 
 @dataclass
@@ -238,6 +246,9 @@ class YOLOWorldDetector(nn.Module):
                              f"got {tuple(text_embeddings.shape)}")
         if text_embeddings.shape[1] == 0:
             raise ValueError("no prompts: text embeddings are (B, 0, D); give at least one text")
+        if text_embeddings.shape[0] not in (1, images.shape[0]):
+            raise ValueError(f"text embeddings are {tuple(text_embeddings.shape)} for {images.shape[0]} images: "
+                             f"give (1, N, D) prompts for all images or (B, N, D) with B = {images.shape[0]}")
         height, width = images.shape[-2:]
         if height % STRIDES[-1] or width % STRIDES[-1]:
             raise ValueError(f"images are {height}x{width} (HxW); both sides must be multiples of {STRIDES[-1]}, "
