@@ -323,3 +323,11 @@ def test_a_finished_run_without_a_cell_the_metrics_need_is_recorded_failed(monke
                                   torch.device("cpu"))
     assert record["status"] == "failed" and record["summary"] == {}
     assert "trained every task, but accuracy a[1][1]" in record["error"]
+
+
+def test_cli_image_size_reaches_only_the_methods_that_run(protocol, tmp_path):
+    out = tmp_path / "results"
+    assert main(["run", str(protocol), "--methods", "finetune", "--image-size", "64", "--out", str(out)]) == 0
+    saved = yaml.safe_load((out / "tiny" / "config.yaml").read_text())
+    assert "ewc" not in (saved.get("method_options") or {})  # it was written although ewc did not run
+    assert _result(out)["config"]["train"]["image_size"] == 64

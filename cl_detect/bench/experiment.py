@@ -134,7 +134,31 @@ def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: lis
     context = multiprocessing.get_context("spawn")  # no forked copies of torch thread pools
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=start_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(_run_pair, config, names, seed, out, options) for names, seed in pairs]
-        return [future.result() for future in futures]
+        try:
+            return [future.result() for future in futures]
+        except KeyboardInterrupt:
+            _stop_runs(pool, futures)
+            raise
+
+
+def _stop_runs(pool: ProcessPoolExecutor, futures: list) -> None:
+    """Ctrl-C (or `kill -INT`) of this process: drop the runs not started and pass the SIGINT on to
+    the run processes (their own process group keeps a terminal's Ctrl-C from reaching them
+    twice), which checkpoint the step under way and stop; wait for that. A second Ctrl-C is
+    passed on too: they stop at once."""
+    for future in futures:
+        future.cancel()
+    processes = list(pool._processes.values())  # noqa: SLF001 (the executor names no other way to them)
+    for attempt in range(2):
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+            return
+        except KeyboardInterrupt:
+            if attempt:
+                raise
 
 
 _LOADED: dict[str, tuple] = {}  # per process: protocol name -> (datasets, base model)
@@ -147,7 +171,10 @@ def start_worker(threads: int) -> None:
     scheduler's SIGTERM or SIGKILL to one process) left its runs going as orphans.
     They are checkpointed, so the next `cl-detect run` resumes them.
     """
+    global _IN_RUN_PROCESS
+    _IN_RUN_PROCESS = True
     torch.set_num_threads(threads)
+    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which passes it on once (`_stop_runs`)
     if sys.platform.startswith("linux"):
         parent = os.getppid()
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -155,8 +182,15 @@ def start_worker(threads: int) -> None:
             os._exit(1)
 
 
+_IN_RUN_PROCESS = False  # a `jobs > 1` run process
+_STOPPED = False  # a run of this run process was stopped by Ctrl-C: start no other
+
+
 def _run_pair(config: RunConfig, names: list[str], seed: int, out: str | Path, options: dict, log=print) -> dict:
     """One run, reading the datasets and base model the first time this process needs them."""
+    global _STOPPED
+    if _STOPPED:  # a run the executor had already handed to this process when Ctrl-C came
+        return {"method": config.run_label(names), "seed": seed, "status": "interrupted"}
     key = repr(config)
     if key not in _LOADED:
         _LOADED.clear()
@@ -164,7 +198,11 @@ def _run_pair(config: RunConfig, names: list[str], seed: int, out: str | Path, o
                                                                 config.base_model.text_encoder))
     data, base = _LOADED[key]
     label = config.run_label(names)
-    status = run_one(config, data, names, seed, out, base, **options)
+    try:
+        status = run_one(config, data, names, seed, out, base, **options)
+    except KeyboardInterrupt:
+        _STOPPED = _IN_RUN_PROCESS
+        raise
     shown = status
     if status == "failed":  # the reason, so the user need not open the JSON to learn it
         path = result_path(out, config.name, label, seed)

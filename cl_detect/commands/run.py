@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.allow_data_errors:
         overrides["allow_data_errors"] = True
     config = load_run_config(args.config, args.defaults or DEFAULTS_PATH, overrides=overrides)
-    config = with_overrides(config, args.image_size, args.max_train_images, args.device)
+    config = with_overrides(config, args.image_size, args.max_train_images, args.device, args.methods)
     outcomes = run_experiment(config, args.methods, args.seeds, args.out, force=args.force,
                               keep_checkpoints=args.keep_checkpoints, jobs=args.jobs)
     counts = {s: sum(o["status"] == s for o in outcomes) for s in ("finished", "skipped", "failed", "interrupted")}
