@@ -29,7 +29,21 @@ def test_letterbox_geometry_follows_the_official_pipeline():
     assert (padded[:160] == 114).all() and (padded[480:] == 114).all() and (padded[160:480] == 0).all()
     # odd padding: top gets pad // 2
     _, info = letterbox(np.zeros((101, 200, 3), np.uint8), 640)
-    assert info.pad_top == (640 - int(101 * 3.2 + 0.5)) // 2
+    assert info.pad_top == (640 - int(101 * 3.2)) // 2
+
+
+@pytest.mark.parametrize("height, width, resized", [
+    (667, 1000, (426, 640)),  # 426.88: mmyolo's YOLOv5KeepRatioResize truncates (427 when rounded)
+    (1000, 667, (640, 426)),
+    (300, 199, (640, 424)),  # enlarged: 424.53 -> 424
+])
+def test_keep_ratio_resize_truncates_as_the_official_pipeline(height, width, resized):
+    from cl_detect.data.preprocess import keep_ratio_resize
+
+    image, scale = keep_ratio_resize(np.zeros((height, width, 3), np.uint8), 640)
+    assert image.shape[:2] == resized and scale == (resized[1] / width, resized[0] / height)
+    padded, info = letterbox(np.zeros((height, width, 3), np.uint8), 640)
+    assert (info.pad_top, info.pad_left) == ((640 - resized[0]) // 2, (640 - resized[1]) // 2)
 
 
 def test_letterbox_keeps_a_row_of_an_extreme_panorama_instead_of_crashing():

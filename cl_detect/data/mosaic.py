@@ -1,6 +1,7 @@
 """Four-image mosaic on a 2S x 2S canvas (the YOLOv5/YOLOv8 layout).
 
-Each image is resized keeping its aspect ratio so its longer side is S, then
+Each image is resized keeping its aspect ratio so its longer side is S
+(bilinear, sides truncated, as mmyolo's Mosaic resizes), then
 placed in one quadrant around a random centre (xc, yc) drawn uniformly from
 [0.5 S, 1.5 S]: the top-left image ends at the centre, the top-right starts at
 xc and ends at yc, and so on; whatever falls outside the canvas is cut off.
@@ -12,6 +13,7 @@ union of the four phrase lists (identical strings merged, first-seen order).
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from cl_detect.data.augment import Sample, map_boxes
@@ -65,7 +67,7 @@ def mosaic4(samples: list[Sample], size: int, rng: np.random.Generator) -> Sampl
 
     boxes, labels, ignores = [], [], []
     for quadrant, (sample, sample_labels) in enumerate(zip(samples, labels_per_sample)):
-        image, scale = keep_ratio_resize(sample.image, size)
+        image, scale = keep_ratio_resize(sample.image, size, cv2.INTER_LINEAR)  # as the official Mosaic
         height, width = image.shape[:2]
         left_side, top_side = quadrant in (0, 2), quadrant in (0, 1)
         # Placement of the whole resized image in canvas coordinates (may extend past the canvas).

@@ -1,8 +1,9 @@
 """Official YOLO-World test-time preprocessing: keep-ratio resize + letterbox.
 
 Load BGR, resize so the longer side equals `size` (INTER_AREA when shrinking,
-INTER_LINEAR when enlarging: small images ARE upscaled), pad with 114 (top =
-pad_h // 2, left = pad_w // 2), convert to RGB and divide by 255.
+INTER_LINEAR when enlarging: small images ARE upscaled; each side int(side * ratio),
+truncated as mmyolo's YOLOv5KeepRatioResize does), pad with 114 (top = pad_h // 2,
+left = pad_w // 2), convert to RGB and divide by 255.
 """
 from __future__ import annotations
 
@@ -50,15 +51,27 @@ def load_image_bgr(path: str | Path) -> np.ndarray:
     return image
 
 
-def keep_ratio_resize(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float]]:
-    """Resize so the longer side is `size`; returns the image and (scale_w, scale_h)."""
+def keep_ratio_resize(image: np.ndarray, size: int, interpolation: int | None = None
+                      ) -> tuple[np.ndarray, tuple[float, float]]:
+    """Resize so the longer side is `size`; returns the image and (scale_w, scale_h).
+
+    Args:
+        image: (H, W, C) or (H, W) array.
+        size: the longer side after resizing.
+        interpolation: an OpenCV flag; None is the official test pipeline's choice, INTER_AREA
+            when shrinking and INTER_LINEAR when enlarging (the official mosaic always uses
+            INTER_LINEAR, mmcv.imresize's default).
+    """
     height, width = image.shape[:2]
     ratio = size / max(height, width)
-    # mmcv.imrescale rounds half up; at least 1 pixel, or a 1 x 1500 strip would round to 0 rows and
-    # crash cv2.resize (where mmcv fails, so nothing the official pipeline can read changes)
-    new_w, new_h = max(1, int(width * ratio + 0.5)), max(1, int(height * ratio + 0.5))
+    # mmyolo (YOLOv5KeepRatioResize, Mosaic) truncates: a 1000 x 667 image becomes 640 x 426, and a
+    # long side that float rounding puts at 639.99 becomes 639 (the letterbox pads it). At least 1
+    # pixel, or a 1 x 1500 strip would get 0 rows and crash cv2.resize (where mmcv fails, so nothing
+    # the official pipeline can read changes).
+    new_w, new_h = max(1, int(width * ratio)), max(1, int(height * ratio))
     if (new_w, new_h) != (width, height):
-        interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
+        if interpolation is None:
+            interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
         image = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
     return image, (new_w / width, new_h / height)
 
