@@ -1,4 +1,5 @@
 """`train_one_task`: resume equals uninterrupted, and the guards stop bad runs with a clear message."""
+import dataclasses
 import json
 import math
 
@@ -207,6 +208,10 @@ def test_no_positive_assignments_stop_after_patience(tmp_path):
         train_one_task(tiny_model(), dataset, config, tmp_path / "run", sampler=MixingSampler([len(dataset)]))
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert rows and all(row["num_pos"] == 0 and row["loss_bbox"] == 0.0 for row in rows)
+    # with accumulation the patience is still in optimizer steps (it stopped after 5 micro-batches, 2 steps)
+    accumulated = dataclasses.replace(config, accumulate=2)
+    with pytest.raises(TrainingError, match=r"for 5 steps \(10 batches\) .* \(step 4\)"):
+        train_one_task(tiny_model(), dataset, accumulated, tmp_path / "acc", sampler=MixingSampler([len(dataset)]))
 
 
 def test_focal_classification_loss_is_used_when_configured(world, tmp_path):

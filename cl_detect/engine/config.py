@@ -43,7 +43,7 @@ class TrainConfig:
         seed: seeds sampling, augmentation and initialisation.
         checkpoint_every_steps: also checkpoint inside an epoch (0 = only at epoch ends).
         log_every: steps between log rows.
-        guard_patience: steps without positives (boxes present) before stopping.
+        guard_patience: optimizer steps without positives (boxes present) before stopping.
         device: "cuda", "cuda:N", "cpu" or "auto" (another name is an error when the config is read).
     """
 

@@ -40,13 +40,15 @@ class LossGuard:
     """Watches each step's losses and gradient norm.
 
     Args:
-        patience: consecutive steps with boxes in the batch but no positive
-            assignment (or exactly zero box loss) before training is stopped.
+        patience: consecutive optimizer steps with boxes in the batch but no
+            positive assignment (or exactly zero box loss) before training is stopped.
+        accumulate: micro-batches per optimizer step; the guard sees each one, so it
+            stops after patience x accumulate such batches in a row.
     """
 
-    def __init__(self, patience: int = 50):
-        self.patience = patience
-        self.stuck_steps = 0
+    def __init__(self, patience: int = 50, accumulate: int = 1):
+        self.patience, self.accumulate = patience, accumulate
+        self.stuck_steps = 0  # in batches (micro-batches), as checkpoints store it
 
     def __call__(self, losses: dict[str, torch.Tensor], step: int, batch: dict,
                  grad_norm: torch.Tensor | None = None) -> None:
@@ -74,6 +76,8 @@ class LossGuard:
         no_positives = "num_pos" in values and values["num_pos"] == 0
         zero_box = "loss_bbox" in values and values["loss_bbox"] == 0.0
         self.stuck_steps = self.stuck_steps + 1 if has_boxes and (no_positives or zero_box) else 0
-        if self.stuck_steps >= self.patience:
-            raise TrainingError(f"no positive assignments (box and DFL losses at zero) for {self.stuck_steps} "
-                                f"steps although the batches have boxes (step {step}); {DATA_CHECK_HINT}")
+        if self.stuck_steps >= self.patience * self.accumulate:
+            batches = f" ({self.stuck_steps} batches)" if self.accumulate > 1 else ""
+            raise TrainingError(f"no positive assignments (box and DFL losses at zero) for "
+                                f"{self.stuck_steps // self.accumulate} steps{batches} although the batches have "
+                                f"boxes (step {step}); {DATA_CHECK_HINT}")

@@ -130,7 +130,7 @@ def _train(model, dataset, config: TrainConfig, out_dir: Path, sampler, resume: 
     scheduler = build_scheduler(optimizer, total_steps, warmup, config.schedule, config.final_lr_factor)
     averaged = _averaged_modules(model)
     ema = ModelEMA(averaged, config.ema_momentum, config.ema_gamma) if config.ema else None
-    guard, logger = LossGuard(config.guard_patience), RunLogger(out_dir, enabled=is_main_process())
+    guard, logger = LossGuard(config.guard_patience, config.accumulate), RunLogger(out_dir, enabled=is_main_process())
     forward = DataParallelForward(model)
     progress = {"epoch": 0, "step": 0, "batches_in_epoch": 0, "status": "running"}
     if resume and checkpoint.exists():
