@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -135,17 +135,22 @@ def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: lis
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=start_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(_run_pair, config, names, seed, out, options) for names, seed in pairs]
         try:
-            return [future.result() for future in futures]
+            wait(futures, return_when=FIRST_EXCEPTION)
         except KeyboardInterrupt:
             _stop_runs(pool, futures)
             raise
+        stopping = next((f.exception() for f in futures if f.done() and f.exception() is not None), None)
+        if stopping is not None:  # an error that stops the command (other data, other settings): at once
+            _stop_runs(pool, futures)
+            raise stopping
+        return [future.result() for future in futures]
 
 
 def _stop_runs(pool: ProcessPoolExecutor, futures: list) -> None:
-    """Ctrl-C (or `kill -INT`) of this process: drop the runs not started and pass the SIGINT on to
-    the run processes (their own process group keeps a terminal's Ctrl-C from reaching them
-    twice), which checkpoint the step under way and stop; wait for that. A second Ctrl-C is
-    passed on too: they stop at once."""
+    """Ctrl-C (or `kill -INT`) of this process, or a run's error that stops the command: drop the
+    runs not started and pass a SIGINT to the run processes (their own process group keeps a
+    terminal's Ctrl-C from reaching them twice), which checkpoint the step under way and stop;
+    wait for that. A second Ctrl-C is passed on too: they stop at once."""
     for future in futures:
         future.cancel()
     processes = list(pool._processes.values())  # noqa: SLF001 (the executor names no other way to them)
