@@ -11,7 +11,7 @@ import torch
 
 from _mixing_data import fake_records, tiny_model, write_coco_json, write_grounding_json, write_task
 from cl_detect.data.readers import read_dataset
-from cl_detect.data.records import DetectionDataset, Vocabulary
+from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 from cl_detect.engine.config import TrainConfig
 from cl_detect.engine.task_data import build_task_training_set
 from cl_detect.engine.train import train_one_task
@@ -179,3 +179,29 @@ def test_grounding_records_keep_their_phrases_in_a_second_part(tasks, tmp_path):
 def test_impossible_configs_are_rejected(options):
     with pytest.raises(ValueError):
         create_method("replay", options)
+
+
+def test_ignore_regions_areas_and_lvis_ids_follow_the_buffer():
+    # ignore labels used to keep their task-vocabulary index in the merged vocabulary, and a saved buffer
+    # dropped areas and the LVIS negative / not-exhaustive ids
+    first = DetectionDataset([DetectionRecord("a.jpg", 10, 10, np.array([[0, 0, 4, 4]], np.float32), np.array([0]),
+                                              image_id=1)], Vocabulary(("cat",)), source="first")
+    second_record = DetectionRecord(
+        "b.jpg", 10, 10, np.array([[0, 0, 5, 5]], np.float32), np.array([1]), image_id=2,
+        ignore_boxes=np.array([[5, 5, 9, 9], [1, 1, 2, 2]], np.float32), ignore_labels=np.array([0, -1]),
+        areas=np.array([20.0]), ignore_areas=np.array([16.0, 1.0]), neg_category_ids=(7,),
+        not_exhaustive_category_ids=(3,))
+    second = DetectionDataset([second_record], Vocabulary(("dog", "cat")), source="second")
+    buffer = ReplayBuffer(capacity=4)
+    buffer.add(first)
+    buffer.add(second)
+    merged = buffer.datasets()[0]
+    assert merged.vocabulary.names == ("cat", "dog")
+    replayed = merged.records[1]
+    assert replayed.labels.tolist() == [0] and replayed.ignore_labels.tolist() == [1, -1]  # "dog" is 1 now
+    restored = ReplayBuffer(capacity=1)
+    restored.load_state_dict(buffer.state_dict())
+    record = restored.entries[1].record
+    assert record.areas.tolist() == [20.0] and record.ignore_areas.tolist() == [16.0, 1.0]
+    assert (record.neg_category_ids, record.not_exhaustive_category_ids) == ((7,), (3,))
+    assert record.ignore_labels.tolist() == [0, -1]

@@ -141,7 +141,10 @@ class ReplayBuffer:
                 grounding.append(record)
                 continue
             lookup = np.array([index_of[n] for n in entry.class_names], np.int64)
-            detection.append(DetectionRecord(**{**vars(record), "labels": lookup[record.labels]}))
+            # ignore regions keep -1 ("any class"); the others move into the merged vocabulary too
+            ignore = np.where(record.ignore_labels >= 0, lookup[record.ignore_labels.clip(0)], -1)
+            detection.append(DetectionRecord(**{**vars(record), "labels": lookup[record.labels],
+                                                "ignore_labels": ignore}))
         parts = [DetectionDataset(detection, vocabulary, source="replay buffer"),
                  DetectionDataset(grounding, Vocabulary(()), source="replay buffer (grounding)")]
         return [part for part in parts if len(part)]
@@ -170,8 +173,15 @@ def _entry_to_dict(entry: BufferEntry, vocabulary: int) -> dict:
         "ignore_boxes": record.ignore_boxes.tolist(), "ignore_labels": record.ignore_labels.tolist(),
         "phrases": list(record.phrases) if record.is_grounding else None, "caption": record.caption,
         "phrase_spans": [[list(s) for s in spans] for spans in record.phrase_spans] if record.phrase_spans else None,
+        "areas": _list_or_none(record.areas), "ignore_areas": _list_or_none(record.ignore_areas),
+        "neg_category_ids": list(record.neg_category_ids),
+        "not_exhaustive_category_ids": list(record.not_exhaustive_category_ids),
         "vocabulary": vocabulary, "arrival": entry.arrival,
     }
+
+
+def _list_or_none(values: np.ndarray | None) -> list | None:
+    return None if values is None else values.tolist()
 
 
 def _entry_from_dict(row: dict, vocabularies: list[tuple[str, ...]]) -> BufferEntry:
@@ -181,5 +191,10 @@ def _entry_from_dict(row: dict, vocabularies: list[tuple[str, ...]]) -> BufferEn
         np.array(row["labels"], np.int64), image_id=row["image_id"],
         ignore_boxes=np.array(row["ignore_boxes"], np.float32), ignore_labels=np.array(row["ignore_labels"]),
         phrases=tuple(row["phrases"]) if row["phrases"] is not None else None, caption=row["caption"],
-        phrase_spans=tuple(tuple(tuple(s) for s in group) for group in spans) if spans is not None else None)
+        phrase_spans=tuple(tuple(tuple(s) for s in group) for group in spans) if spans is not None else None,
+        # absent from buffers saved before they were kept
+        areas=None if row.get("areas") is None else np.array(row["areas"], np.float64),
+        ignore_areas=None if row.get("ignore_areas") is None else np.array(row["ignore_areas"], np.float64),
+        neg_category_ids=tuple(row.get("neg_category_ids", ())),
+        not_exhaustive_category_ids=tuple(row.get("not_exhaustive_category_ids", ())))
     return BufferEntry(record, vocabularies[row["vocabulary"]], row["arrival"])
