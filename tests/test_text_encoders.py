@@ -113,6 +113,18 @@ def test_prompts_longer_than_the_context_are_cut_with_one_warning(caplog):
     assert tokens.shape == (3, 77) and tokens[1, -1] == tokens[1].max()  # cut, ending with the end token
 
 
+def test_minilm_names_prompts_cut_at_its_256_tokens(caplog):
+    encoder = SentenceTransformerEncoder()
+    with caplog.at_level(logging.WARNING, logger="cl_detect.models.text_encoders"):
+        encoder(["dog", "word " * 250])  # 250 words + [CLS] and [SEP]: fits
+        assert caplog.records == []
+        encoder(["cat", "word " * 300])
+        encoder(["bird", "word " * 400])  # once per encoder
+    assert [r.getMessage()[:74] for r in caplog.records] == [  # and counting them adds no transformers warning
+        "1 of 2 prompts are longer than the text tower's 256 tokens and were cut to"]
+    assert "(302 tokens)" in caplog.records[0].getMessage()
+
+
 @pytest.mark.parametrize("bad", [None, float("nan"), 3, b"dog"])
 def test_a_text_that_is_not_a_string_is_named_by_position(bad):
     """They failed inside the tokenizer ("object of type 'NoneType' has no len()", ftfy's UnicodeError)."""

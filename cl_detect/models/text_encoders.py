@@ -183,11 +183,7 @@ class ClipTextEncoder(TextEncoder):
             # only rows that fill the context can have been cut: count those again
             cut = [(text, n) for text in (texts[i] for i in (tokens[:, -1] != 0).nonzero().flatten().tolist())
                    if (n := len(self.tokenizer.encode(text)) + 2) > context]
-            if cut:
-                self._warned_truncation = True
-                logger.warning("%d of %d prompts are longer than the text tower's %d tokens and were cut to fit, "
-                               "e.g. %r (%d tokens); shorten them to keep their end (warned once per encoder)",
-                               len(cut), len(texts), context, cut[0][0][:200], cut[0][1])
+            warn_prompts_cut(self, cut, len(texts), context)
         return tokens
 
     def _is_plain_clip(self) -> bool:
@@ -396,6 +392,7 @@ class SentenceTransformerEncoder(TextEncoder):
         super().__init__(dim=get_dim())
         self.model_name = str(source)
         self.random_init = random_init
+        self._warned_truncation = False
         self.model = model
         self.requires_grad_(False)
         self.eval()
@@ -404,8 +401,31 @@ class SentenceTransformerEncoder(TextEncoder):
         # sentence-transformers >= 6 names it `preprocess`; older releases `tokenize`.
         preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize
         device = next(self.parameters()).device
-        features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in preprocess(texts).items()}
+        features = preprocess(texts)
+        if not self._warned_truncation:
+            self._warn_if_cut(texts, features)
+        features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
         return self.model(features)["sentence_embedding"]
+
+    def _warn_if_cut(self, texts: list[str], features: dict) -> None:
+        """The tokenizer cuts prompts to `max_seq_length` tokens (256 for MiniLM) without a word."""
+        limit, mask = self.model.max_seq_length, features.get("attention_mask")
+        if mask is None or limit is None:
+            return
+        full = (mask.sum(1) >= limit).nonzero().flatten().tolist()  # only these can have been cut
+        count = self.model.tokenizer
+        cut = [(texts[i], n) for i in full if (n := len(count(texts[i], verbose=False)["input_ids"])) > limit]
+        warn_prompts_cut(self, cut, len(texts), limit)
+
+
+def warn_prompts_cut(encoder: TextEncoder, cut: list[tuple[str, int]], total: int, context: int) -> None:
+    """Warn, once per encoder, that the prompts in `cut` ((text, token count) pairs) were cut to the
+    tower's `context` tokens."""
+    if cut and not encoder._warned_truncation:
+        encoder._warned_truncation = True
+        logger.warning("%d of %d prompts are longer than the text tower's %d tokens and were cut to fit, "
+                       "e.g. %r (%d tokens); shorten them to keep their end (warned once per encoder)",
+                       len(cut), total, context, cut[0][0][:200], cut[0][1])
 
 
 _SPEC_FORMS = ("clip", "clip:<open_clip model>", "clip:<model>:<pretrained tag or file>", "minilm",
