@@ -125,7 +125,6 @@ def test_shape_mismatch_and_missing_keys_fail_loudly():
         load_official_checkpoint({"foo": torch.zeros(1)})
 
 
-
 def test_detector_tensors_the_model_lacks_are_refused_other_keys_reported(capsys):
     """A YOLO-World v1 'dual_vlpan' checkpoint loaded with its image-pooling attention
     (neck.text_enhancer, which changes the text embeddings) listed as 'ignored': another model."""

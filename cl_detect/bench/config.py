@@ -222,7 +222,8 @@ class RunConfig:
                 raise ValueError(f"protocol {self.name!r} method_options: {err}") from None
         if self.label is not None and (not self.label or "/" in self.label or "+" in self.label):
             raise ValueError(f"label {self.label!r} must be a non-empty name without '/' or '+'")
-        for setting, value in [("name", self.name), ("label", self.label)] + [("task name", t.name) for t in self.tasks]:
+        file_names = [("name", self.name), ("label", self.label)] + [("task name", t.name) for t in self.tasks]
+        for setting, value in file_names:
             if value is not None and len(value.encode()) > MAX_NAME_BYTES:
                 raise ValueError(f"protocol {setting} {value[:40]!r}... is {len(value.encode())} bytes long; it names "
                                  f"the result files (<label>_seed<seed>.json) and work folders, and file names are "

@@ -6,8 +6,9 @@
 The size is inferred from tensor shapes; the CLIP text tower carried in the
 checkpoint (HuggingFace `CLIPTextModelWithProjection` names) becomes an open_clip
 text encoder. Prompt-tuned checkpoints (class `embeddings`, no text tower) give a
-`FixedTextEmbeddings` instead, their MLP adapter (`adapter.*`) applied when they have one. Nothing is loaded silently: a transfer report is
-printed and shape mismatches raise.
+`FixedTextEmbeddings` instead, their MLP adapter (`adapter.*`) applied when they
+have one. Nothing is loaded silently: a transfer report is printed, and shape
+mismatches and detector tensors the model lacks raise.
 """
 from __future__ import annotations
 
