@@ -12,7 +12,7 @@ from _data_builders import load, tiny_coco_images, tiny_coco_json
 from cl_detect.data.doctor import DoctorReport, check_dataset, check_texts, load_texts
 from cl_detect.data.errors import DatasetError
 from cl_detect.data.readers import read_dataset
-from cl_detect.data.records import DetectionDataset, Vocabulary
+from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 
 
 @pytest.mark.parametrize("src, kwargs", [
@@ -359,3 +359,28 @@ def test_yaml_names_yes_no_is_a_finding(tmp_path):
     (tmp_path / "data.yaml").write_text("train: train/images\nnames: [yes, no]\n")
     report = check_dataset(tmp_path / "data.yaml", split="train")
     assert _codes(report) == {"non_string_class_name"} and "data.yaml" in report.errors[0].message
+
+
+def test_an_image_listed_twice_is_an_error(tmp_path):
+    """Two entries for one file split its boxes: each copy trains the other's objects as background."""
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((48, 64, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "b.jpg"), np.zeros((48, 64, 3), np.uint8))
+    images = [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
+              {"id": 2, "file_name": "a.jpg", "width": 64, "height": 48},
+              {"id": 3, "file_name": "b.jpg", "width": 64, "height": 48}]
+    annotations = [{"id": n, "image_id": n, "category_id": 1, "bbox": [5 * n, 5, 10, 10]} for n in (1, 2, 3)]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "fish"}]}))
+    report = check_dataset(path)
+    assert _codes(report) == {"repeated_image"}
+    assert "a.jpg is listed 2 times (image ids 1, 2)" in report.errors[0].message
+
+
+def test_identical_copies_of_an_image_are_a_warning(tmp_path):
+    path = tmp_path / "a.png"
+    records = [DetectionRecord(str(path), 64, 48, [[5, 5, 20, 20]], [0], image_id=i) for i in (1, 2)]
+    report = check_dataset(DetectionDataset(records, Vocabulary(("fish",)), source="two copies"), check_images=False)
+    assert report.ok and "repeated_image" in _codes(report, "warning")

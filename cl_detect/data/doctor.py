@@ -10,9 +10,12 @@ starts (it refuses unless the user passes an explicit override).
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from cl_detect.data._doctor_boxes import check_boxes, check_class_usage, check_labels
 from cl_detect.data._doctor_images import check_images as check_image_files
@@ -204,25 +207,52 @@ def check_dataset(src: str | Path | DetectionDataset, texts=None, check_images: 
     check_labels(dataset, report.add)
     check_class_usage(dataset, report.add)
     check_boxes(dataset, report.add)
+    _check_repeated_images(dataset, report.add)
     _check_orphan_labels(dataset, report.add)
     if check_images:
         check_image_files(dataset, report.add)
     return report
 
 
+def _check_repeated_images(dataset: DetectionDataset, add) -> None:
+    """Detection records should not share an image file. Entries with different boxes split the picture's
+    objects (training takes the others' objects as background, evaluation scores their detections as false
+    positives): an error. Identical copies only weigh the image twice: a warning. Grounding data repeats an
+    image once per caption, which is fine."""
+    records_of = defaultdict(list)
+    for record in dataset.records:
+        if not record.is_grounding:
+            records_of[os.path.abspath(record.image_path)].append(record)
+    for path, records in records_of.items():
+        if len(records) < 2:
+            continue
+        ids = ", ".join(str(record.image_id) for record in records[:10])
+        first = records[0]
+        if all(np.array_equal(r.boxes, first.boxes) and np.array_equal(r.labels, first.labels) for r in records):
+            add("warning", "repeated_image", f"{path} is listed {len(records)} times with the same boxes (image ids "
+                f"{ids}): it counts {len(records)} times in training and evaluation",
+                "list each image once (e.g. a YOLO yaml whose train and val name the same folder)")
+        else:
+            add("error", "repeated_image", f"{path} is listed {len(records)} times (image ids {ids}), with "
+                f"different boxes: each entry lacks the others' objects, so the picture trains and is evaluated "
+                f"with objects missing", "merge the entries into one image holding all the boxes")
+
+
 def _check_orphan_labels(dataset: DetectionDataset, add) -> None:
     """YOLO: label files without an image hold boxes no reader can place."""
     if not dataset.source.endswith((".yaml", ".yml")):
         return
+    from cl_detect.data.readers._common import list_images
     from cl_detect.data.readers.yolo import label_dir_for, orphan_label_files
 
-    folders = defaultdict(list)
-    for record in dataset.records:
-        folders[Path(record.image_path).parent].append(Path(record.image_path))
-    for folder, images in folders.items():
-        label_dir = label_dir_for(folder, Path(dataset.source).parent)
+    for folder in dict.fromkeys(Path(record.image_path).parent for record in dataset.records):
+        try:
+            label_dir = label_dir_for(folder, Path(dataset.source).parent)
+        except DatasetFormatError:  # a subfolder of unlabelled images: no label files, so no orphans
+            continue
         if label_dir == folder:
             continue
-        for orphan in orphan_label_files(images, label_dir):
+        # every image in the folder counts: a .txt split lists a subset, the others' labels are not orphans
+        for orphan in orphan_label_files(list_images(folder), label_dir):
             add("warning", "orphan_label_file", f"{orphan}: label file without an image in {folder}; "
                 f"its boxes are not read", "restore the image or delete the label file")

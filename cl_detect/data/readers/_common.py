@@ -51,7 +51,8 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def merge_datasets(datasets: list[DetectionDataset], source: str) -> DetectionDataset:
-    """Concatenate splits that share one vocabulary (e.g. train + val of one dataset)."""
+    """Concatenate splits that share one vocabulary (e.g. train + val of one dataset); image ids are
+    renumbered 1..N when two splits use the same id."""
     first = datasets[0]
     for other in datasets[1:]:
         if other.vocabulary.names != first.vocabulary.names:
@@ -59,6 +60,11 @@ def merge_datasets(datasets: list[DetectionDataset], source: str) -> DetectionDa
                 f"{source}: splits {first.source} and {other.source} have different class lists; "
                 f"read them one at a time with split=...")
     records = [record for dataset in datasets for record in dataset.records]
+    if len({record.image_id for record in records}) < len(records):
+        # splits number their images independently (a Roboflow export starts each at 0), and evaluation
+        # and written files key on the id: renumber the freshly read records
+        for number, record in enumerate(records, 1):
+            record.image_id = number
     roots = [Path(d.image_root) for d in datasets if d.image_root]
     image_root = str(_common_folder(roots)) if roots else ""
     return DetectionDataset(records, first.vocabulary, source=source, image_root=image_root)

@@ -23,13 +23,30 @@ from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 logger = logging.getLogger(__name__)
 
 
-def vocabulary_from_categories(categories: list[dict]) -> Vocabulary:
-    """Vocabulary in the order of the `categories` list, keeping ids, synonyms and frequency."""
+def vocabulary_from_categories(categories: list[dict], json_path: str | Path = "") -> Vocabulary:
+    """Vocabulary in the order of the `categories` list, keeping ids, synonyms and frequency.
+
+    Raises:
+        DatasetFormatError: a category without a name or an integer id (`json_path` is named).
+    """
+    ids = [_category_id(category, number, json_path) for number, category in enumerate(categories)]
     names = tuple(str(c["name"]) for c in categories)
     has_synonyms = any("synonyms" in c for c in categories)
     synonyms = tuple(tuple(s for s in c.get("synonyms", ()) if s != c["name"]) for c in categories)
     frequency = tuple(c.get("frequency", "") for c in categories) if any("frequency" in c for c in categories) else ()
-    return Vocabulary(names, synonyms if has_synonyms else (), tuple(int(c["id"]) for c in categories), frequency)
+    return Vocabulary(names, synonyms if has_synonyms else (), tuple(ids), frequency)
+
+
+def _category_id(category: dict, number: int, json_path: str | Path) -> int:
+    """The category's id; a category without an integer id or a name cannot be named by annotations."""
+    try:
+        if isinstance(category, dict) and "name" in category:
+            return int(category["id"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    raise DatasetFormatError(
+        f"{json_path}: categories[{number}] is {category!r}; every category needs an integer 'id' and a 'name' "
+        f"(annotations name their class by that id); add the missing key")
 
 
 def find_image_root(json_path: Path, file_names: list[str], recorded_root: str = "") -> Path:
@@ -53,11 +70,14 @@ def find_image_root(json_path: Path, file_names: list[str], recorded_root: str =
 
 def _box_xyxy(annotation: dict, json_path: Path) -> list[float]:
     bbox = annotation.get("bbox")
-    if bbox is None or len(bbox) != 4:
+    try:
+        if not isinstance(bbox, (list, tuple)):
+            raise TypeError
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):  # absent, not 4 values, or a value that is not a number
         raise DatasetFormatError(
             f"{json_path}: annotation id {annotation.get('id')} (image {annotation.get('image_id')}) has bbox "
-            f"{bbox!r}; every annotation needs 'bbox': [x, y, width, height]")
-    x, y, w, h = (float(v) for v in bbox)
+            f"{bbox!r}; every annotation needs 'bbox': [x, y, width, height], four numbers") from None
     return [x, y, x + w, y + h]
 
 
@@ -110,7 +130,7 @@ def group_annotations(data: dict, json_path: Path) -> dict[int, list[dict]]:
     check_image_ids(data.get("images", []), json_path)
     image_ids = {image["id"] for image in data.get("images", [])}
     per_image = defaultdict(list)
-    for annotation in data.get("annotations", []):
+    for annotation in data.get("annotations") or []:
         if annotation.get("image_id") not in image_ids:
             raise DatasetFormatError(
                 f"{json_path}: annotation id {annotation.get('id')} refers to image_id {annotation.get('image_id')} "
@@ -121,8 +141,14 @@ def group_annotations(data: dict, json_path: Path) -> dict[int, list[dict]]:
 
 def image_record_size(image: dict, path: Path, json_path: Path) -> tuple[int, int]:
     """(width, height) from the image entry, or from the file header when the entry lacks them."""
-    if "width" in image and "height" in image:
-        return int(image["width"]), int(image["height"])
+    if image.get("width") is not None and image.get("height") is not None:
+        try:
+            return int(image["width"]), int(image["height"])
+        except (TypeError, ValueError):
+            raise DatasetFormatError(
+                f"{json_path}: image id {image['id']} ({image.get('file_name')!r}) has width {image['width']!r} and "
+                f"height {image['height']!r}; write them as integers (pixels) or remove both keys (the size is "
+                f"then read from the file)") from None
     try:
         return image_size(path)
     except OSError as error:
@@ -147,12 +173,16 @@ def records_from_coco(data: dict, json_path: str | Path, image_root: str | Path 
     """Build records from an already loaded COCO dict (see `read_coco`)."""
     json_path = Path(json_path)
     images = data.get("images", [])
-    vocabulary = vocabulary_from_categories(data.get("categories", []))
+    vocabulary = vocabulary_from_categories(data.get("categories") or [], json_path)
     index_of = vocabulary.index_of_category_id()
     image_root = image_root_of(data, json_path, image_root)
     per_image = group_annotations(data, json_path)
     records = []
     for image in images:
+        if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+            raise DatasetFormatError(
+                f"{json_path}: image id {image['id']} has file_name {image.get('file_name')!r}; every image entry "
+                f"needs its file's path relative to the image root as 'file_name'")
         path = image_root / image["file_name"]
         width, height = image_record_size(image, path, json_path)
         boxes, labels, areas, ignore, ignore_labels, ignore_areas = [], [], [], [], [], []
@@ -172,17 +202,19 @@ def records_from_coco(data: dict, json_path: str | Path, image_root: str | Path 
             str(path), width, height, np.array(boxes, np.float32), np.array(labels, np.int64),
             image_id=int(image["id"]), ignore_boxes=np.array(ignore, np.float32),
             ignore_labels=np.array(ignore_labels, np.int64), areas=areas, ignore_areas=ignore_areas,
-            neg_category_ids=tuple(image.get("neg_category_ids", ())),
-            not_exhaustive_category_ids=tuple(image.get("not_exhaustive_category_ids", ()))))
+            neg_category_ids=tuple(image.get("neg_category_ids") or ()),
+            not_exhaustive_category_ids=tuple(image.get("not_exhaustive_category_ids") or ())))
     return DetectionDataset(records, vocabulary, source=str(json_path), image_root=str(image_root))
 
 
 def find_coco_jsons(folder: Path, split: str | None) -> list[Path]:
-    """Instance jsons under `folder` (two levels deep), for the tiny_coco / COCO layout."""
+    """Instance jsons under `folder` (two levels deep), for the tiny_coco / COCO layout and Roboflow's
+    `<split>/_annotations.coco.json`."""
     found = sorted(p for pattern in ("*.json", "*/*.json", "*/*/*.json") for p in folder.glob(pattern))
     instances = [p for p in found if p.stem.startswith("instances_")] or found
-    if split is not None:
-        instances = [p for p in instances if p.stem.split("_")[-1].startswith(split) or p.stem == split]
+    if split is not None:  # instances_val2017.json, or a Roboflow export's valid/_annotations.coco.json
+        instances = [p for p in instances if p.stem.split("_")[-1].startswith(split) or p.stem == split
+                     or (p.parent != folder and p.parent.name.startswith(split))]
     if not instances:
         raise DatasetFormatError(
             f"{folder}: no COCO json found{' for split ' + repr(split) if split else ''}; "

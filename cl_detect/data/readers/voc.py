@@ -73,7 +73,9 @@ def parse_voc_xml(xml_path: Path, root: Path) -> tuple[dict, list[tuple[str, lis
         if box is None:
             raise DatasetFormatError(f"{xml_path}: object {obj.findtext('name')!r} has no <bndbox>; add one")
         coords = [float(box.findtext(tag) or "nan") for tag in ("xmin", "ymin", "xmax", "ymax")]
-        objects.append(((obj.findtext("name") or "").strip(), coords, (obj.findtext("difficult") or "0") == "1"))
+        # pretty-printed or hand-written xml has `<difficult> 1 </difficult>` or `true`
+        difficult = (obj.findtext("difficult") or "0").strip().lower() in ("1", "true")
+        objects.append(((obj.findtext("name") or "").strip(), coords, difficult))
     return {"path": str(path), "width": width, "height": height}, objects
 
 

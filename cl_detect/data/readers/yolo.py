@@ -6,7 +6,9 @@ image size read from the file header. Image folders are found the way users'
 yaml files actually point at them: `path:` + relative entries, Roboflow's
 `../train/images` (relative to a folder one level up), and absolute paths from
 another machine (`/mnt/data/train/images`), which are rewritten relative to
-the yaml's folder. Empty or missing label files mean images without boxes.
+the yaml's folder. A split is an image folder (subfolders included) or a .txt
+list of images; each image's labels are in its folder with `images` replaced by
+`labels`. Empty or missing label files mean images without boxes.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 import yaml
 
 from cl_detect.data.errors import DatasetFormatError
-from cl_detect.data.readers._common import image_size, list_images, merge_datasets
+from cl_detect.data.readers._common import IMAGE_SUFFIXES, image_size, list_images, merge_datasets
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -25,14 +27,33 @@ logger = logging.getLogger(__name__)
 SPLIT_KEYS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
+def load_config(yaml_path: Path, strict: bool = True) -> dict | None:
+    """The yaml's mapping; with `strict`, a file that is not valid YAML or not a mapping is refused
+    naming the file, else None comes back for it (a folder may hold other yaml files)."""
+    try:
+        with open(yaml_path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        if not strict:
+            return None
+        raise DatasetFormatError(f"{yaml_path}: not valid YAML ({error}); fix the file (YAML indents with "
+                                 f"spaces, never tabs)") from None
+    if isinstance(config, dict):
+        return config
+    if strict:
+        held = "nothing" if config is None else f"the {type(config).__name__} {str(config)[:60]!r}"
+        raise DatasetFormatError(f"{yaml_path}: holds {held}, not a mapping; a YOLO dataset yaml has keys "
+                                 f"such as train:, val: and names:")
+    return None
+
+
 def find_yaml(folder: Path) -> Path:
     """The dataset yaml in `folder` or one level below (data.yaml, config.yaml, any yaml with `names`)."""
     found = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*/*.yaml")) + sorted(folder.glob("*.yml"))
     preferred = [p for p in found if p.name in ("data.yaml", "config.yaml")]
     for path in preferred + found:
-        with open(path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-        if isinstance(config, dict) and "names" in config:
+        config = load_config(path, strict=False)
+        if config is not None and "names" in config:
             return path
     raise DatasetFormatError(f"{folder}: no yaml with a 'names' entry found; pass the data.yaml path")
 
@@ -46,18 +67,29 @@ def vocabulary_from_yaml(config: dict, yaml_path: Path) -> Vocabulary:
             f"({', '.join(names[:6])}...); write names: [{names!r}] (a list, one entry per class)",
             code="names_as_string")
     if isinstance(names, dict):
-        indices = sorted(int(k) for k in names)
+        try:
+            indices = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            raise DatasetFormatError(f"{yaml_path}: 'names' keys {list(names)[:10]} are not all class indices; "
+                                     f"write names as {{0: first, 1: second, ...}} or as a list") from None
         if indices != list(range(len(indices))):
             raise DatasetFormatError(f"{yaml_path}: 'names' keys {indices[:10]}... are not 0..{len(indices) - 1}; "
                                      f"YOLO class indices must be contiguous from 0")
         names = [names[i] if i in names else names[str(i)] for i in indices]
     if not isinstance(names, list):
         raise DatasetFormatError(f"{yaml_path}: 'names' must be a list of class names, got {names!r}")
-    if "nc" in config and int(config["nc"]) != len(names):
+    if "nc" in config and _integer(config["nc"]) != len(names):
         raise DatasetFormatError(f"{yaml_path}: nc is {config['nc']} but 'names' lists {len(names)} classes; "
                                  f"make them agree", code="class_count_mismatch")
     _refuse_non_string_names(names, yaml_path)
     return Vocabulary(tuple(names))
+
+
+def _integer(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _refuse_non_string_names(names: list, yaml_path: Path) -> None:
@@ -150,9 +182,10 @@ def parse_label_file(path: Path, width: int, height: int) -> tuple[np.ndarray, n
 
 
 def _image_paths(source: Path) -> list[Path]:
+    """Images of a split: every image under a folder (subfolders too, as Ultralytics reads them),
+    or those a .txt file lists, one per line, relative to the list's folder."""
     if source.is_dir():
-        return list_images(source)
-    # a .txt file listing images, one per line, relative to the list's folder
+        return sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     lines = source.read_text(encoding="utf-8-sig").splitlines()
     return [(source.parent / line.strip()).resolve() for line in lines if line.strip()]
 
@@ -170,20 +203,21 @@ def read_yolo(src: str | Path, split: str | None = None) -> DetectionDataset:
     """
     src = Path(src)
     yaml_path = find_yaml(src) if src.is_dir() else src
-    with open(yaml_path, encoding="utf-8") as handle:
-        config = yaml.safe_load(handle)
+    config = load_config(yaml_path)
     vocabulary = vocabulary_from_yaml(config, yaml_path)
     if split is not None and split not in SPLIT_KEYS:
         raise DatasetFormatError(f"{yaml_path}: unknown split {split!r}; use one of {sorted(SPLIT_KEYS)}")
     splits = [SPLIT_KEYS[split]] if split else ["train", "val", "test"]
-    datasets = []
+    datasets, read = [], set()
     for name in splits:
         image_dirs = split_image_dirs(config, yaml_path, name)
         if not image_dirs and split:
             raise DatasetFormatError(f"{yaml_path}: split {split!r} is neither in the yaml nor a {split}/images "
                                      f"folder beside it; add '{split}: <images folder>' to the yaml")
-        for image_dir in dict.fromkeys(image_dirs):
-            datasets.append(_read_image_dir(image_dir, yaml_path, vocabulary))
+        for image_dir in image_dirs:
+            if image_dir not in read:  # coco128.yaml names one folder as train and val: read it once
+                read.add(image_dir)
+                datasets.append(_read_image_dir(image_dir, yaml_path, vocabulary))
     if not datasets:
         raise DatasetFormatError(f"{yaml_path}: no train/val/test image folders found; add them to the yaml")
     dataset = datasets[0] if len(datasets) == 1 else merge_datasets(datasets, str(yaml_path))
@@ -199,24 +233,31 @@ def orphan_label_files(images: list[Path], label_dir: Path) -> list[Path]:
     return sorted(p for p in label_dir.glob("*.txt") if p.stem not in stems)
 
 
-def _warn_orphan_labels(images: list[Path], label_dir: Path) -> None:
-    orphans = orphan_label_files(images, label_dir) if label_dir.is_dir() else []
-    if orphans and label_dir != (images[0].parent if images else None):
+def _warn_orphan_labels(folder: Path, label_dir: Path) -> None:
+    # every image in the folder counts, not only the listed ones: a .txt split lists a subset
+    orphans = orphan_label_files(list_images(folder), label_dir) if label_dir.is_dir() else []
+    if orphans and label_dir != folder:
         logger.warning("%s: %d label files have no image and are not read (first: %s); "
                        "run `cl-detect data check` for the list", label_dir, len(orphans), orphans[0].name)
 
 
 def _read_image_dir(image_dir: Path, yaml_path: Path, vocabulary: Vocabulary) -> DetectionDataset:
-    images = _image_paths(image_dir)
-    label_dir = label_dir_for(image_dir if image_dir.is_dir() else image_dir.parent, yaml_path.parent)
-    _warn_orphan_labels(images, label_dir)
+    """One split entry: an image folder, whose labels folder mirrors its subfolders, or a .txt list
+    of images, each labelled in its own folder's labels folder (`images` -> `labels`, as Ultralytics)."""
+    label_dirs: dict[Path, Path] = {}  # image folder -> its labels folder
+    top_labels = label_dir_for(image_dir, yaml_path.parent) if image_dir.is_dir() else None
     records = []
-    for path in images:
+    for path in _image_paths(image_dir):
+        if path.parent not in label_dirs:
+            label_dirs[path.parent] = (top_labels / path.parent.relative_to(image_dir) if top_labels
+                                       else label_dir_for(path.parent, yaml_path.parent))
         try:
             width, height = image_size(path)
         except OSError:
             width = height = 0
-        boxes, labels = parse_label_file(label_dir / (path.stem + ".txt"), width, height)
+        boxes, labels = parse_label_file(label_dirs[path.parent] / (path.stem + ".txt"), width, height)
         records.append(DetectionRecord(str(path), width, height, boxes, labels))
-    root = image_dir.parent if image_dir.is_dir() else image_dir
-    return DetectionDataset(records, vocabulary, source=str(image_dir), image_root=str(root))
+    for folder, label_dir in label_dirs.items():
+        _warn_orphan_labels(folder, label_dir)
+    # a list file's images are relative to its folder; an image folder's root is the split folder above it
+    return DetectionDataset(records, vocabulary, source=str(image_dir), image_root=str(image_dir.parent))
