@@ -12,6 +12,7 @@ from PIL import Image
 
 from cl_detect.cli import build_parser, main
 from cl_detect.data.readers import read_dataset
+from cl_detect.data.errors import DatasetFormatError
 from cl_detect.data.records import DetectionDataset
 
 AQUARIUM = "aquarium/dataset/aquarium_pretrain"
@@ -127,6 +128,18 @@ def test_pack_refuses_sizes_limits_and_qualities_that_would_silently_drop_data(t
     packed = read_dataset(out / "annotations.json").records[0]
     assert (packed.width, packed.height) == (30, 10)
     np.testing.assert_allclose(packed.boxes, [[3.0, 1.0, 15.0, 9.0]])
+
+
+def test_pack_refuses_a_label_outside_the_classes_before_writing_any_image(tmp_path):
+    from cl_detect.data.pack import pack_dataset
+    from cl_detect.data.records import DetectionRecord, Vocabulary
+    Image.new("RGB", (60, 20)).save(tmp_path / "wide.png")
+    records = [DetectionRecord(image_path=str(tmp_path / "wide.png"), image_id=i, width=60, height=20,
+                               boxes=np.array([[6.0, 2.0, 30.0, 18.0]], np.float32), labels=np.array([label]))
+               for i, label in ((1, 0), (2, 3))]
+    with pytest.raises(DatasetFormatError, match="label 3 is outside the 1"):
+        pack_dataset(DetectionDataset(records, Vocabulary(("bar",))), tmp_path / "packed")
+    assert not (tmp_path / "packed").exists()  # a folder of packed images used to be left behind
 
 
 def test_synth_subcommand_registered():

@@ -15,7 +15,7 @@ import cv2
 from cl_detect.data.errors import DatasetError
 from cl_detect.data.preprocess import load_image_bgr
 from cl_detect.data.records import DetectionDataset, DetectionRecord
-from cl_detect.data.writers import write_coco_json
+from cl_detect.data.writers import coco_dict, write_coco_json
 
 
 def _relative_jpeg_name(record: DetectionRecord, image_root: str, taken: set[str]) -> str:
@@ -75,6 +75,10 @@ def pack_dataset(dataset: DetectionDataset, out_dir: str | Path, max_side: int =
         raise ValueError(f"quality (--quality) must be a JPEG quality from 0 to 100, got {quality}")
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
+    # what the json cannot hold (a label outside the classes, grounding mixed with detection) fails
+    # before any image is written, not after a folder of them
+    coco_dict(DetectionDataset(dataset.records[:limit], dataset.vocabulary, source=dataset.source),
+              out_dir.absolute(), image_dir.absolute())
     taken: set[str] = set()
     records = [pack_record(record, image_dir / _relative_jpeg_name(record, dataset.image_root, taken),
                            max_side, quality)
