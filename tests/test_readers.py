@@ -453,6 +453,8 @@ def test_voc_difficult_flag_read_when_padded_or_written_as_true(tmp_path, writte
     (lambda d: d["images"][0].update(width="64px"), r"image id 1 \('img0\.png'\) has width '64px'"),
     (lambda d: d["categories"][0].pop("id"), r"categories\[0\] is \{'name': 'red box'\}"),
     (lambda d: d["categories"][0].pop("name"), r"categories\[0\] is \{'id': 1\}"),
+    # matched no category, so the doctor called the box's class missing
+    (lambda d: d["annotations"][0].update(category_id="1"), r"annotation 1 has category_id '1', a string"),
 ])
 def test_malformed_coco_fields_name_the_file_and_record(tmp_path, edit, named):
     """A field of the wrong type is a DatasetFormatError naming the record (the doctor reports it), not a

@@ -188,6 +188,10 @@ def records_from_coco(data: dict, json_path: str | Path, image_root: str | Path 
         boxes, labels, areas, ignore, ignore_labels, ignore_areas = [], [], [], [], [], []
         for annotation in per_image.get(image["id"], []):
             box = _box_xyxy(annotation, json_path)
+            if isinstance(annotation.get("category_id"), str):  # "1" matches no category: all boxes unknown
+                raise DatasetFormatError(
+                    f"{json_path}: annotation {annotation.get('id')!r} has category_id "
+                    f"{annotation['category_id']!r}, a string; write the category's integer id (1, not \"1\")")
             label = index_of.get(annotation.get("category_id"), -1)
             area = _area(annotation, json_path)
             if annotation.get("iscrowd", 0):
