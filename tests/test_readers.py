@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from _data_builders import (load, tiny_coco_images, tiny_coco_json, write_grounding_json,
                             write_odvg)
 
@@ -443,6 +444,20 @@ def test_voc_difficult_flag_read_when_padded_or_written_as_true(tmp_path, writte
         "<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>30</ymax></bndbox></object></annotation>")
     record = read_dataset(tmp_path, format="voc").records[0]
     assert len(record.boxes) == 0 and record.ignore_boxes.tolist() == [[1.0, 2.0, 20.0, 30.0]]
+
+
+@pytest.mark.parametrize("written", ["b", " b.png "])
+def test_voc_filename_without_its_extension_or_padded_finds_the_image(tmp_path, written):
+    # <filename>b</filename> was looked for as "b" and reported missing
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (64, 48)).save(tmp_path / "images" / "b.png")
+    (tmp_path / "annotations/b.xml").write_text(
+        f"<annotation><filename>{written}</filename><size><width>64</width><height>48</height></size>"
+        "<object><name>cat</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>30</ymax></bndbox>"
+        "</object></annotation>")
+    record = read_dataset(tmp_path, format="voc").records[0]
+    assert record.image_path == str(tmp_path / "images" / "b.png") and len(record.boxes) == 1
 
 
 @pytest.mark.parametrize("edit, named", [

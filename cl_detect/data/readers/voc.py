@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cl_detect.data.errors import DatasetFormatError
-from cl_detect.data.readers._common import image_size
+from cl_detect.data.readers._common import IMAGE_SUFFIXES, image_size
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 
 
@@ -46,10 +46,12 @@ def _xml_files(root: Path, split: str | None) -> list[Path]:
 
 
 def _image_path(root: Path, xml_path: Path, tree: ElementTree.Element) -> Path:
-    filename = tree.findtext("filename") or xml_path.stem + ".jpg"
-    folder = tree.findtext("folder") or ""
-    candidates = [root / "JPEGImages" / filename, root / "images" / filename, xml_path.parent / filename,
-                  root / folder / filename, root / filename]
+    filename = (tree.findtext("filename") or "").strip() or xml_path.stem + ".jpg"
+    folder = (tree.findtext("folder") or "").strip()
+    # some tools write the name without its extension ("000005"): try the image suffixes too
+    names = [filename] + ([filename + suffix for suffix in IMAGE_SUFFIXES] if not Path(filename).suffix else [])
+    candidates = [place / name for place in (root / "JPEGImages", root / "images", xml_path.parent, root / folder, root)
+                  for name in names]
     return next((c for c in candidates if c.is_file()), next(c for c in candidates if c.parent.is_dir()))
 
 
