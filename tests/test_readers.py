@@ -533,3 +533,22 @@ def test_roboflow_coco_export_folder_by_split_and_merged(tmp_path):
     assert [r.image_id for r in valid.records] == [0, 1]  # one split keeps its ids
     merged = read_dataset(tmp_path)
     assert len(merged) == 4 and [r.image_id for r in merged.records] == [1, 2, 3, 4]  # evaluation needs distinct ids
+
+
+def test_roboflow_placeholder_category_is_named(tmp_path, caplog):
+    data = load(_tiny_coco(tmp_path, [1, 2]))
+    name = data["categories"][0]["name"]
+    data["categories"] = [{"id": 0, "name": "shapes-x1", "supercategory": "none"}] + [
+        {**c, "supercategory": "shapes-x1"} for c in data["categories"]]
+    path = tmp_path / "roboflow.json"
+    path.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="cl_detect.data.readers.coco"):
+        dataset = read_dataset(path)
+    assert dataset.vocabulary.names[:2] == ("shapes-x1", name)  # kept (never dropped silently), but named
+    assert "'shapes-x1' (id 0) looks like Roboflow's placeholder" in caplog.text
+    caplog.clear()
+    data["annotations"][0]["category_id"] = 0  # a class with boxes is a real one
+    path.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="cl_detect.data.readers.coco"):
+        read_dataset(path)
+    assert "placeholder" not in caplog.text

@@ -169,6 +169,24 @@ def _area(annotation: dict, json_path: Path) -> float:
                                  f"fix it or remove the key (the box area is used then)") from None
 
 
+def _warn_placeholder_category(data: dict, json_path: Path) -> None:
+    """Roboflow's COCO exports start with a category named after the dataset that no box uses and that
+    is every other category's supercategory (ODinW's `annotations_without_background.json` drops it).
+    Read as it is, it becomes a class and a prompt that never gets a box: say so."""
+    categories = data.get("categories") or []
+    if len(categories) < 2 or not isinstance(categories[0], dict):
+        return
+    first, others = categories[0], categories[1:]
+    used = {a.get("category_id") for a in data.get("annotations") or [] if isinstance(a, dict)}
+    if first.get("id") not in used and all(isinstance(c, dict) and c.get("supercategory") == first.get("name")
+                                           for c in others):
+        logger.warning("%s: category %r (id %s) looks like Roboflow's placeholder: no box uses it and it is "
+                       "every other category's supercategory, so it becomes a class and a prompt that never "
+                       "gets a box; remove it from the json's categories (ODinW ships "
+                       "annotations_without_background.json without it)", json_path, first.get("name"),
+                       first.get("id"))
+
+
 def records_from_coco(data: dict, json_path: str | Path, image_root: str | Path | None = None) -> DetectionDataset:
     """Build records from an already loaded COCO dict (see `read_coco`)."""
     json_path = Path(json_path)
@@ -177,6 +195,7 @@ def records_from_coco(data: dict, json_path: str | Path, image_root: str | Path 
     index_of = vocabulary.index_of_category_id()
     image_root = image_root_of(data, json_path, image_root)
     per_image = group_annotations(data, json_path)
+    _warn_placeholder_category(data, json_path)
     records = []
     for image in images:
         if not isinstance(image.get("file_name"), str) or not image["file_name"]:
