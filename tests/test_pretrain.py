@@ -156,6 +156,78 @@ def _dataset(names, labels, phrases=None) -> DetectionDataset:
     return DetectionDataset([record], Vocabulary(tuple(names)), source="/".join(names))
 
 
+def test_resuming_a_run_made_with_another_config_is_refused(pretrained, tmp_path):
+    from cl_detect.engine.pretrain import pretrain
+
+    world, root = pretrained  # a finished run in root / "run"
+    other_data = [{"path": str(world / "heldout" / "test.json"), "format": "coco", "check_images": False}]
+    # it returned the finished run's model, trained on the base set, with the heldout set in its meta
+    with pytest.raises(ValueError, match=r"holds a run made with another config \(datasets .*heldout.*--no-resume"):
+        pretrain(_config(world, root, datasets=other_data, output=str(tmp_path / "model.pt")))
+    with pytest.raises(ValueError, match=r"another config \(methods \{'finetune': \{\}\} -> \{'lora': \{\}\}\)"):
+        pretrain(_config(world, root, methods={"lora": {}}, output=str(tmp_path / "model.pt")))
+    # what is only evaluated may change: the finished run comes back as it is
+    assert pretrain(_config(world, root, test_sets=[], output=str(tmp_path / "model.pt"))) == tmp_path / "model.pt"
+    assert read_model_file(tmp_path / "model.pt")["meta"]["train_steps"] == 4
+
+
+def test_finetune_draws_the_data_that_mix_adds(pretrained, tmp_path):
+    from _mixing_data import write_grounding_json
+
+    world, root = pretrained
+    mix = {"data": [{"path": str(write_grounding_json(tmp_path, num_images=8)), "ratio": 0.5}]}
+    config = _config(world, tmp_path, detector=None, text_encoder=None, init_checkpoint=str(root / "model.pt"),
+                     methods={"finetune": {}, "mix": mix}, test_sets=[])
+    # 16 task images and as many mixed-in draws (ratio 0.5), batch 4; the mix data was left out (4 steps)
+    assert read_model_file(finetune(config))["meta"]["train_steps"] == 8
+
+
+def test_transfer_report_says_when_the_checkpoint_is_of_another_size():
+    from cl_detect.engine.transfer import transfer_weights
+    from cl_detect.models.registry import create_detector
+
+    tiny = create_detector("yolo_world_v2_t", text_dim=32).state_dict()
+    report = transfer_weights(create_detector("yolo_world_v2_s", text_dim=32), tiny, verbose=False)
+    # 118 of 411 tensors match by name and shape (64 of them BatchNorm counters), 1% of the values
+    assert len(report.transferred) > 100 and report.value_share < 0.02
+    assert "; only 1.0% of the model's values came from the checkpoint: is it of another size" in report.summary()
+    same = transfer_weights(create_detector("yolo_world_v2_t", text_dim=32), tiny, verbose=False)
+    assert same.value_share == 1.0 and same.summary() == f"transferred {len(tiny)}/{len(tiny)} tensors"
+
+
+def test_test_sets_are_read_before_training(tmp_path):
+    from _mixing_data import write_grounding_json
+    from cl_detect.engine.pretrain import pretrain
+
+    world = tiny_world(tmp_path)
+    typo = [{"path": str(tmp_path / "no_such_test.json")}]  # was found only after the whole training
+    with pytest.raises(DatasetError, match="no_such_test.json does not exist"):
+        pretrain(_config(world, tmp_path, test_sets=typo))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    grounding = [{"name": "captions", "path": str(write_grounding_json(tmp_path)), "check_images": False}]
+    with pytest.raises(ValueError, match=r"test set 'captions' .*: 8 of its 8 images are grounding records"):
+        pretrain(_config(world, tmp_path, test_sets=grounding))  # was scored as AP 0.0
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_an_official_checkpoint_brings_its_own_text_tower(tmp_path):
+    from cl_detect import save_official_checkpoint
+    from cl_detect.engine.pretrain import build_model
+    from cl_detect.models.registry import create_detector
+    from cl_detect.models.text_encoders import create_text_encoder
+
+    torch.manual_seed(0)
+    tower = create_text_encoder("clip")  # the official layout holds a CLIP ViT-B/32 text tower
+    save_official_checkpoint(create_detector("yolo_world_v2_t", text_dim=512), tmp_path / "official.pth", tower)
+    # text_encoder unset: "None = the init checkpoint's", which was refused for an official checkpoint
+    config = _config(tiny_world(tmp_path), tmp_path, detector=None, text_encoder=None,
+                     init_checkpoint=str(tmp_path / "official.pth"))
+    model, spec, _ = build_model(load_config(config))
+    assert spec == f"clip:ViT-B-32:{tmp_path / 'official.pth'}"
+    with torch.no_grad():
+        assert torch.equal(model.text_encoder(["a red ball", ""]), tower(["a red ball", ""]))
+
+
 def test_union_merges_vocabularies_and_remaps_labels():
     first = _dataset(["cat", "dog"], [0, 1])
     second = _dataset(["Dog", "bird"], [1, 0, -1])  # -1: a class the reader could not resolve
@@ -174,6 +246,17 @@ def test_own_negatives_keep_one_training_set_per_vocabulary(tmp_path):
     assert sorted(sampler.epoch_order(0).tolist()) == [0, 1]
     union, _ = training_set(datasets, "union", config)
     assert [p.dataset.vocabulary.names for p in union.datasets] == [("cat", "dog", "bird")]
+
+
+@pytest.mark.parametrize("negatives", ["union", "own"])
+def test_grounding_and_detection_records_train_as_separate_parts(negatives):
+    # one part holding both kinds made a mosaic combine them, which stops training at its first such draw
+    detection, grounding = _dataset(["cat", "dog"], [1]), _dataset([], [0], phrases=("a red ball",))
+    both = DetectionDataset(detection.records + grounding.records, detection.vocabulary, source="odvg")
+    mixed, sampler = training_set([detection, both, grounding], negatives, TrainConfig(image_size=64, num_texts=4))
+    kinds = [{r.is_grounding for r in part.dataset.records} for part in mixed.datasets]
+    assert all(len(kind) == 1 for kind in kinds) and {True, False} == set().union(*kinds)
+    assert sum(len(part) for part in mixed.datasets) == 4 and sampler.epoch_length(0) == 4
 
 
 def test_class_balanced_repeats_images_of_rare_classes_in_pretraining_too():

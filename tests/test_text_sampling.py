@@ -71,3 +71,26 @@ def test_labels_outside_the_classes_are_an_error_not_another_class(labels):
     # -1 (a category the vocabulary lacks) once indexed the last class's position
     with pytest.raises(ValueError, match=r"outside the 3 classes.*cl-detect data check"):
         sample_texts(np.array(labels), [("red",), ("green",), ("blue",)], np.random.default_rng(0), 4)
+
+
+def test_texts_equal_up_to_case_and_spacing_are_one_prompt():
+    # "A man" (caption start) and "a  man": one embedding, so two prompts made one box present under
+    # one and absent under the other; a mosaic's union of phrase lists meets this all the time
+    texts = [("A man",), ("a dog",), ("a  man ",), ("a cat",)]
+    for seed in range(10):
+        out = sample_texts(np.array([0, 2, 1]), texts, np.random.default_rng(seed), num_texts=6)
+        assert sorted(out.texts) == ["", "", "", "A man", "a cat", "a dog"] and out.keep.all()
+        assert [out.texts[i] for i in out.labels] == ["A man", "A man", "a dog"]
+        absent = sample_texts(np.array([1]), texts, np.random.default_rng(seed), num_texts=6)
+        assert sum(t.lower().split() == ["a", "man"] for t in absent.texts) == 1
+
+
+def test_dropping_boxes_for_lack_of_prompts_is_logged(caplog, monkeypatch):
+    import cl_detect.data.text_sampling as text_sampling
+    monkeypatch.setattr(text_sampling, "_warned_about_dropped_boxes", False)
+    with caplog.at_level("WARNING", logger="cl_detect.data.text_sampling"):
+        sample_texts(np.arange(3), class_texts_of(VOCAB), np.random.default_rng(0), num_texts=4)
+        assert not caplog.records
+        sample_texts(np.arange(6), class_texts_of(VOCAB), np.random.default_rng(0), num_texts=4)
+        sample_texts(np.arange(6), class_texts_of(VOCAB), np.random.default_rng(0), num_texts=4)
+    assert len(caplog.records) == 1 and "6 distinct classes or phrases, more than num_texts = 4" in caplog.text

@@ -5,7 +5,10 @@ negatives are drawn without replacement from the other classes until there are
 `num_texts` prompts (or the candidates run out); the list is shuffled, the box
 labels are remapped to positions in it, and it is padded with '' to
 `num_texts`. If an image holds more than `num_texts` distinct classes, a random
-`num_texts` of them are kept and the boxes of the others are dropped.
+`num_texts` of them are kept and the boxes of the others are dropped (logged once
+per process). Texts that differ only in case or spacing ("A man", "a  man") are one
+prompt: the text encoders give them one embedding, so as two prompts one box would
+be trained as present under one and absent under the other. The first spelling is used.
 
 Grounding records bring their own label space (their phrases): the positives
 are the phrases with a box, the negatives the same image's other phrases.
@@ -14,6 +17,7 @@ Evaluation: the full vocabulary in label order, so labels need no remapping.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +25,8 @@ import numpy as np
 from cl_detect.data.records import Vocabulary
 
 PAD_TEXT = ""
+logger = logging.getLogger(__name__)
+_warned_about_dropped_boxes = False
 
 
 @dataclass(frozen=True)
@@ -80,12 +86,15 @@ def sample_texts(labels: np.ndarray, class_texts: list[tuple[str, ...]], rng: np
         raise ValueError(f"box labels {sorted(set(outside.tolist()))} are outside the {len(class_texts)} classes "
                          f"(-1: a category the vocabulary does not have); run `cl-detect data check` and fix or "
                          f"remove those boxes")
+    first_of = _first_equal_text(class_texts)
+    labels = first_of[labels]
     positives = np.unique(labels)
     if len(positives) > num_texts:
+        _log_dropped_boxes(len(positives), num_texts)
         positives = np.sort(rng.choice(positives, size=num_texts, replace=False))
     keep = np.isin(labels, positives)
 
-    candidates = np.setdiff1d(np.arange(len(class_texts)), positives)
+    candidates = np.setdiff1d(np.unique(first_of), positives)
     num_negatives = min(num_texts - len(positives), len(candidates))
     negatives = rng.choice(candidates, size=num_negatives, replace=False) if num_negatives else candidates[:0]
     chosen = np.concatenate([positives, negatives]).astype(np.int64)
@@ -99,6 +108,22 @@ def sample_texts(labels: np.ndarray, class_texts: list[tuple[str, ...]], rng: np
         texts = [class_texts[c][0] for c in chosen]
     texts += [PAD_TEXT] * (num_texts - len(texts))
     return SampledTexts(texts=texts, labels=position[labels[keep]], keep=keep)
+
+
+def _first_equal_text(class_texts: list[tuple[str, ...]]) -> np.ndarray:
+    """Per class, the first class whose name is the same up to case and spacing (itself when unique)."""
+    first: dict[str, int] = {}
+    return np.array([first.setdefault(" ".join(names[0].lower().split()), i) for i, names in enumerate(class_texts)],
+                    np.int64)
+
+
+def _log_dropped_boxes(num_positives: int, num_texts: int) -> None:
+    global _warned_about_dropped_boxes
+    if not _warned_about_dropped_boxes:
+        _warned_about_dropped_boxes = True
+        logger.warning("a training image holds %d distinct classes or phrases, more than num_texts = %d prompts: "
+                    "the boxes of the %d left out are dropped from it (said once; raise train.num_texts to keep "
+                    "them)", num_positives, num_texts, num_positives - num_texts)
 
 
 def eval_texts(vocabulary: Vocabulary) -> list[str]:

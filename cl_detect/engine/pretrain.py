@@ -39,7 +39,8 @@ from cl_detect.engine._pretrain_config import DEFAULT_DETECTOR, DatasetSpec, Pre
 from cl_detect.engine.config import TrainConfig
 from cl_detect.engine.distributed import (
     barrier, evaluate_distributed, init_distributed, is_distributed, is_main_process)
-from cl_detect.engine.task_data import augment_config
+from cl_detect.engine.state import START_OVER
+from cl_detect.engine.task_data import augment_config, mix_in
 from cl_detect.engine.train import train_one_task
 from cl_detect.models._checkpoint_io import atomic_write_text
 from cl_detect.engine.transfer import transfer_weights
@@ -68,9 +69,21 @@ def merge_vocabularies(datasets: list[DetectionDataset]) -> DetectionDataset:
     return merge_datasets(datasets, " + ".join(d.source for d in datasets), keep_grounding=True)
 
 
-def training_set(datasets: list[DetectionDataset], negatives: str, config: TrainConfig):
+def split_by_kind(dataset: DetectionDataset) -> list[DetectionDataset]:
+    """The non-empty parts of `dataset`: its detection records, then its grounding records.
+
+    A mosaic cannot combine the two kinds (class labels vs. the image's own phrases), so each
+    kind trains as its own dataset; `MixingSampler` draws them in proportion to their size."""
+    kinds = ([r for r in dataset.records if not r.is_grounding], [r for r in dataset.records if r.is_grounding])
+    return [DetectionDataset(records, dataset.vocabulary, dataset.source, dataset.image_root)
+            for records in kinds if records] or [dataset]
+
+
+def training_set(datasets: list[DetectionDataset], negatives: str, config: TrainConfig,
+                 extras: list[tuple[DetectionDataset, float]] = ()):
     """(dataset, sampler) for `train_one_task` from one or more datasets; with `class_balanced`,
-    each dataset's images are repeated by their LVIS repeat factors (from its own class counts)."""
+    each dataset's images are repeated by their LVIS repeat factors (from its own class counts).
+    `extras` are (dataset, share of each epoch's draws) pairs from methods (`mix`), as in `cl-detect run`."""
     import numpy as np
 
     from cl_detect.data.loader import TrainDataset
@@ -78,8 +91,11 @@ def training_set(datasets: list[DetectionDataset], negatives: str, config: Train
 
     if negatives == "union":
         datasets = [merge_vocabularies(datasets)]
+    datasets = [part for dataset in datasets for part in split_by_kind(dataset)]
     parts = [TrainDataset(d, augment_config(config), num_texts=config.num_texts, seed=config.seed + i)
              for i, d in enumerate(datasets)]
+    if any(share > 0 and len(d) for d, share in extras):
+        return mix_in(parts, list(extras), config)
     if config.class_balanced:  # the parts lie one after another in MixedDataset, as their factors do here
         factors = np.concatenate([repeat_factors(d) for d in datasets])
         return MixedDataset(parts), RepeatFactorSampler(factors, seed=config.seed)
@@ -95,18 +111,20 @@ def build_model(config: PretrainConfig):
 
     init = read_model_file(config.init_checkpoint) if config.init_checkpoint else None
     spec = config.text_encoder or (init or {}).get("text_encoder_spec")
-    if spec is None:
-        raise ValueError("text_encoder is required (it can come from a cl_detect init_checkpoint)")
-    torch.manual_seed(config.train.seed)
-    text_encoder = create_text_encoder(spec)
     state, architecture = None, None
     if isinstance(init, dict) and init.get("format") == FORMAT:
         state, architecture = init["detector"], stored_detector_config(init)
     elif init is not None:
         from cl_detect.models.official import load_official_checkpoint
         with torch.random.fork_rng():  # its random init must not shift the seeded init of what is re-initialised
-            official = load_official_checkpoint(init, device="cpu")[0]
+            official, official_text = load_official_checkpoint(init, device="cpu")
         state, architecture = official.state_dict(), official.config
+        spec = spec or _official_text_spec(official_text, config.init_checkpoint)
+    if spec is None:
+        raise ValueError("text_encoder is required: name one (e.g. minilm, clip:ViT-B-32:openai); only a cl_detect "
+                         "init_checkpoint, or an official one holding its CLIP text tower, brings its own")
+    torch.manual_seed(config.train.seed)
+    text_encoder = create_text_encoder(spec)
     if config.detector is None and architecture is not None:  # the checkpoint's own architecture
         detector = YOLOWorldDetector(dataclasses.replace(architecture, text_dim=text_encoder.dim))
     else:
@@ -117,13 +135,36 @@ def build_model(config: PretrainConfig):
     return ContinualModel(detector, text_encoder, methods), spec, summary
 
 
-def evaluate_all(model, test_sets: list[DatasetSpec], image_size: int, allow_data_errors: bool) -> dict:
-    """AP statistics (floats only) per named test set."""
+# official text towers by width: CLIP ViT-B/32 (most checkpoints) and ViT-L/14-336 (the clip-large variants)
+_CLIP_OF_WIDTH = {512: "ViT-B-32", 768: "ViT-L-14-336"}
+
+
+def _official_text_spec(text_encoder, checkpoint: str) -> str | None:
+    """The spec that rebuilds the CLIP text tower stored in an official checkpoint (None: it holds none)."""
+    from cl_detect.models.text_encoders import ClipTextEncoder
+
+    if isinstance(text_encoder, ClipTextEncoder) and text_encoder.dim in _CLIP_OF_WIDTH:
+        return f"clip:{_CLIP_OF_WIDTH[text_encoder.dim]}:{checkpoint}"
+    return None
+
+
+def read_test_set(spec: DatasetSpec, allow_data_errors: bool) -> DetectionDataset:
+    """A test set, read and checked before training (a bad one would otherwise surface after it)."""
+    dataset = read_checked(spec, allow_data_errors)
+    grounding = sum(record.is_grounding for record in dataset.records)
+    if grounding:
+        raise ValueError(f"test set {spec.name!r} ({spec.path}): {grounding} of its {len(dataset)} images are "
+                         f"grounding records (phrases of their own caption, no class list), which COCO AP cannot "
+                         f"score; list only detection data under test_sets")
+    return dataset
+
+
+def evaluate_all(model, test_sets: list[tuple[DatasetSpec, DetectionDataset]], image_size: int) -> dict:
+    """AP statistics (floats only) per named test set, from `(spec, read_test_set(spec))` pairs."""
     from cl_detect.eval.detector_eval import evaluate_detector
 
     metrics = {}
-    for spec in test_sets:
-        dataset = read_checked(spec, allow_data_errors)
+    for spec, dataset in test_sets:
         if is_distributed():
             stats = evaluate_distributed(model.detector, model.text_encoder, dataset, image_size=image_size)
         else:
@@ -154,12 +195,14 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
         raise ValueError(f"train.device {device!r} would put every torchrun process on one GPU; use 'cuda' or "
                          f"'auto' (each process takes GPU LOCAL_RANK)")
     init_distributed("gloo" if device == "cpu" else None)  # NCCL cannot reduce CPU tensors
+    check_same_run(config, resume)  # before the data is read: a refusal costs nothing
     if config.synthetic_world and is_main_process():
         _ensure_synthetic_world(config.synthetic_world)
     if is_distributed():
         torch.distributed.barrier()
     start = time.perf_counter()
     datasets = [read_checked(spec, allow_data_errors) for spec in config.datasets]
+    test_sets = [(spec, read_test_set(spec, allow_data_errors)) for spec in config.test_sets]
     model, spec, transfer = build_model(config)
     trainable, total = model.parameter_counts()
     arch = model.detector.config
@@ -167,15 +210,17 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
                                 f"backbone {arch.backbone})")
     print(f"{command}: {built} with text encoder {spec!r}; {trainable:,}/{total:,} parameters train; "
           f"{sum(len(d) for d in datasets)} training images")
-    dataset, sampler = training_set(datasets, config.negatives, config.train)
     out_dir = Path(config.out_dir)
     task = TaskContext(0, command, tuple(n for d in datasets for n in d.vocabulary.names), datasets[0], out_dir,
                        image_size=config.train.image_size)
+    record_run(config)
     model.hook("before_task", task)
+    extras = [pair for method in model.methods for pair in method.train_datasets(model, task)]  # mix
+    dataset, sampler = training_set(datasets, config.negatives, config.train, extras)
     result = train_one_task(model, dataset, config.train, out_dir, sampler=sampler, resume=resume)
     model.hook("after_task", task)
     image_size = config.eval_image_size or config.train.image_size
-    metrics = evaluate_all(model, config.test_sets, image_size, allow_data_errors)
+    metrics = evaluate_all(model, test_sets, image_size)
     meta = {"command": f"cl-detect {command}", "config": config.to_dict(), "machine": _machine(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "wall_time_s": time.perf_counter() - start,
             "train_steps": result.steps, "images_per_s": result.images_per_s, "transfer": transfer,
@@ -192,6 +237,47 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
         print(f"wrote {output} and {out_dir / 'metrics.json'} ({meta['wall_time_s']:.0f} s)")
     barrier()  # under torchrun: every rank returns a path that rank 0 has written
     return output
+
+
+# what the trained weights depend on besides `train:` (which train_one_task checks itself)
+_RUN_KEYS = ("datasets", "detector", "detector_kwargs", "text_encoder", "init_checkpoint", "negatives", "methods")
+_DATASET_KEYS = ("path", "format", "split", "class_names")
+_RUN_RECORD = "pretrain_run.json"
+
+
+def _run_settings(config: PretrainConfig) -> dict:
+    run = {key: getattr(config, key) for key in _RUN_KEYS}
+    run["datasets"] = [{key: getattr(spec, key) for key in _DATASET_KEYS} for spec in config.datasets]
+    return json.loads(json.dumps(run))  # as it reads back (tuples become lists)
+
+
+def check_same_run(config: PretrainConfig, resume: bool) -> None:
+    """Refuse to resume (or return as finished) a run of `out_dir` made with another config.
+
+    The trainer checkpoint holds only the `train:` settings; without this, another training set,
+    init checkpoint or method list would return the old run's model under the new config.
+
+    Raises:
+        ValueError: naming each changed key, old and new value, and the ways out.
+    """
+    out_dir = Path(config.out_dir)
+    record = out_dir / _RUN_RECORD
+    if not (resume and (out_dir / "checkpoint.pt").exists() and record.exists()):
+        return
+    saved = json.loads(record.read_text())
+    changed = ", ".join(f"{key} {saved.get(key)!r} -> {value!r}" for key, value in _run_settings(config).items()
+                        if saved.get(key) != value)
+    if changed:
+        raise ValueError(f"{out_dir / 'checkpoint.pt'} holds a run made with another config ({changed}); "
+                         f"resuming it would give the old run's model under the new config. {START_OVER}")
+
+
+def record_run(config: PretrainConfig) -> None:
+    """Write what `check_same_run` compares into `out_dir` (when training starts)."""
+    if is_main_process():
+        out_dir = Path(config.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / _RUN_RECORD, json.dumps(_run_settings(config), indent=2) + "\n")
 
 
 _WORLD_COUNTS = {"num_base_train": ("base", "train"), "num_test": ("base", "test"),

@@ -40,19 +40,36 @@ def build_task_training_set(task_dataset: DetectionDataset, extras: list[tuple[D
         if config.class_balanced:
             return task_set, RepeatFactorSampler(repeat_factors(task_dataset), seed=config.seed)
         return task_set, MixingSampler([len(task_set)], seed=config.seed)
+    return mix_in([task_set], extras, config)
+
+
+def mix_in(task_parts: list[TrainDataset], extras: list[tuple[DetectionDataset, float]],
+           config: TrainConfig) -> tuple[MixedDataset, Sampler]:
+    """The task's parts, each image drawn once per epoch (with `class_balanced`, by its repeat
+    factor), followed by the non-empty `extras`, each taking its share of the epoch's draws.
+
+    Args:
+        task_parts: the task's training datasets (`cl-detect pretrain` may have several).
+        extras: (dataset, share of draws) pairs contributed by methods.
+        config: training settings; extra i is augmented with seed `config.seed + len(task_parts) + i`.
+    """
+    extras = [(d, r) for d, r in extras if r > 0 and len(d)]
     extra_share = sum(r for _, r in extras)
     if extra_share >= 1:
         raise ValueError(f"mixed-in data takes {extra_share:.2f} of every epoch; the shares must sum below 1")
-    parts = [task_set] + [TrainDataset(d, augment, num_texts=config.num_texts, seed=config.seed + 1 + i)
+    augment = augment_config(config)
+    parts = task_parts + [TrainDataset(d, augment, num_texts=config.num_texts, seed=config.seed + len(task_parts) + i)
                           for i, (d, _) in enumerate(extras)]
     if config.class_balanced:
-        sampler = MixedRepeatFactorSampler(repeat_factors(task_dataset), [len(p) for p in parts[1:]],
+        factors = np.concatenate([repeat_factors(part.dataset) for part in task_parts])
+        sampler = MixedRepeatFactorSampler(factors, [len(p) for p in parts[len(task_parts):]],
                                            [r for _, r in extras], seed=config.seed)
         return MixedDataset(parts), sampler
-    samples = round(len(task_set) / (1 - extra_share))
+    task_length = sum(len(part) for part in task_parts)
+    samples = round(task_length / (1 - extra_share))
     # exact draw counts: each task image once per epoch (shares alone could round the task to N +- 1),
     # the remaining draws split among the extras by their shares
-    extra_counts = allocate_counts(samples - len(task_set), np.array([r for _, r in extras]))
-    counts = [len(task_set)] + extra_counts.tolist()
+    extra_counts = allocate_counts(samples - task_length, np.array([r for _, r in extras]))
+    counts = [len(part) for part in task_parts] + extra_counts.tolist()
     sampler = MixingSampler([len(p) for p in parts], counts, samples_per_epoch=samples, seed=config.seed)
     return MixedDataset(parts), sampler
