@@ -552,3 +552,13 @@ def test_roboflow_placeholder_category_is_named(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="cl_detect.data.readers.coco"):
         read_dataset(path)
     assert "placeholder" not in caplog.text
+
+
+def test_a_grounding_json_whose_first_image_has_no_caption_is_read_as_grounding(tmp_path):
+    data = load(_tiny_coco(tmp_path, [1, 2], grounding=True))
+    del data["images"][0]["caption"]  # its box's span then points past an empty caption: the doctor says so
+    path = tmp_path / "grounding.json"
+    path.write_text(json.dumps(data))
+    dataset = read_dataset(path)
+    assert all(record.is_grounding for record in dataset.records)
+    assert dataset.records[1].phrases == ("red box",)
