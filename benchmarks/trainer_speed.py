@@ -30,6 +30,7 @@ import yaml
 
 from cl_detect import create_detector
 from cl_detect._shared import shared_dir
+from cl_detect.commands._arguments import positive_int
 from cl_detect.data.readers import read_dataset
 from cl_detect.engine.config import TrainConfig
 from cl_detect.engine.runlog import peak_memory_mb
@@ -74,8 +75,9 @@ class BatchClock:
         return len(self.times) >= self.warmup + self.count
 
     def images_per_s(self, batch: int) -> float:
-        timed = self.times[self.warmup:self.warmup + self.count]
-        return batch * (len(timed) - 1) / (timed[-1] - timed[0])
+        # from the end of batch `warmup` to the end of batch `warmup + count`: `count` batches
+        start, end = self.times[self.warmup - 1], self.times[self.warmup + self.count - 1]
+        return batch * self.count / (end - start)
 
 
 def measure_ours(size: str, data_yaml: Path, args: argparse.Namespace) -> dict:
@@ -144,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=640)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=12)
-    parser.add_argument("--warmup", type=int, default=5, help="batches before timing starts")
-    parser.add_argument("--batches", type=int, default=30, help="timed batches")
+    parser.add_argument("--warmup", type=positive_int, default=5, help="batches before timing starts")
+    parser.add_argument("--batches", type=positive_int, default=30, help="timed batches")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ultralytics", action="store_true", help="also run Ultralytics' trainer")
     parser.add_argument("--out", default=None)
