@@ -36,14 +36,14 @@ from cl_detect._yaml import load_yaml
 from cl_detect.data.merge import merge_datasets
 from cl_detect.data.records import DetectionDataset
 from cl_detect.engine._pretrain_config import DEFAULT_DETECTOR, DatasetSpec, PretrainConfig
+from cl_detect.engine._pretrain_run import check_same_run, record_run
 from cl_detect.engine.config import TrainConfig
 from cl_detect.engine.distributed import (
     barrier, evaluate_distributed, init_distributed, is_distributed, is_main_process)
-from cl_detect.engine.state import START_OVER
 from cl_detect.engine.task_data import augment_config, mix_in
 from cl_detect.engine.train import train_one_task
-from cl_detect.models._checkpoint_io import atomic_write_text
 from cl_detect.engine.transfer import transfer_weights
+from cl_detect.models._checkpoint_io import atomic_write_text
 from cl_detect.methods import ContinualModel, TaskContext, create_method
 
 
@@ -237,47 +237,6 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
         print(f"wrote {output} and {out_dir / 'metrics.json'} ({meta['wall_time_s']:.0f} s)")
     barrier()  # under torchrun: every rank returns a path that rank 0 has written
     return output
-
-
-# what the trained weights depend on besides `train:` (which train_one_task checks itself)
-_RUN_KEYS = ("datasets", "detector", "detector_kwargs", "text_encoder", "init_checkpoint", "negatives", "methods")
-_DATASET_KEYS = ("path", "format", "split", "class_names")
-_RUN_RECORD = "pretrain_run.json"
-
-
-def _run_settings(config: PretrainConfig) -> dict:
-    run = {key: getattr(config, key) for key in _RUN_KEYS}
-    run["datasets"] = [{key: getattr(spec, key) for key in _DATASET_KEYS} for spec in config.datasets]
-    return json.loads(json.dumps(run))  # as it reads back (tuples become lists)
-
-
-def check_same_run(config: PretrainConfig, resume: bool) -> None:
-    """Refuse to resume (or return as finished) a run of `out_dir` made with another config.
-
-    The trainer checkpoint holds only the `train:` settings; without this, another training set,
-    init checkpoint or method list would return the old run's model under the new config.
-
-    Raises:
-        ValueError: naming each changed key, old and new value, and the ways out.
-    """
-    out_dir = Path(config.out_dir)
-    record = out_dir / _RUN_RECORD
-    if not (resume and (out_dir / "checkpoint.pt").exists() and record.exists()):
-        return
-    saved = json.loads(record.read_text())
-    changed = ", ".join(f"{key} {saved.get(key)!r} -> {value!r}" for key, value in _run_settings(config).items()
-                        if saved.get(key) != value)
-    if changed:
-        raise ValueError(f"{out_dir / 'checkpoint.pt'} holds a run made with another config ({changed}); "
-                         f"resuming it would give the old run's model under the new config. {START_OVER}")
-
-
-def record_run(config: PretrainConfig) -> None:
-    """Write what `check_same_run` compares into `out_dir` (when training starts)."""
-    if is_main_process():
-        out_dir = Path(config.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / _RUN_RECORD, json.dumps(_run_settings(config), indent=2) + "\n")
 
 
 _WORLD_COUNTS = {"num_base_train": ("base", "train"), "num_test": ("base", "test"),

@@ -12,7 +12,7 @@ checkpoints from which `resume=True` continues bit-exactly.
 
 Ctrl-C (SIGINT) during the loop finishes the optimizer step under way, writes the
 checkpoint at once, says where and raises KeyboardInterrupt; a second Ctrl-C stops
-at once. The handler is the main thread's only while the loop runs; DataLoader
+at once (`engine/session.py`). The handler is the main thread's only while the loop runs; DataLoader
 workers ignore SIGINT (`data.loader.seed_worker`), so the step can still take its
 micro-batches. Under torchrun a terminal's Ctrl-C reaches every rank
 twice (from the terminal, then from the agent), which stops them at once as before;
@@ -21,13 +21,9 @@ twice (from the terminal, then from the agent), which stops them at once as befo
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import os
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +39,7 @@ from cl_detect.engine.ema import ModelEMA
 from cl_detect.engine.guards import LossGuard, check_batch
 from cl_detect.engine.optim import build_optimizer, build_scheduler, parameter_groups, scaled_weight_decay
 from cl_detect.engine.runlog import RunLogger, peak_memory_mb
+from cl_detect.engine.session import StopOnInterrupt, only_process_in
 from cl_detect.engine.state import (
     START_OVER, check_resumed_settings, load_model_state, load_trainer_state, save_trainer_state, set_rng_state)
 from cl_detect.models.precision import bf16_autocast
@@ -93,7 +90,7 @@ def train_one_task(model, dataset, config: TrainConfig, out_dir: str | Path, sam
             each other's checkpoint and log).
     """
     out_dir = Path(out_dir)
-    with _only_process_in(out_dir):
+    with only_process_in(out_dir):
         return _train(model, dataset, config, out_dir, sampler, resume, stop_after_steps)
 
 
@@ -240,63 +237,6 @@ def _train(model, dataset, config: TrainConfig, out_dir: Path, sampler, resume: 
     save("finished")
     logger.close()
     return _result("finished", progress, start, images_seen, device, last)
-
-
-@contextmanager
-def _only_process_in(out_dir: Path):
-    """Hold an exclusive lock on `out_dir/.train.lock` (rank 0; the OS drops it if the process dies).
-
-    Raises:
-        ValueError: naming the folder and the process that holds it.
-    """
-    if not is_main_process():  # the other ranks of a torchrun job only read the checkpoint
-        yield
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".train.lock", "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise ValueError(f"{out_dir} is in use: another training process (pid {handle.read().strip() or '?'}) "
-                             f"writes its checkpoint and log there; wait for it to end, or give this run another "
-                             f"out_dir (cl-detect run: another --out)") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-class StopOnInterrupt:
-    """While entered (in the main thread): the first SIGINT only sets `requested`, which the loop
-    reads after each optimizer step; a second one raises KeyboardInterrupt at once. The previous
-    handler comes back on exit. DataLoader workers, which a terminal's Ctrl-C reaches too, ignore
-    it (`data.loader.seed_worker`), so the step under way can still take its micro-batches."""
-
-    def __init__(self):
-        self.requested, self._installed, self._previous, self._pid = False, False, None, os.getpid()
-
-    def __enter__(self) -> "StopOnInterrupt":
-        if threading.current_thread() is threading.main_thread():
-            self._previous, self._installed = signal.signal(signal.SIGINT, self._handle), True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._installed:  # None: the previous handler was not set from Python; the default stands in
-            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)
-            self._installed = False
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        if os.getpid() == self._pid:  # os.write: the handler may run inside a print (tqdm's) to stderr
-            os.write(2, b"\nCtrl-C: finishing this optimizer step to checkpoint it (Ctrl-C again stops at once, "
-                        b"losing the work since the last checkpoint)\n")
 
 
 def _stop_on_interrupt(save, logger: RunLogger, progress: dict, checkpoint: Path) -> None:
