@@ -28,6 +28,36 @@ def load(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def one_box_coco_json(tmp_path: Path, image_ids: list, grounding: bool = False) -> Path:
+    """A COCO (or grounding) json with one 64x64 image per id and one box on each; no image files."""
+    images = [{"id": image_id, "file_name": f"img{i}.png", "width": 64, "height": 64}
+              for i, image_id in enumerate(image_ids)]
+    annotations = [{"id": i + 1, "image_id": image_id, "category_id": 1, "bbox": [4 + i, 4, 20, 20], "area": 400,
+                    "iscrowd": 0} for i, image_id in enumerate(image_ids)]
+    if grounding:
+        for image in images:
+            image["caption"] = "a red box"
+        for annotation in annotations:
+            annotation["tokens_positive"] = [[2, 9]]
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "red box"}]}))
+    return path
+
+
+def one_box_yolo_yaml(tmp_path: Path, names: str) -> Path:
+    """A YOLO dataset of one 32x32 image with one box, and the given yaml `names` text."""
+    import cv2
+
+    for sub in ("images", "labels"):
+        (tmp_path / "train" / sub).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "train/images/a.png"), np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "train/labels/a.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    yaml_path = tmp_path / "data.yaml"
+    yaml_path.write_text(f"train: train/images\nnames: {names}\n")
+    return yaml_path
+
+
 def captioned_images(shared_data: Path) -> tuple[dict, dict[int, str], dict[int, list[tuple[int, int]]]]:
     """tiny_coco val instances, caption per image, and per annotation id its name span in the caption.
 
