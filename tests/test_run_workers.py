@@ -108,6 +108,36 @@ def test_sigint_to_the_parent_alone_checkpoints_the_runs_and_starts_no_other(tmp
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="run processes get their own group on Linux")
+def test_sigint_with_an_idle_run_process_still_checkpoints_the_running_run(tmp_path):
+    # the idle process died of the SIGINT, and the executor then killed the running one before its checkpoint
+    import glob
+
+    import torch
+
+    protocol, out = _tiny_protocol(tmp_path, epochs=30), tmp_path / "res"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "cl_detect.cli", "run", str(protocol), "--methods", "zeroshot", "finetune",
+         "--seeds", "0", "--jobs", "2", "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        while not ((out / "tiny" / "zeroshot_seed0.json").exists()
+                   and glob.glob(f"{out}/tiny/work/finetune_seed0/task1_task1/log.jsonl")):
+            assert parent.poll() is None and time.monotonic() < deadline, "the runs did not get going"
+            time.sleep(0.5)
+        time.sleep(1)  # the zeroshot process is idle now
+        os.kill(parent.pid, signal.SIGINT)
+        assert parent.wait(timeout=120) == 130
+    finally:
+        parent.kill()
+    checkpoint = out / "tiny" / "work" / "finetune_seed0" / "task1_task1" / "checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=False)["progress"]["status"] == "interrupted"
+    assert not (out / "tiny" / "finetune_seed0.json").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="run processes get their own group on Linux")
 def test_with_jobs_an_error_that_stops_the_command_stops_it_at_once(tmp_path):
     # it was raised only after every other queued run had finished (here: 30 epochs each)
     from cl_detect.bench.config import load_run_config

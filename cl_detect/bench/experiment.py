@@ -132,25 +132,28 @@ def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: lis
         return [_run_pair(config, names, seed, out, options, log) for names, seed in pairs]
     threads = max(torch.get_num_threads() // jobs, 1)
     context = multiprocessing.get_context("spawn")  # no forked copies of torch thread pools
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=start_worker, initargs=(threads,)) as pool:
+    stop = context.Event()
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=start_worker, initargs=(threads, stop)) as pool:
         futures = [pool.submit(_run_pair, config, names, seed, out, options) for names, seed in pairs]
         try:
             wait(futures, return_when=FIRST_EXCEPTION)
         except KeyboardInterrupt:
-            _stop_runs(pool, futures)
+            _stop_runs(pool, futures, stop)
             raise
         stopping = next((f.exception() for f in futures if f.done() and f.exception() is not None), None)
         if stopping is not None:  # an error that stops the command (other data, other settings): at once
-            _stop_runs(pool, futures)
+            _stop_runs(pool, futures, stop)
             raise stopping
         return [future.result() for future in futures]
 
 
-def _stop_runs(pool: ProcessPoolExecutor, futures: list) -> None:
+def _stop_runs(pool: ProcessPoolExecutor, futures: list, stop) -> None:
     """Ctrl-C (or `kill -INT`) of this process, or a run's error that stops the command: drop the
-    runs not started and pass a SIGINT to the run processes (their own process group keeps a
-    terminal's Ctrl-C from reaching them twice), which checkpoint the step under way and stop;
-    wait for that. A second Ctrl-C is passed on too: they stop at once."""
+    runs not started, tell the run processes to start no other (`stop`, for runs the executor has
+    handed over already), and pass a SIGINT to them (their own process group keeps a terminal's
+    Ctrl-C from reaching them twice): a running run checkpoints the step under way and stops, an
+    idle process ignores it. Wait for that. A second Ctrl-C is passed on too: they stop at once."""
+    stop.set()
     for future in futures:
         future.cancel()
     processes = list(pool._processes.values())  # noqa: SLF001 (the executor names no other way to them)
@@ -169,17 +172,20 @@ def _stop_runs(pool: ProcessPoolExecutor, futures: list) -> None:
 _LOADED: dict[str, tuple] = {}  # per process: protocol name -> (datasets, base model)
 
 
-def start_worker(threads: int) -> None:
-    """Run-process setup: its torch threads, and (Linux) a SIGTERM when the parent dies.
+def start_worker(threads: int, stop=None) -> None:
+    """Run-process setup: its torch threads, the parent's stop event, SIGINT only during a run, and
+    (Linux) a SIGTERM when the parent dies.
 
     Without the parent-death signal, a `cl-detect run --jobs N` killed on its own (a
     scheduler's SIGTERM or SIGKILL to one process) left its runs going as orphans.
     They are checkpointed, so the next `cl-detect run` resumes them.
     """
-    global _IN_RUN_PROCESS
-    _IN_RUN_PROCESS = True
+    global _STOP
+    _STOP = stop
     torch.set_num_threads(threads)
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which passes it on once (`_stop_runs`)
+    # idle, a SIGINT must not kill the process: the executor would then kill the others mid-checkpoint
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         parent = os.getppid()
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -187,27 +193,27 @@ def start_worker(threads: int) -> None:
             os._exit(1)
 
 
-_IN_RUN_PROCESS = False  # a `jobs > 1` run process
-_STOPPED = False  # a run of this run process was stopped by Ctrl-C: start no other
+_STOP = None  # in a `jobs > 1` run process: the parent's event that says the command is stopping
 
 
 def _run_pair(config: RunConfig, names: list[str], seed: int, out: str | Path, options: dict, log=print) -> dict:
     """One run, reading the datasets and base model the first time this process needs them."""
-    global _STOPPED
-    if _STOPPED:  # a run the executor had already handed to this process when Ctrl-C came
-        return {"method": config.run_label(names), "seed": seed, "status": "interrupted"}
-    key = repr(config)
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = (load_protocol_data(config), BaseModel(config.base_model.checkpoint,
-                                                                config.base_model.text_encoder))
-    data, base = _LOADED[key]
     label = config.run_label(names)
+    if _STOP is not None:  # a run process: SIGINT stops this run (first, so none is missed after the check)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if _STOP is not None and _STOP.is_set():  # handed over before the parent stopped the command
+            return {"method": label, "seed": seed, "status": "interrupted"}
+        key = repr(config)
+        if key not in _LOADED:
+            _LOADED.clear()
+            _LOADED[key] = (load_protocol_data(config), BaseModel(config.base_model.checkpoint,
+                                                                    config.base_model.text_encoder))
+        data, base = _LOADED[key]
         status = run_one(config, data, names, seed, out, base, **options)
-    except KeyboardInterrupt:
-        _STOPPED = _IN_RUN_PROCESS
-        raise
+    finally:
+        if _STOP is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     shown = status
     if status == "failed":  # the reason, so the user need not open the JSON to learn it
         path = result_path(out, config.name, label, seed)
