@@ -171,6 +171,21 @@ def test_resuming_a_run_made_with_another_config_is_refused(pretrained, tmp_path
     assert read_model_file(tmp_path / "model.pt")["meta"]["train_steps"] == 4
 
 
+def test_a_folder_another_process_trains_in_is_refused_before_its_run_record_is_written(pretrained, tmp_path):
+    # the refused run used to overwrite the running one's pretrain_run.json first
+    import fcntl
+
+    from cl_detect.engine.pretrain import pretrain
+
+    world, _ = pretrained
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / ".train.lock", "w") as held:  # what the other process holds while it trains
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match="is in use: another training process"):
+            pretrain(_config(world, tmp_path))
+    assert not (tmp_path / "run" / "pretrain_run.json").exists()
+
+
 def test_finetune_draws_the_data_that_mix_adds(pretrained, tmp_path):
     from _mixing_data import write_grounding_json
 

@@ -40,6 +40,7 @@ from cl_detect.engine._pretrain_run import check_same_run, record_run
 from cl_detect.engine.config import TrainConfig
 from cl_detect.engine.distributed import (
     barrier, evaluate_distributed, init_distributed, is_distributed, is_main_process)
+from cl_detect.engine.session import only_process_in
 from cl_detect.engine.task_data import augment_config, mix_in
 from cl_detect.engine.train import train_one_task
 from cl_detect.engine.transfer import transfer_weights
@@ -195,6 +196,14 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
         raise ValueError(f"train.device {device!r} would put every torchrun process on one GPU; use 'cuda' or "
                          f"'auto' (each process takes GPU LOCAL_RANK)")
     init_distributed("gloo" if device == "cpu" else None)  # NCCL cannot reduce CPU tensors
+    # held from the run record to the last write, so a second process cannot overwrite either
+    with only_process_in(Path(config.out_dir)):
+        return _pretrain(config, allow_data_errors, resume, command, extra_meta)
+
+
+def _pretrain(config: PretrainConfig, allow_data_errors: bool, resume: bool, command: str,
+              extra_meta: dict | None) -> Path:
+    """`pretrain`'s work (arguments as there), with `out_dir` held by this process."""
     check_same_run(config, resume)  # before the data is read: a refusal costs nothing
     if config.synthetic_world and is_main_process():
         _ensure_synthetic_world(config.synthetic_world)

@@ -12,14 +12,19 @@ from pathlib import Path
 from cl_detect.engine.distributed import is_main_process
 
 
+_HELD: set[str] = set()  # folders this process holds (a holder may call code that takes it again)
+
+
 @contextmanager
 def only_process_in(out_dir: Path):
     """Hold an exclusive lock on `out_dir/.train.lock` (rank 0; the OS drops it if the process dies).
+    Re-entrant within one process: `pretrain` holds it around `train_one_task`, which takes it too.
 
     Raises:
         ValueError: naming the folder and the process that holds it.
     """
-    if not is_main_process():  # the other ranks of a torchrun job only read the checkpoint
+    key = str(Path(out_dir).resolve())
+    if not is_main_process() or key in _HELD:  # other torchrun ranks only read the checkpoint
         yield
         return
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -35,9 +40,11 @@ def only_process_in(out_dir: Path):
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
+        _HELD.add(key)
         try:
             yield
         finally:
+            _HELD.discard(key)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
