@@ -356,6 +356,15 @@ def test_training_in_an_out_dir_another_process_trains_in_is_refused(world, tmp_
     assert result.status == "finished"
 
 
+def test_without_file_locks_training_goes_on_unguarded(world, tmp_path, monkeypatch):
+    # Windows has no fcntl: importing the trainer must not fail there, and the folder is not locked
+    from cl_detect.engine import session
+
+    monkeypatch.setattr(session, "fcntl", None)
+    _, result = _train(world, tmp_path, tiny_config(epochs=1))
+    assert result.status == "finished" and not (tmp_path / ".train.lock").exists()
+
+
 def test_resuming_with_another_method_list_names_the_checkpoint_and_the_fix(world, tmp_path):
     config = tiny_config(checkpoint_every_steps=1)
     _train(world, tmp_path, config, stop_after_steps=1)

@@ -183,7 +183,8 @@ def start_worker(threads: int, stop=None) -> None:
     global _STOP
     _STOP = stop
     torch.set_num_threads(threads)
-    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which passes it on once (`_stop_runs`)
+    if hasattr(os, "setpgid"):  # a terminal's Ctrl-C reaches the parent only, which passes it on once
+        os.setpgid(0, 0)
     # idle, a SIGINT must not kill the process: the executor would then kill the others mid-checkpoint
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):

@@ -2,7 +2,6 @@
 lets the optimizer step under way finish so that it can be checkpointed (`train.train_one_task`)."""
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import threading
@@ -10,6 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cl_detect.engine.distributed import is_main_process
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks, so the folder is not guarded there
+    fcntl = None
 
 
 _HELD: set[str] = set()  # folders this process holds (a holder may call code that takes it again)
@@ -24,7 +28,7 @@ def only_process_in(out_dir: Path):
         ValueError: naming the folder and the process that holds it.
     """
     key = str(Path(out_dir).resolve())
-    if not is_main_process() or key in _HELD:  # other torchrun ranks only read the checkpoint
+    if fcntl is None or not is_main_process() or key in _HELD:  # other torchrun ranks only read the checkpoint
         yield
         return
     out_dir.mkdir(parents=True, exist_ok=True)
