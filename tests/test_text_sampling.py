@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cl_detect.data.records import Vocabulary
-from cl_detect.data.text_sampling import class_texts_of, eval_texts, sample_texts, unique_phrases
+from cl_detect.data.text_sampling import class_texts_of, equal_text_index, eval_texts, sample_texts, unique_phrases
 
 VOCAB = Vocabulary(tuple(f"class {i}" for i in range(120)),
                    synonyms=tuple((f"alias {i}",) for i in range(120)))
@@ -83,6 +83,10 @@ def test_texts_equal_up_to_case_and_spacing_are_one_prompt():
         assert [out.texts[i] for i in out.labels] == ["A man", "A man", "a dog"]
         absent = sample_texts(np.array([1]), texts, np.random.default_rng(seed), num_texts=6)
         assert sum(t.lower().split() == ["a", "man"] for t in absent.texts) == 1
+        # the index a dataset keeps for its fixed vocabulary gives the very same draw
+        kept = sample_texts(np.array([0, 2, 1]), texts, np.random.default_rng(seed), num_texts=6,
+                            equal_index=equal_text_index(texts))
+        assert kept.texts == out.texts and kept.labels.tolist() == out.labels.tolist()
 
 
 def test_dropping_boxes_for_lack_of_prompts_is_logged(caplog, monkeypatch):

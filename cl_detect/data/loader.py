@@ -21,7 +21,8 @@ from cl_detect.data.augment import Sample, letterbox_sample
 from cl_detect.data.preprocess import load_image_bgr, to_uint8_tensor
 from cl_detect.data.records import DetectionDataset, DetectionRecord
 from cl_detect.data.sampling import DrawKey, MixingSampler
-from cl_detect.data.text_sampling import PAD_TEXT, class_texts_of, eval_texts, sample_texts, unique_phrases
+from cl_detect.data.text_sampling import (
+    PAD_TEXT, class_texts_of, equal_text_index, eval_texts, sample_texts, unique_phrases)
 from cl_detect.data.transforms import AugmentConfig, TrainAugment
 
 
@@ -57,6 +58,7 @@ class TrainDataset(Dataset):
         self.use_synonyms = use_synonyms
         self.seed = seed
         self._class_texts = class_texts_of(dataset.vocabulary)
+        self._equal_index = equal_text_index(self._class_texts)  # once, not per image
         # [epoch, mosaic on] in shared memory: persistent workers see set_epoch / set_mosaic
         # made in the main process between epochs without being restarted.
         self._state = torch.tensor([0, int(self.augment.config.mosaic)], dtype=torch.int64).share_memory_()
@@ -89,9 +91,12 @@ class TrainDataset(Dataset):
         partners = rng.integers(len(self.dataset), size=num_images - 1).tolist()
         samples = [load_sample(self.dataset.records[i]) for i in [index, *partners]]
         sample = self.augment(samples, rng)
-        class_texts = self._class_texts if sample.texts is None else [(t,) for t in sample.texts]
+        if sample.texts is None:
+            class_texts, equal_index = self._class_texts, self._equal_index
+        else:  # grounding: the image's own phrases
+            class_texts, equal_index = [(t,) for t in sample.texts], None
         try:
-            sampled = sample_texts(sample.labels, class_texts, rng, self.num_texts, self.use_synonyms)
+            sampled = sample_texts(sample.labels, class_texts, rng, self.num_texts, self.use_synonyms, equal_index)
         except ValueError as error:
             paths = ", ".join(self.dataset.records[i].image_path for i in [index, *partners])
             raise ValueError(f"training image {paths}: {error}") from None

@@ -66,7 +66,8 @@ def unique_phrases(phrases: tuple[str, ...], labels: np.ndarray) -> tuple[tuple[
 
 
 def sample_texts(labels: np.ndarray, class_texts: list[tuple[str, ...]], rng: np.random.Generator,
-                 num_texts: int = 80, use_synonyms: bool = False) -> SampledTexts:
+                 num_texts: int = 80, use_synonyms: bool = False, equal_index: np.ndarray | None = None
+                 ) -> SampledTexts:
     """Sample the prompt list of one training image.
 
     Args:
@@ -76,6 +77,8 @@ def sample_texts(labels: np.ndarray, class_texts: list[tuple[str, ...]], rng: np
         rng: randomness source.
         num_texts: prompts per image after padding (the official 80).
         use_synonyms: pick a random name among each class's names instead of the first.
+        equal_index: `equal_text_index(class_texts)`, when the caller keeps it for a fixed
+            vocabulary (it costs 0.6 ms per call for LVIS's 1,203 classes); computed if None.
 
     Returns:
         The padded prompts, the remapped labels and the keep mask over the boxes.
@@ -86,7 +89,7 @@ def sample_texts(labels: np.ndarray, class_texts: list[tuple[str, ...]], rng: np
         raise ValueError(f"box labels {sorted(set(outside.tolist()))} are outside the {len(class_texts)} classes "
                          f"(-1: a category the vocabulary does not have); run `cl-detect data check` and fix or "
                          f"remove those boxes")
-    first_of = _first_equal_text(class_texts)
+    first_of = equal_text_index(class_texts) if equal_index is None else equal_index
     labels = first_of[labels]
     positives = np.unique(labels)
     if len(positives) > num_texts:
@@ -110,7 +113,7 @@ def sample_texts(labels: np.ndarray, class_texts: list[tuple[str, ...]], rng: np
     return SampledTexts(texts=texts, labels=position[labels[keep]], keep=keep)
 
 
-def _first_equal_text(class_texts: list[tuple[str, ...]]) -> np.ndarray:
+def equal_text_index(class_texts: list[tuple[str, ...]]) -> np.ndarray:
     """Per class, the first class whose name is the same up to case and spacing (itself when unique)."""
     first: dict[str, int] = {}
     return np.array([first.setdefault(" ".join(names[0].lower().split()), i) for i, names in enumerate(class_texts)],
