@@ -130,3 +130,27 @@ def test_config_rejects_bad_values():
         AugmentConfig(image_size=100)
     with pytest.raises(ValueError, match="scale_range"):
         AugmentConfig(scale_range=(1.5, 0.5))
+
+
+def test_mosaic_scales_boxes_by_the_float_ratio_as_mmyolo():
+    # 1000 x 667 at 320: the image becomes 320 x 213 (sides truncated) but mmyolo's Mosaic scales
+    # boxes by the ratio 0.32 itself, so a 100 x 67 box becomes 32 x 21.44 (not 67 * 213 / 667)
+    box = (500, 333, 600, 400)
+    samples = [_sample(667, 1000, boxes=(box,), labels=(0,), image_id=i + 1) for i in range(4)]
+    checked = 0
+    for seed in range(4):
+        out = mosaic4(samples, 320, np.random.default_rng(seed))
+        inside = (out.boxes[:, :2] > 0).all(1) & (out.boxes[:, 2:] < 640).all(1)
+        sizes = out.boxes[inside, 2:] - out.boxes[inside, :2]
+        np.testing.assert_allclose(sizes, np.tile([[32.0, 21.44]], (len(sizes), 1)), atol=1e-4)
+        checked += len(sizes)
+    assert checked >= 8
+
+
+@pytest.mark.parametrize("inverted", [(60, 70, 20, 16), (60, 16, 20, 70)])
+def test_random_affine_drops_inverted_boxes(inverted):
+    sample = _sample(boxes=(inverted, (80, 30, 110, 60)))
+    sample.ignore_boxes = np.array([inverted], np.float32)
+    out = random_affine(sample, 128, np.random.default_rng(0), scale_range=(1.0, 1.0), max_translate=0.0,
+                        min_box_size=0, min_area_ratio=0, max_aspect_ratio=np.inf)
+    assert out.labels.tolist() == [1] and len(out.ignore_boxes) == 0

@@ -11,7 +11,10 @@ clipping it to the output image,
   * its width and height both exceed `min_box_size` pixels,
   * its clipped area is more than `min_area_ratio` of its area before clipping
     (original area x scale^2), i.e. enough of the object is still visible,
-  * max(w / h, h / w) is below `max_aspect_ratio` (drops slivers at the border).
+  * max(w / h, h / w) is below `max_aspect_ratio` (drops slivers at the border),
+  * it had a positive width and height before the transform (an inverted box,
+    which only data the doctor was told to let through has, is dropped here
+    as the mosaic drops it, instead of becoming the box spanned by its corners).
 Ignore regions are kept whenever their clipped area is non-zero.
 """
 from __future__ import annotations
@@ -85,7 +88,11 @@ def box_keep_mask(before: np.ndarray, after: np.ndarray, scale: float, min_box_s
     w1, h1 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
     area_ratio = w1 * h1 / (w0 * h0 * scale * scale + 1e-16)
     aspect = np.maximum(w1 / (h1 + 1e-16), h1 / (w1 + 1e-16))
-    return (w1 > min_box_size) & (h1 > min_box_size) & (area_ratio > min_area_ratio) & (aspect < max_aspect_ratio)
+    # an inverted box (x2 < x1 and y2 < y1) has a positive area ratio but must not become a valid box
+    # after the corner mapping; the mosaic drops it too (only data the doctor let through has one)
+    valid_before = (w0 > 0) & (h0 > 0)
+    return (valid_before & (w1 > min_box_size) & (h1 > min_box_size) & (area_ratio > min_area_ratio)
+            & (aspect < max_aspect_ratio))
 
 
 def random_affine(sample: Sample, out_size: int, rng: np.random.Generator, *,
@@ -130,7 +137,10 @@ def random_affine(sample: Sample, out_size: int, rng: np.random.Generator, *,
                            borderValue=(PAD_VALUE, PAD_VALUE, PAD_VALUE))
     boxes = _transform_boxes(sample.boxes, matrix, out_size, out_size)
     keep = box_keep_mask(sample.boxes, boxes, scale, min_box_size, min_area_ratio, max_aspect_ratio)
-    ignore = _transform_boxes(sample.ignore_boxes, matrix, out_size, out_size)
+    ignore_before = sample.ignore_boxes
+    ignore_before = ignore_before[(ignore_before[:, 2] > ignore_before[:, 0])
+                                  & (ignore_before[:, 3] > ignore_before[:, 1])]
+    ignore = _transform_boxes(ignore_before, matrix, out_size, out_size)
     ignore = ignore[(ignore[:, 2] > ignore[:, 0]) & (ignore[:, 3] > ignore[:, 1])]
     return replace(sample, image=image, boxes=boxes[keep], labels=sample.labels[keep], ignore_boxes=ignore)
 

@@ -5,7 +5,8 @@ Each image is resized keeping its aspect ratio so its longer side is S
 placed in one quadrant around a random centre (xc, yc) drawn uniformly from
 [0.5 S, 1.5 S]: the top-left image ends at the centre, the top-right starts at
 xc and ends at yc, and so on; whatever falls outside the canvas is cut off.
-Empty canvas is filled with 114. Boxes are shifted with their image and clipped
+Empty canvas is filled with 114. Boxes are scaled by the float ratio S / longer side
+(as mmyolo's Mosaic does, not by the truncated size), shifted with their image and clipped
 to the part of it that is visible; fully cut-off boxes are dropped.
 
 Grounding samples each carry their own phrases; the mosaic's label space is the
@@ -67,7 +68,10 @@ def mosaic4(samples: list[Sample], size: int, rng: np.random.Generator) -> Sampl
 
     boxes, labels, ignores = [], [], []
     for quadrant, (sample, sample_labels) in enumerate(zip(samples, labels_per_sample)):
-        image, scale = keep_ratio_resize(sample.image, size, cv2.INTER_LINEAR)  # as the official Mosaic
+        image, _ = keep_ratio_resize(sample.image, size, cv2.INTER_LINEAR)  # as the official Mosaic
+        # mmyolo's Mosaic scales boxes by the float ratio, not by the truncated size / original size
+        ratio = size / max(sample.image.shape[:2])
+        scale = (ratio, ratio)
         height, width = image.shape[:2]
         left_side, top_side = quadrant in (0, 2), quadrant in (0, 1)
         # Placement of the whole resized image in canvas coordinates (may extend past the canvas).
