@@ -8,6 +8,7 @@ method recorded while the others continue, and resuming where a run stopped.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -281,6 +282,29 @@ def test_run_refuses_a_training_set_with_doctor_errors(protocol, tmp_path):
         main(["run", str(path), "--methods", "zeroshot", "--out", str(tmp_path / "out")])
     assert main(["run", str(path), "--methods", "zeroshot", "--out", str(tmp_path / "out"),
                  "--allow-data-errors"]) == 0
+
+
+def test_run_refuses_mixed_in_data_with_doctor_errors(protocol, tmp_path):
+    """A mix source is checked like a task's data: its errors fail the run (naming the file) before
+    any training, unless overridden."""
+    config = yaml.safe_load(protocol.read_text())
+    retention = Path(config["data_root"]) / "retention"
+    source = json.loads((retention / "test.json").read_text())
+    source["annotations"][0]["bbox"][2] = -5.0  # one inverted box
+    for image in source["images"]:
+        image["file_name"] = str(retention / image["file_name"])
+    broken = tmp_path / "general.json"
+    broken.write_text(json.dumps(source))
+    config["method_options"] = {"mix": {"data": [{"path": str(broken), "ratio": 0.25}]}}
+    path = tmp_path / "mix.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--methods", "mix", "--out", str(out)]) == 1
+    failed = _result(out, "mix")
+    assert failed["status"] == "failed" and "inverted_box" in failed["error"] and str(broken) in failed["error"]
+    assert failed["accuracy_matrix"][1] == [None, None]  # refused before the first task trained
+    assert main(["run", str(path), "--methods", "mix", "--out", str(out), "--allow-data-errors"]) == 0
+    assert _result(out, "mix")["status"] == "finished"
 
 
 def test_parallel_runs_each_write_their_result(protocol, tmp_path, capsys):

@@ -37,7 +37,7 @@ from cl_detect.bench.protocol import ProtocolData
 from cl_detect.bench.results import summarize
 from cl_detect.engine.runlog import peak_memory_mb
 from cl_detect.engine.state import SETTINGS_FREE_TO_CHANGE, load_model_state, model_state, read_saved_progress
-from cl_detect.engine.task_data import build_task_training_set
+from cl_detect.engine.task_data import build_task_training_set, checked_extras
 from cl_detect.engine.train import TrainResult, resolve_device, train_one_task
 from cl_detect.methods import ContinualModel, TaskContext, create_method
 from cl_detect.models._checkpoint_io import atomic_save, atomic_write_text
@@ -199,7 +199,8 @@ def continual_run(config: RunConfig, data: ProtocolData, method_names: list[str]
                               extras={"general_vocabulary": data.general_vocabulary(), "evaluate_fn": evaluate_fn})
         model.hook("before_task", context)
         trainable, total = model.parameter_counts()
-        extras = [pair for method in model.methods for pair in method.train_datasets(model, context)]
+        extras = checked_extras([pair for method in model.methods for pair in method.train_datasets(model, context)],
+                                config.allow_data_errors)
         if skips_training(model):  # zeroshot: hooks and evaluations only
             result = TrainResult("finished", 0, 0.0, 0.0, peak_memory_mb(device), {})
         else:

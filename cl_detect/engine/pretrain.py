@@ -41,7 +41,7 @@ from cl_detect.engine.config import TrainConfig
 from cl_detect.engine.distributed import (
     barrier, evaluate_distributed, init_distributed, is_distributed, is_main_process)
 from cl_detect.engine.session import only_process_in
-from cl_detect.engine.task_data import augment_config, mix_in
+from cl_detect.engine.task_data import augment_config, checked_extras, mix_in
 from cl_detect.engine.train import train_one_task
 from cl_detect.engine.transfer import transfer_weights
 from cl_detect.models._checkpoint_io import atomic_write_text
@@ -224,7 +224,8 @@ def _pretrain(config: PretrainConfig, allow_data_errors: bool, resume: bool, com
                        image_size=config.train.image_size)
     record_run(config)
     model.hook("before_task", task)
-    extras = [pair for method in model.methods for pair in method.train_datasets(model, task)]  # mix
+    extras = checked_extras([pair for method in model.methods for pair in method.train_datasets(model, task)],
+                            allow_data_errors)  # mix
     dataset, sampler = training_set(datasets, config.negatives, config.train, extras)
     result = train_one_task(model, dataset, config.train, out_dir, sampler=sampler, resume=resume)
     model.hook("after_task", task)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
+from cl_detect.data.checked import checked_dataset
 from cl_detect.data.loader import TrainDataset
 from cl_detect.data.records import DetectionDataset
 from cl_detect.data.sampling import (MixedDataset, MixedRepeatFactorSampler, MixingSampler, RepeatFactorSampler,
@@ -22,6 +23,19 @@ from cl_detect.engine.config import TrainConfig
 def augment_config(config: TrainConfig) -> AugmentConfig:
     """The training augmentation implied by a TrainConfig (official recipe at its size)."""
     return AugmentConfig(image_size=config.image_size, mosaic=config.mosaic)
+
+
+def checked_extras(extras: list[tuple[DetectionDataset, float]], allow_errors: bool
+                   ) -> list[tuple[DetectionDataset, float]]:
+    """The non-empty `extras` after the dataset doctor's box and label checks (not the image files: a mix
+    source may hold many thousands), refused on errors as a task's own data is unless `allow_errors`.
+
+    Args:
+        extras: (dataset, share of draws) pairs contributed by methods (mix sources, replay's buffer).
+        allow_errors: the explicit override (`--allow-data-errors`, `allow_data_errors: true`).
+    """
+    return [(checked_dataset(d, allow_errors, f"data mixed in by a method ({d.source})", check_images=False), r)
+            for d, r in extras if r > 0 and len(d)]
 
 
 def build_task_training_set(task_dataset: DetectionDataset, extras: list[tuple[DetectionDataset, float]],
