@@ -325,6 +325,34 @@ def test_rotated_sizes_are_read_the_same_from_every_format(tmp_path, suffix):
     assert (check.stored, check.displayed, image_size(path)) == ((120, 60), (60, 120), (60, 120))
 
 
+@pytest.mark.parametrize("source", ["xmp", "png_text_profile"])
+def test_orientation_that_opencv_ignores_does_not_rotate_the_size(tmp_path, source):
+    """Pillow also reads an orientation from XMP and from a PNG's 'Raw profile type exif' text
+    (ImageMagick's); cv2.imread (training) ignores both, so the image is loaded as stored."""
+    import cv2
+    from PIL import Image, PngImagePlugin
+
+    from cl_detect.data.readers._common import image_size
+    raw = Image.Exif()
+    raw[0x0112] = 6
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    text = PngImagePlugin.PngInfo()
+    if source == "xmp":
+        text.add_itxt("XML:com.adobe.xmp", xmp)
+    else:
+        text.add_text("Raw profile type exif", f"\nexif\n{len(raw.tobytes()):8d}\n{raw.tobytes().hex()}\n", zip=True)
+    Image.new("RGB", (120, 60)).save(tmp_path / "photo.png", pnginfo=text)
+    with Image.open(tmp_path / "photo.png") as image:
+        assert image.getexif()[0x0112] == 6  # Pillow's reading
+    assert cv2.imread(str(tmp_path / "photo.png")).shape[:2] == (60, 120)  # what training loads
+    assert image_size(tmp_path / "photo.png") == (120, 60)  # what the YOLO and VOC readers record
+    for (width, height), codes in (((120, 60), set()), ((60, 120), {"image_size_mismatch"})):
+        report = check_dataset(_write_coco(tmp_path, [{"id": 1, "file_name": "photo.png", "width": width,
+                                                       "height": height}]))
+        assert _codes(report) == codes
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_truncated_png_and_jpeg_are_image_truncated(tmp_path, suffix):
     """Pillow says 'Truncated File Read' (capital T) for these; that is image_truncated, not unreadable."""
@@ -335,6 +363,46 @@ def test_truncated_png_and_jpeg_are_image_truncated(tmp_path, suffix):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     report = check_dataset(_write_coco(tmp_path, [{"id": 1, "file_name": path.name, "width": 96, "height": 96}]))
     assert _codes(report) == {"image_truncated"}
+
+
+def test_jpeg_with_data_after_its_end_marker_is_complete(tmp_path):
+    """A phone's motion photo appends a video after the JPEG's FF D9; a cut JPEG whose comment holds
+    FF D9 bytes is still truncated (the search starts at the scan data)."""
+    from PIL import Image
+
+    from cl_detect.data._doctor_images import inspect_image
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), np.uint8))
+    noise.save(tmp_path / "full.jpg", comment=b"\xff\xd9" * 8)
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "motion.jpg").write_bytes(data + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    assert inspect_image(tmp_path / "motion.jpg").problem is None
+    assert inspect_image(tmp_path / "cut.jpg").problem == "image_truncated"
+
+
+@pytest.mark.parametrize("suffix", [".ico", ".tga"])
+def test_formats_opencv_has_no_decoder_for_are_unreadable(tmp_path, suffix):
+    """Pillow opens ICO and TGA; cv2.imread (training, evaluation, predict) cannot."""
+    from cl_detect.data._doctor_images import inspect_image
+
+    _noise_image(tmp_path / f"x{suffix}", 32, 32)
+    check = inspect_image(tmp_path / f"x{suffix}")
+    assert check.problem == "image_unreadable" and "OpenCV" in check.detail
+
+
+def test_pillows_decompression_bomb_limit_gives_way_to_opencvs(tmp_path, monkeypatch):
+    """An aerial image over Pillow's limit (179 M pixels) that OpenCV reads (up to 2**30) is fine;
+    over OpenCV's limit it is unreadable. Both limits are shrunk here to keep the image small."""
+    from PIL import Image
+
+    from cl_detect.data._doctor_images import inspect_image
+    from cl_detect.data.readers import _common
+    _noise_image(tmp_path / "aerial.png", 60, 40)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses over 2000 pixels
+    assert inspect_image(tmp_path / "aerial.png").problem is None
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored for the user's own Pillow calls
+    monkeypatch.setattr(_common, "OPENCV_MAX_PIXELS", 2000)
+    assert inspect_image(tmp_path / "aerial.png").problem == "image_unreadable"
 
 
 def test_prompt_files_with_byte_order_mark(tmp_path):

@@ -2,6 +2,8 @@
 
 Sizes are compared in the displayed frame (EXIF rotation applied), because
 that is what `cv2.imread` gives the training path and what COCO annotates.
+Pillow opens the files (cheap, header only); an image counts as readable when
+OpenCV, which training, evaluation and predict decode with, can read it too.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import NamedTuple
 import cv2
 from PIL import Image
 
-from cl_detect.data.readers._common import oriented_sizes
+from cl_detect.data.readers._common import opencv_pixel_limit, oriented_sizes
 from cl_detect.data.records import DetectionDataset
 
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -36,11 +38,36 @@ class ImageCheck(NamedTuple):
     displayed: tuple[int, int] | None
 
 
+def _scan_start(handle) -> int:
+    """Offset of a JPEG's first entropy-coded scan: the marker segments before it (EXIF with its
+    thumbnail, comments) may hold FF D9 bytes of their own, so they are skipped by their lengths."""
+    position = 2  # after SOI
+    while True:
+        handle.seek(position)
+        marker = handle.read(4)
+        if len(marker) < 4 or marker[0] != 0xFF:
+            return position  # no marker where one belongs: search the rest
+        if marker[1] == 0xFF:  # a fill byte before the marker
+            position += 1
+            continue
+        position += 2 + int.from_bytes(marker[2:4], "big")
+        if marker[1] == 0xDA:  # SOS: its header is done, the scan data starts
+            return position
+
+
 def _jpeg_is_complete(path: Path) -> bool:
-    """A JPEG ends with the EOI marker FF D9 (some writers append a few padding bytes)."""
+    """The JPEG's scan data reaches the EOI marker FF D9.
+
+    Usually the file ends with it (some writers append a few padding bytes); phone photos may
+    carry data after it (a motion photo's video, a Samsung trailer), so the scan data is then
+    searched (byte stuffing keeps FF D9 out of the entropy-coded data).
+    """
     with open(path, "rb") as handle:
         handle.seek(0, 2)
         handle.seek(max(0, handle.tell() - 64))
+        if b"\xff\xd9" in handle.read():
+            return True
+        handle.seek(_scan_start(handle))
         return b"\xff\xd9" in handle.read()
 
 
@@ -49,9 +76,9 @@ def inspect_image(path: Path) -> ImageCheck:
     if not path.is_file():
         return ImageCheck("image_missing", "the file does not exist", None, None)
     try:
-        with Image.open(path) as image:
+        with opencv_pixel_limit(), Image.open(path) as image:
             image.verify()  # must come right after open (Pillow refuses it once e.g. PNG chunks were read)
-        with Image.open(path) as image:
+        with opencv_pixel_limit(), Image.open(path) as image:
             stored, displayed = oriented_sizes(image)
             if path.suffix.lower() not in _JPEG_SUFFIXES:
                 # verify() does not decode; for non-JPEG formats decoding is the only tail check
@@ -65,6 +92,9 @@ def inspect_image(path: Path) -> ImageCheck:
         return ImageCheck(code, f"{type(error).__name__}: {error}", None, None)
     except Exception as error:  # PIL raises assorted types (SyntaxError, ValueError) on corrupt headers
         return ImageCheck("image_unreadable", f"{type(error).__name__}: {error}", None, None)
+    if not cv2.haveImageReader(str(path)):  # reads the signature only
+        return ImageCheck("image_unreadable", f"Pillow opens this {image.format} image but OpenCV, which training "
+                          "and evaluation read images with, has no decoder for its format", stored, displayed)
     if path.suffix.lower() in _OPENCV_CHECKED_SUFFIXES and cv2.imread(str(path), cv2.IMREAD_COLOR) is None:
         return ImageCheck("image_unreadable", f"Pillow opens this {image.mode} image but OpenCV, which training "
                           "and evaluation read images with, cannot decode it", stored, displayed)

@@ -1,8 +1,11 @@
 """Helpers shared by the readers: cheap image sizes, json loading, merging splits."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
+import warnings
 
 from PIL import Image
 
@@ -12,6 +15,40 @@ from cl_detect.data.records import DetectionDataset
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # EXIF orientations 5-8 rotate by 90 degrees: the decoded image has width and height swapped
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+# cv2.imread, which training, evaluation and predict decode with, reads images of up to this many
+# pixels (its default, or the environment's setting)
+OPENCV_MAX_PIXELS = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 2**30))
+
+
+@contextlib.contextmanager
+def opencv_pixel_limit():
+    """Within it Pillow opens every image `cv2.imread` reads: its decompression-bomb check refuses
+    more than 2 * Image.MAX_IMAGE_PIXELS (179 M pixels by default), which large aerial or scanned
+    images exceed, so that limit is moved to OpenCV's (and restored after; not thread-safe)."""
+    default = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = OPENCV_MAX_PIXELS // 2  # Pillow raises above twice this
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = default
+
+
+def opencv_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8; 1 = none) that `cv2.imread` applies to an image open in Pillow.
+
+    OpenCV reads it from the EXIF block only (JPEG APP1, PNG eXIf, WebP EXIF, TIFF tags). Pillow's
+    `getexif()` also takes it from XMP metadata and from a PNG's "Raw profile type exif" text, as
+    ImageMagick writes it; OpenCV ignores both and loads such an image as stored.
+    """
+    exif = image.getexif()  # for a PNG this also reads an eXIf chunk that follows the pixel data
+    if image.format == "TIFF":
+        return exif.get(0x0112, 1)
+    block = Image.Exif()
+    if image.info.get("exif"):
+        block.load(image.info["exif"])
+    return block.get(0x0112, 1)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -20,17 +57,18 @@ def image_size(path: str | Path) -> tuple[int, int]:
     Raises:
         FileNotFoundError / OSError when the file is missing or not an image.
     """
-    with Image.open(path) as image:
+    with opencv_pixel_limit(), Image.open(path) as image:
         return oriented_sizes(image)[1]
 
 
 def oriented_sizes(image: Image.Image) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(stored, displayed) (width, height) of an open image; an EXIF orientation of 5-8 swaps them.
+    """(stored, displayed) (width, height) of an open image; an EXIF orientation of 5-8 swaps them
+    (the orientation `cv2.imread` applies: `opencv_orientation`).
 
     Pillow's TIFF reader reports the displayed size already, its other readers the stored one.
     """
     size = image.size
-    if image.getexif().get(0x0112, 1) not in _TRANSPOSED_ORIENTATIONS:
+    if opencv_orientation(image) not in _TRANSPOSED_ORIENTATIONS:
         return size, size
     swapped = (size[1], size[0])
     return (swapped, size) if image.format == "TIFF" else (size, swapped)
