@@ -135,3 +135,32 @@ def test_detections_on_unknown_images_or_with_bad_boxes_are_refused(case, tmp_pa
     five_numbers = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20, 1], "score": 0.9}]
     with pytest.raises(ValueError, match=r"dets\.json: COCO results entry 0 has bbox .*not 4 numbers"):
         detections_from_coco(five_numbers, dataset.vocabulary, "dets.json")
+
+
+def test_a_detections_file_cut_short_is_named(case, tmp_path, capsys):
+    # json's bare "Expecting ',' delimiter: line 1 column 49" named no file
+    gt_path = write_coco_json(case[0], tmp_path / "gt.json", tmp_path)
+    dets_path = tmp_path / "dets.json"
+    dets_path.write_text('[{"image_id": 1, "category_id": 1, "bbox": [0, 0')
+    assert main(["analyze", "--gt", str(gt_path), "--dets", str(dets_path), "--out", str(tmp_path / "out")]) == 2
+    assert f"{dets_path}: not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("iou", [0.0, 1.5, float("nan")])
+def test_an_iou_threshold_outside_0_1_is_refused(case, tmp_path, iou):
+    # at 0 every same-class detection anywhere in the image "found" an object; above 1 nothing did
+    with pytest.raises(ValueError, match=r"iou_threshold \(--iou\) .* is outside \(0, 1\]"):
+        analyze(*case, tmp_path / "out", iou_threshold=iou)
+    with pytest.raises(ValueError, match="outside"):
+        missed_by_size(*case, iou_threshold=iou)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_class_name_holding_nan_survives_in_the_report(tmp_path):
+    # NaN was written as null by replacing the text "NaN", which also turned "NaN bread" into "null bread"
+    record = DetectionRecord(str(tmp_path / "a.jpg"), 200, 200, [[0, 0, 20, 20]], [0], image_id=1)
+    dataset = DetectionDataset([record], Vocabulary(("NaN bread", "dog")), source="nan", image_root=str(tmp_path))
+    analyze(dataset, [], tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert report["confusion_rows"][0] == "NaN bread" and report["ap"]["large"] is None
+    assert report["missed_by_size"]["large"]["missed_fraction"] is None

@@ -52,3 +52,48 @@ def test_dollar_signs_in_names_are_drawn_as_text_not_math(tmp_path):
     runs = [result_dict(method, 0, (0.3, 0.7), 0.2, protocol="price $^$ set") for method in ("a$b$", "lora")]
     written = plot_all(load_results(write_results(tmp_path / "runs", runs)), tmp_path / "fig")
     assert len(written) == 4 and all(path.read_bytes().startswith(b"\x89PNG") for path in written)
+
+
+def test_wise_points_read_only_ap_rows(tmp_path):
+    # rows are typed by `metric`: an AP50 sweep row of the same set overwrote the AP one
+    run = result_dict("wise", 0, (0.3, 0.7), 0.2, wise={0.5: (0.45, 0.5, 0.49)})
+    run["rows"] += [{**row, "metric": "AP50", "value": 0.99} for row in run["rows"]]
+    assert load_results(write_results(tmp_path, [run]))[0].wise_points() == [(0.5, 0.475, 0.98)]
+
+
+def test_wise_alphas_that_differ_across_seeds_are_named(tmp_path, caplog):
+    # seeds swept on other grids: the curve silently lost every alpha (empty intersection)
+    runs = [result_dict("wise", 0, (0.3, 0.7), 0.2, wise={0.0: (0.1, 0.1, 0.5), 0.5: (0.3, 0.3, 0.3)}),
+            result_dict("wise", 1, (0.3, 0.7), 0.2, wise={0.25: (0.1, 0.1, 0.5)})]
+    with caplog.at_level("WARNING", logger="cl_detect.bench.plot"):
+        plot_all(load_results(write_results(tmp_path / "runs", runs)), tmp_path / "fig")
+    assert "seed 0: [0.0, 0.5], seed 1: [0.25]" in caplog.text and "no curve is drawn" in caplog.text
+
+
+def test_no_pareto_figure_when_no_method_has_a_retention_ratio(tmp_path, caplog):
+    # every base AP 0: each point was NaN and an empty figure was written as if it were a result
+    runs = [result_dict("finetune", seed, (0.3, 0.7), 0.2) for seed in range(2)]
+    for run in runs:
+        run["retention_matrix"][0][0] = 0.0
+    with caplog.at_level("WARNING", logger="cl_detect.bench.plot"):
+        written = plot_all(load_results(write_results(tmp_path / "runs", runs)), tmp_path / "fig")
+    assert sorted(p.name for p in written) == ["synthetic_finetune_accuracy.png", "synthetic_task_curves.png"]
+    assert "no method has a retention ratio" in caplog.text
+
+
+def test_every_method_keeps_its_own_colour_past_ten_methods(tmp_path, monkeypatch):
+    # tab10 cycled: with 13 methods ewc and wise, finetune and zeroshot were drawn alike in both figures
+    import cl_detect.bench.plot as plot_module
+    looks = {}
+
+    def record(fig, path):
+        if path.name.endswith("_task_curves.png"):
+            looks["curves"] = {(line.get_label(), line.get_color(), line.get_marker(), str(line.get_linestyle()))
+                               for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+        plot_module.plt.close(fig)
+        return path
+
+    monkeypatch.setattr(plot_module, "_save", record)
+    runs = [result_dict(f"m{index:02d}", 0, (0.3, 0.7), 0.2) for index in range(13)]
+    plot_all(load_results(write_results(tmp_path / "runs", runs)), tmp_path / "fig")
+    assert len(looks["curves"]) == 13 and len({look[1:] for look in looks["curves"]}) == 13

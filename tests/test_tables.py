@@ -174,6 +174,16 @@ def test_runs_of_one_protocol_over_other_data_are_refused(tmp_path):
     assert len(load_results(write_results(tmp_path / "older", [old, new]))) == 2
 
 
+def test_runs_of_one_protocol_scored_at_other_image_sizes_are_refused(tmp_path):
+    # seeds scored at 320 and at 640 px were averaged into one row without a word
+    small, large = result_dict("lora", 0, (0.3, 0.7), 0.2), result_dict("lora", 1, (0.3, 0.7), 0.2)
+    small["config"], large["config"] = {"eval": {"image_size": 320}}, {"eval": {"image_size": 640}}
+    with pytest.raises(ResultError, match=r"lora_1\.json are both protocol 'synthetic' .*image_size 320 vs 640"):
+        load_results(write_results(tmp_path, [small, large]))
+    large["config"] = {}  # not recorded: nothing to compare
+    assert len(load_results(write_results(tmp_path / "older", [small, large]))) == 2
+
+
 def test_runs_of_one_protocol_over_other_retention_sets_are_refused(tmp_path):
     wider = result_dict("lora", 0, (0.3, 0.7), 0.2)
     wider["retention_sets"] = wider["retention_sets"] + ["lvis"]
@@ -251,3 +261,38 @@ def test_a_measured_zero_stays_zero_and_a_missing_measurement_is_nan(tmp_path):
     first, second = load_results(write_results(tmp_path, [timed, untimed]))
     assert (first.wall_time_s, first.peak_memory_mb) == (0.0, 0.0)
     assert math.isnan(second.wall_time_s) and math.isnan(second.peak_memory_mb)
+
+
+def test_a_value_that_rounds_to_zero_is_never_shown_as_minus_zero(tmp_path):
+    # forgetting -0.04 points (final AP a hair above the best earlier one) read "-0.0", in LaTeX "$-$0.0"
+    results = [result_dict("finetune", s, (0.6004, 0.70), 0.4) for s in range(3)]
+    loaded = load_results(write_results(tmp_path, results))
+    row = _md_row(format_table(loaded, "md"), "finetune")
+    header = _md_row(format_table(loaded, "md"), "Method")
+    assert row[header.index("F")] == "0.0 ± 0.0 [0.0, 0.0]" and row[header.index("BWT")].startswith("0.0 ±")
+    latex_row = next(line for line in format_table(loaded, "latex").splitlines() if line.startswith("finetune &"))
+    assert "$-$0.0" not in latex_row
+
+
+def test_names_with_line_breaks_stay_on_one_table_line(tmp_path):
+    # a line break in a label split the markdown row in two and ended the LaTeX comment of a failed run
+    runs = [result_dict("lora\nr=8", 0, (0.3, 0.7), 0.2), result_dict("lora\nr=8", 1, (0, 0), 0, status="failed",
+                                                                      error="ValueError: bad")]
+    (tmp_path / "a").mkdir()
+    for index, run in enumerate(runs):
+        (tmp_path / "a" / f"{index}.json").write_text(json.dumps(run))
+    results = load_results([tmp_path / "a"])
+    assert "| lora r=8 | 1 |" in format_table(results, "md") and "- lora r=8 (seed 1)" in format_table(results, "md")
+    latex = format_table(results, "latex").splitlines()
+    assert any(line.startswith("lora r=8 & 1 &") for line in latex)
+    assert "% failed run (not averaged): lora r=8 seed 1: ValueError: bad" in latex
+
+
+def test_protocols_whose_names_read_alike_get_their_own_latex_labels(tmp_path):
+    # both were \label{tab:odinw-mini}: every \ref pointed at the last table
+    runs = [result_dict("finetune", 0, (0.3, 0.7), 0.2, protocol=name) for name in ("odinw mini", "odinw_mini")]
+    (tmp_path / "a").mkdir()
+    for index, run in enumerate(runs):
+        (tmp_path / "a" / f"{index}.json").write_text(json.dumps(run))
+    latex = format_table(load_results([tmp_path / "a"]), "latex")
+    assert "\\label{tab:odinw-mini}" in latex and "\\label{tab:odinw-mini-2}" in latex

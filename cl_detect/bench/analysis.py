@@ -21,6 +21,7 @@ returns them; `detections_from_coco` converts a COCO results list.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -110,6 +111,13 @@ def detections_from_coco(results: Sequence[dict], vocabulary: Vocabulary,
     return detections
 
 
+def _check_iou_threshold(iou_threshold: float) -> None:
+    """Refuse an IoU threshold outside (0, 1]: at 0 any detection anywhere in the image finds an object,
+    above 1 none does, and the report would show those counts as if they were measured."""
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold (--iou) {iou_threshold} is outside (0, 1]; give one such as 0.5")
+
+
 def _kept(detections: Sequence[dict], score_threshold: float) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     kept = {}
     for item in detections:
@@ -132,6 +140,7 @@ def missed_by_size(dataset: DetectionDataset, detections: Sequence[dict], score_
     Returns:
         bucket -> {"objects", "missed", "missed_fraction"}.
     """
+    _check_iou_threshold(iou_threshold)
     kept = _kept(detections, score_threshold)
     objects, missed = np.zeros(3, np.int64), np.zeros(3, np.int64)
     empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
@@ -167,6 +176,7 @@ def confusion_matrix(dataset: DetectionDataset, detections: Sequence[dict], scor
         score_threshold: detections below it are ignored.
         iou_threshold: overlap that pairs a detection with a ground-truth box.
     """
+    _check_iou_threshold(iou_threshold)
     num_classes = len(dataset.vocabulary)
     matrix = np.zeros((num_classes + 1, num_classes + 1), np.int64)
     kept = _kept(detections, score_threshold)
@@ -229,6 +239,14 @@ def plot_size_breakdown(ap: dict[str, float], missed: dict[str, dict[str, float]
     return Path(path)
 
 
+def _nan_to_null(value):
+    if isinstance(value, dict):
+        return {key: _nan_to_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_null(item) for item in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def analyze(dataset: DetectionDataset, detections: Sequence[dict], out_dir: str | Path,
             score_threshold: float = 0.3, iou_threshold: float = 0.5) -> dict:
     """Write size_breakdown.png, confusion_matrix.png and analysis.json into `out_dir`.
@@ -242,6 +260,7 @@ def analyze(dataset: DetectionDataset, detections: Sequence[dict], out_dir: str 
     Returns:
         The analysis: AP and missed objects by size, the confusion matrix and its labels.
     """
+    _check_iou_threshold(iou_threshold)
     # as `cl-detect eval` refuses them: dropping detections on unknown images would report a wrong AP
     check_ids(to_columns(detections, dataset.vocabulary), (r.image_id for r in dataset.records),
               dataset.vocabulary.category_ids)
@@ -256,7 +275,7 @@ def analyze(dataset: DetectionDataset, detections: Sequence[dict], out_dir: str 
     report = {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "ap": ap,
               "missed_by_size": missed, "confusion_rows": names + ["background"],
               "confusion_columns": names + ["missed"], "confusion_matrix": matrix.tolist()}
-    # NaN is not JSON; an empty bucket is written as null
-    text = json.dumps(report, indent=1, default=float).replace("NaN", "null")
+    # NaN is not JSON; an empty bucket is written as null (replacing the text "NaN" also hit class names)
+    text = json.dumps(_nan_to_null(report), indent=1, default=float, allow_nan=False)
     (out_dir / "analysis.json").write_text(text + "\n")
     return report

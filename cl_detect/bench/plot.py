@@ -6,8 +6,9 @@
 - `<protocol>_pareto.png`: retention vs in-domain Pareto scatter, one point per
   method (x = in-domain Avg, y = mean retention ratio over the retention sets,
   error bars = std over seeds); methods with WiSE sweep rows (`wise_alpha`)
-  also get the curve of their interpolation weights. Written only for
-  protocols with retention sets.
+  also get the curve of the interpolation weights every seed swept (a
+  warning names the seeds whose weights differ). Written only for protocols
+  where some method has a retention ratio.
 - `<protocol>_task_curves.png`: per task, its AP after every step of the
   sequence (step 0 = base model), one line per method, band = ± std.
 Failed runs are left out of every figure. A protocol or method name with
@@ -17,6 +18,7 @@ by `_` and a 6-hex hash of the name appended, so names never share a file.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -29,6 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cl_detect.bench.results import RunResult  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 
 def _slug(text: str) -> str:
@@ -49,6 +53,15 @@ def _nan_stats(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         warnings.simplefilter("ignore", RuntimeWarning)
         std = np.nanstd(stack, axis=0, ddof=1) if len(stack) > 1 else np.zeros(stack.shape[1:])
         return np.nanmean(stack, axis=0), np.nan_to_num(std)
+
+
+def _styles(methods) -> dict[str, dict]:
+    """Colour, marker and line style per method, the same in every figure of a protocol. tab10 has ten
+    colours (13 methods drew ewc and wise, finetune and zeroshot alike): methods 11-20 take the light
+    shades of tab20 (whose dark shades are tab10's) and another marker and line style."""
+    colors, markers, lines = plt.get_cmap("tab20"), "osD^v", ("-", "--", "-.", ":", (0, (5, 1)))
+    return {method: {"color": colors(2 * (index % 10) + index // 10 % 2), "marker": markers[index // 10 % 5],
+                     "linestyle": lines[index // 10 % 5]} for index, method in enumerate(methods)}
 
 
 def _by_protocol_method(results: Sequence[RunResult]) -> dict[tuple[str, str], list[RunResult]]:
@@ -104,6 +117,19 @@ def _mean_retention(summary: dict, sets: list[str]) -> float:
     return float(np.mean(ratios)) if ratios else np.nan
 
 
+def _common_alphas(protocol: str, method: str, runs: list[RunResult]) -> list[float]:
+    """The WiSE weights every seed with a sweep swept (the curve averages over those seeds); says which
+    seeds or weights are left out rather than drawing a curve of fewer seeds, or none, unannounced."""
+    alphas_of = {r.seed: sorted({a for a, _, _ in r.wise_points()}) for r in runs}
+    common = sorted(set.intersection(*(set(alphas) for alphas in alphas_of.values() if alphas)))
+    if any(alphas != common for alphas in alphas_of.values()):
+        swept = ", ".join(f"seed {seed}: {alphas or 'none'}" for seed, alphas in alphas_of.items())
+        logger.warning("%s / %s: the seeds swept other WiSE alphas (%s); the Pareto curve shows the alphas every "
+                       "seed with a sweep has, averaged over those seeds: %s. Run every seed with the same alphas "
+                       "to draw them all", protocol, method, swept, common or "none, so no curve is drawn")
+    return common
+
+
 def plot_pareto(results: Sequence[RunResult], out_dir: str | Path) -> list[Path]:
     """Retention-vs-in-domain scatter per protocol, with WiSE sweeps as curves.
 
@@ -112,7 +138,7 @@ def plot_pareto(results: Sequence[RunResult], out_dir: str | Path) -> list[Path]
         out_dir: folder for the PNG files.
 
     Returns:
-        The written files (none for protocols without retention sets).
+        The written files (none for protocols without retention sets or without any retention ratio).
     """
     out_dir = Path(out_dir)
     groups = _by_protocol_method(results)
@@ -122,19 +148,19 @@ def plot_pareto(results: Sequence[RunResult], out_dir: str | Path) -> list[Path]
         if not any(r.retention_sets for runs in methods.values() for r in runs):
             continue
         fig, ax = plt.subplots(figsize=(6, 4.5))
-        colors = plt.get_cmap("tab10")
-        for index, (method, runs) in enumerate(methods.items()):
-            color = colors(index % 10)
+        styles = _styles(methods)
+        for method, runs in methods.items():
+            color, marker = styles[method]["color"], styles[method]["marker"]
             points = np.array([(r.summary()["in_domain_avg"], _mean_retention(r.summary(), r.retention_sets))
                                for r in runs]) * 100
             mean, std = _nan_stats(points)
             if np.isfinite(mean).all():
-                ax.errorbar(mean[0], mean[1], xerr=std[0], yerr=std[1], fmt="o", color=color, capsize=3,
+                ax.errorbar(mean[0], mean[1], xerr=std[0], yerr=std[1], fmt=marker, color=color, capsize=3,
                             label=_label(method))
                 ax.annotate(_label(method), (mean[0], mean[1]), textcoords="offset points", xytext=(4, 4),
                             fontsize=7)
             sweeps = [r.wise_points() for r in runs if r.wise_points()]
-            alphas = sorted(set.intersection(*(set(a for a, _, _ in s) for s in sweeps))) if sweeps else []
+            alphas = _common_alphas(protocol, method, runs) if sweeps else []
             if alphas:
                 curve = np.array([[np.mean([x for a, x, _ in s if a == alpha]) for s in sweeps] for alpha in alphas])
                 ratio = np.array([[np.mean([y for a, _, y in s if a == alpha]) for s in sweeps] for alpha in alphas])
@@ -143,6 +169,11 @@ def plot_pareto(results: Sequence[RunResult], out_dir: str | Path) -> list[Path]
                 for alpha, x, y in zip(alphas, xs, ys):
                     ax.annotate(f"{alpha:g}", (x, y), textcoords="offset points", xytext=(3, -8), fontsize=6,
                                 color=color)
+        if not ax.has_data():  # an empty figure (and matplotlib's "no artists" warning) would pass for a result
+            plt.close(fig)
+            logger.warning("%s: no method has a retention ratio (base AP 0 or not applicable on every retention "
+                           "set), so no Pareto figure is written", protocol)
+            continue
         ax.set_xlabel("in-domain Avg AP (%)")
         ax.set_ylabel("retention ratio, mean over retention sets (%)")
         ax.set_title(f"{_label(protocol)}: retention vs in-domain (upper right is better)", fontsize=9)
@@ -170,11 +201,12 @@ def plot_task_curves(results: Sequence[RunResult], out_dir: str | Path) -> list[
         tasks = next(iter(methods.values()))[0].tasks
         steps = np.arange(len(tasks) + 1)
         fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), sharey=True, squeeze=False)
+        styles = _styles(methods)
         for method, runs in methods.items():
             mean, std = _nan_stats(np.stack([r.accuracy for r in runs]) * 100)
             for j, ax in enumerate(axes[0]):
-                line, = ax.plot(steps, mean[:, j], marker="o", markersize=3, label=_label(method))
-                ax.fill_between(steps, mean[:, j] - std[:, j], mean[:, j] + std[:, j], color=line.get_color(),
+                ax.plot(steps, mean[:, j], markersize=3, label=_label(method), **styles[method])
+                ax.fill_between(steps, mean[:, j] - std[:, j], mean[:, j] + std[:, j], color=styles[method]["color"],
                                 alpha=0.15)
         for j, ax in enumerate(axes[0]):
             ax.axvline(j + 1, color="grey", linestyle=":", linewidth=1)  # the step that trains this task
@@ -183,7 +215,7 @@ def plot_task_curves(results: Sequence[RunResult], out_dir: str | Path) -> list[
             ax.set_xlabel("after step")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("AP (%)")
-        axes[0][-1].legend(fontsize=7, loc="best")
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: inside, it hid lines
         fig.suptitle(f"{_label(protocol)}: per-task AP over the sequence", fontsize=10)
         written.append(_save(fig, out_dir / f"{_slug(protocol)}_task_curves.png"))
     return written

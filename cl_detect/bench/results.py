@@ -95,14 +95,14 @@ class RunResult:
     def wise_points(self) -> list[tuple[float, float, float]]:
         """(alpha, in-domain Avg, mean retention ratio) per WiSE interpolation weight.
 
-        Read from rows carrying `wise_alpha` that were evaluated after the last
-        task; the ratio divides by the base model's AP (retention row 0).
+        Read from the AP rows carrying `wise_alpha` that were evaluated after the
+        last task; the ratio divides by the base model's AP (retention row 0).
         """
         last = self.tasks[-1] if self.tasks else None
         by_alpha: dict[float, dict[str, float]] = {}
         for row in self.rows:
-            if row.get("wise_alpha") is None or row.get("train_task") != last:
-                continue
+            if row.get("wise_alpha") is None or row.get("train_task") != last or row.get("metric", "AP") != "AP":
+                continue  # rows are typed: an AP50 row of the same set must not overwrite its AP
             by_alpha.setdefault(float(row["wise_alpha"]), {})[row["eval_set"]] = float(row["value"])
         points = []
         for alpha, values in sorted(by_alpha.items()):
@@ -270,10 +270,18 @@ def load_results(paths: Sequence[str | Path]) -> list[RunResult]:
     return sorted(results, key=lambda r: (r.protocol, r.method, r.seed))
 
 
+def _eval_image_size(result: RunResult):
+    """The image size the run was scored at, from its saved config; None when not recorded."""
+    config = result.data.get("config")
+    scoring = config.get("eval") if isinstance(config, dict) else None
+    return scoring.get("image_size") if isinstance(scoring, dict) else None
+
+
 def check_comparable(results: Sequence[RunResult]) -> None:
     """Refuse what would skew a table: two files for one (protocol, method, seed) (one seed counted
     twice), and runs of one protocol name over different task lists or retention sets (matrices of
-    other shapes, or of other columns), or over other data (`data_fingerprint`, when both record one).
+    other shapes, or of other columns), over other data (`data_fingerprint`, when both record one),
+    or scored at another image size (`config.eval.image_size`, when both record one).
 
     Raises:
         ResultError: naming both files and the fix.
@@ -295,6 +303,12 @@ def check_comparable(results: Sequence[RunResult]) -> None:
                               f"made with other data or prompts (data fingerprints {sorted(fingerprints)}: another "
                               f"split, image subset or prompt list); give the protocol versions different names, "
                               f"or table them separately")
+        sizes = {_eval_image_size(first), _eval_image_size(result)}
+        if None not in sizes and len(sizes) == 2:
+            raise ResultError(f"{first.source} and {result.source} are both protocol {result.protocol!r} but were "
+                              f"scored at other image sizes (eval.image_size {_eval_image_size(first)} vs "
+                              f"{_eval_image_size(result)}), so their APs do not compare; give the protocol versions "
+                              f"different names, or table them separately")
         for what in ("tasks", "retention_sets"):
             if getattr(result, what) != getattr(first, what):
                 raise ResultError(f"{first.source} and {result.source} are both protocol {result.protocol!r} but "

@@ -136,6 +136,7 @@ def _best(column: Column, rows: list[MethodRow]) -> float | None:
 def _number(column: Column, value: float, fmt: str = "md") -> str:
     if column.kind == "percent":
         text = f"{value * 100:.1f}"
+        text = "0.0" if text == "-0.0" else text  # a tiny negative (BWT -0.0004) is zero at this precision
         return text.replace("-", "$-$") if fmt == "latex" else text  # a minus sign, not a hyphen
     if column.kind == "params":
         for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -164,9 +165,10 @@ def _cell(column: Column, stat: Stat, best: float | None, fmt: str, seeds: int) 
     return text + fewer
 
 
-# text-mode LaTeX for every character that is a command or (in the default OT1 font) another glyph
+# text-mode LaTeX for every character that is a command or (in the default OT1 font) another glyph;
+# a line break would end a comment line or, doubled, a paragraph inside the tabular
 _LATEX_SPECIAL = {"\\": "\\textbackslash{}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",
-                  "|": "\\textbar{}", "<": "\\textless{}", ">": "\\textgreater{}",
+                  "|": "\\textbar{}", "<": "\\textless{}", ">": "\\textgreater{}", "\n": " ", "\r": " ",
                   **{char: "\\" + char for char in "&%$#_{}"}}
 
 
@@ -174,19 +176,29 @@ def _latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
 
 
-def _latex_label(text: str) -> str:
-    """A \\label key: letters, digits and dashes only (`%` would comment out the brace, `#` is an error)."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-") or "protocol"
+def _latex_labels(protocols: Sequence[str]) -> dict[str, str]:
+    """A \\label key per protocol: letters, digits and dashes only (`%` would comment out the brace, `#` is
+    an error), numbered where two names give one key ("odinw mini", "odinw_mini"): a key defined twice
+    makes every \\ref to it point at the last table."""
+    labels: dict[str, str] = {}
+    for protocol in protocols:
+        base = re.sub(r"[^A-Za-z0-9]+", "-", protocol).strip("-") or "protocol"
+        label, number = base, 1
+        while label in labels.values():
+            number += 1
+            label = f"{base}-{number}"
+        labels[protocol] = label
+    return labels
 
 
 def _markdown_escape(text: str) -> str:
-    return text.replace("|", "\\|")  # a bare pipe splits the cell
+    return re.sub(r"[\r\n]+", " ", text).replace("|", "\\|")  # a bare pipe splits the cell, a line break the row
 
 
 def _markdown(protocol: str, columns: list[Column], rows: list[MethodRow], failed: list[RunResult]) -> str:
     best = {c.key: _best(c, rows) for c in columns}
     header = ["Method", "n"] + [_markdown_escape(c.header) for c in columns]
-    lines = [f"### {protocol}", "", "| " + " | ".join(header) + " |",
+    lines = [f"### {_markdown_escape(protocol)}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
         cells = [_markdown_escape(row.method), str(len(row.seeds))]
@@ -196,18 +208,18 @@ def _markdown(protocol: str, columns: list[Column], rows: list[MethodRow], faile
               "(n=k): only k seeds define the value; bold = best; – = undefined or not applicable."]
     if failed:
         lines += ["", "Failed runs (not averaged):"]
-        lines += [f"- {r.method} (seed {r.seed}): {r.error_line}" for r in failed]
+        lines += [f"- {_markdown_escape(r.method)} (seed {r.seed}): {r.error_line}" for r in failed]
     return "\n".join(lines)
 
 
-def _latex(protocol: str, columns: list[Column], rows: list[MethodRow], failed: list[RunResult]) -> str:
+def _latex(protocol: str, columns: list[Column], rows: list[MethodRow], failed: list[RunResult], label: str) -> str:
     best = {c.key: _best(c, rows) for c in columns}
     arrows = {"high": " $\\uparrow$", "low": " $\\downarrow$", None: ""}
     header = ["Method", "$n$"] + [_latex_escape(c.header) + arrows[c.better] for c in columns]
     lines = ["\\begin{table}[t]", "\\centering", "\\small",
              f"\\caption{{Continual fine-tuning on {_latex_escape(protocol)}: mean $\\pm$ std over seeds "
              f"(95\\% t-interval when $n \\geq 3$); AP, F, BWT and R in \\%.}}",
-             f"\\label{{tab:{_latex_label(protocol)}}}",
+             f"\\label{{tab:{label}}}",
              "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", "\\toprule",
              " & ".join(header) + " \\\\", "\\midrule"]
     for row in rows:
@@ -216,7 +228,7 @@ def _latex(protocol: str, columns: list[Column], rows: list[MethodRow], failed: 
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     # failed runs stay visible to the author without ending up in the paper
-    lines += [f"% failed run (not averaged): {r.method} seed {r.seed}: {r.error_line}" for r in failed]
+    lines += [f"% failed run (not averaged): {_latex_escape(r.method)} seed {r.seed}: {r.error_line}" for r in failed]
     return "\n".join(lines)
 
 
@@ -264,5 +276,7 @@ def format_table(results: Sequence[RunResult], fmt: str = "md") -> str:
     tables = aggregate(results)
     if fmt == "csv":
         return _csv(tables)
-    render = _markdown if fmt == "md" else _latex
-    return "\n\n".join(render(protocol, *parts) for protocol, parts in tables.items()) + "\n"
+    if fmt == "md":
+        return "\n\n".join(_markdown(protocol, *parts) for protocol, parts in tables.items()) + "\n"
+    labels = _latex_labels(list(tables))
+    return "\n\n".join(_latex(protocol, *parts, labels[protocol]) for protocol, parts in tables.items()) + "\n"

@@ -30,7 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from cl_detect.data.readers import read_dataset
     try:
         dataset = read_dataset(args.gt)
-        results = json.loads(Path(args.dets).read_text())
+        try:
+            results = json.loads(Path(args.dets).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a bare "Expecting ',' delimiter" named no file
+            raise ValueError(f"{args.dets}: not valid JSON ({err}); write the detections file again "
+                             f"(was it cut short?)") from None
         if not isinstance(results, list):
             raise ValueError(f"{args.dets}: expected a JSON list of COCO detections, got {type(results).__name__}")
         report = analyze(dataset, detections_from_coco(results, dataset.vocabulary, args.dets), args.out,
