@@ -1,9 +1,10 @@
 """Checks shared by every config: unknown keys and wrongly typed values are errors, an input size
-must suit the detector's strides, and a list of class names or prompts must be one distinct,
-non-empty string per class."""
+must suit the detector's strides, a list of class names or prompts must be one distinct,
+non-empty string per class, and synthetic-world settings must be the generator's."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import numbers
 
 
@@ -11,8 +12,9 @@ _SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def check_keys_and_types(config_cls: type, data: dict | None, what: str) -> None:
-    """Raise ValueError naming the keys of `data` that `config_cls` has no field for, or a value
-    whose type a plain `int` / `float` / `bool` / `str` field (optionally `| None`) cannot take.
+    """Raise ValueError when `data` is not a mapping, naming the keys of `data` that `config_cls`
+    has no field for, or a value whose type a plain `int` / `float` / `bool` / `str` field
+    (optionally `| None`) cannot take.
 
     YAML gives `true` for a count or `"1e-3x"` for a rate without complaint; the dataclass would
     take them too and fail (or compare as text) steps later, far from the file.
@@ -22,6 +24,9 @@ def check_keys_and_types(config_cls: type, data: dict | None, what: str) -> None
         data: the mapping (None counts as empty).
         what: how the message names the keys, e.g. "train setting(s)".
     """
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{what.rstrip(':')} must be a mapping (`key: value` lines or {{key: value}}), got "
+                         f"{data!r} ({type(data).__name__})")
     fields = {f.name: f.type for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(data or {}) - set(fields))
     if unknown:
@@ -93,3 +98,19 @@ def check_names(names, where: str, what: str = "prompts", allow_repeats: bool = 
     check_vocabulary(Vocabulary(tuple(names)), f"{where} {what}", add)
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def check_synthetic_world(settings, also: tuple[str, ...] = ()) -> None:
+    """Raise ValueError unless `settings` is a mapping of `write_synthetic_world`'s integer arguments
+    (plus the keys in `also`, e.g. the pretrain config's `path`): a misspelt one would otherwise
+    fail as a TypeError only when the world is written."""
+    from cl_detect.data.synthetic import write_synthetic_world
+    valid = sorted(set(inspect.signature(write_synthetic_world).parameters) - {"out_dir", "spec"})
+    if not isinstance(settings, dict):
+        raise ValueError(f"synthetic_world must be a mapping of {sorted([*valid, *also])}, got {settings!r}")
+    unknown = sorted(set(settings) - set(valid) - set(also))
+    if unknown:
+        raise ValueError(f"unknown synthetic_world setting(s) {unknown}; valid: {sorted([*valid, *also])}")
+    wrong = {key: value for key, value in settings.items() if key in valid and type(value) is not int}
+    if wrong:
+        raise ValueError(f"synthetic_world settings {sorted(wrong)} must be integers, got {wrong}")

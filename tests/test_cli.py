@@ -43,6 +43,8 @@ def test_every_option_is_explained_and_its_default_shown():
     (["run", "p.yaml", "--max-train-images", "0"], "argument --max-train-images: 0 is not a positive integer"),
     (["run", "p.yaml", "--jobs", "0"], "argument --jobs: 0 is not a positive integer"),
     (["run", "p.yaml", "--image-size", "big"], "argument --image-size: 'big' is not an integer"),
+    (["run", "p.yaml", "--image-size", "500"], "argument --image-size: the image size must be a positive multiple "
+                                               "of 32 (the detector's largest stride), got 500; the nearest are 480"),
 ])
 def test_bad_numbers_stop_at_the_parser_naming_the_option(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -92,3 +94,47 @@ def test_python_dash_m_behaves_as_the_script(tmp_path):
     done = subprocess.run([sys.executable, "-m", "cl_detect.cli", "run", str(tmp_path / "missing.yaml")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"datasets": [{"path": "a.json", "fromat": "coco"}]}, "unknown key(s) of datasets entry 0: ['fromat']; valid:"),
+    ({"datasets": ["a.json"]}, "key(s) of datasets entry 0 must be a mapping"),
+    ({"test_sets": [{"path": None}]}, "'path' (key(s) of test_sets entry 0) must be str, got None"),
+    ({"methods": ["finetune"]}, "methods must be a mapping of method name -> options"),
+    ({"methods": {"finetune": {"prts": "head"}}}, "unknown option(s) for method 'finetune': ['prts']"),
+    ({"synthetic_world": {"path": "w", "seeed": 1}}, "unknown synthetic_world setting(s) ['seeed']"),
+    ({"output": "${CL_DETECT_PROBE_UNSET}/m.pt"}, "the environment variable CL_DETECT_PROBE_UNSET is not set"),
+])
+def test_a_misshapen_pretrain_config_is_one_message(change, message, tmp_path, monkeypatch, capsys):
+    """These were TypeError / AttributeError tracebacks, or passed until the data were read (a misspelt
+    method option) or wrote a literal `${VAR}` folder (variables were expanded in dataset paths only)."""
+    import yaml
+
+    monkeypatch.delenv("CL_DETECT_PROBE_UNSET", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"datasets": [{"path": "a.json"}], "output": "m.pt", "out_dir": "o", **change}))
+    assert _console(monkeypatch, ["pretrain", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(config) in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_pretrain_on_a_cuda_device_the_machine_lacks_stops_before_reading_data(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"datasets": [{"path": str(tmp_path / "absent.json")}], "output": "m.pt",
+                                      "out_dir": str(tmp_path / "o"), "train": {"device": "cuda"}}))
+    assert _console(monkeypatch, ["pretrain", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "train.device is 'cuda', but this machine has 0 CUDA device(s)" in err and "absent.json" not in err
+
+
+def test_variables_are_expanded_in_every_pretrain_path(monkeypatch):
+    from cl_detect.engine._pretrain_config import PretrainConfig
+
+    monkeypatch.setenv("CL_DETECT_PROBE_DIR", "/data/x")
+    config = PretrainConfig.from_dict({"datasets": [{"path": "a.json"}], "output": "${CL_DETECT_PROBE_DIR}/m.pt",
+                                       "out_dir": "${CL_DETECT_PROBE_DIR}/run",
+                                       "init_checkpoint": "${CL_DETECT_PROBE_DIR}/init.pt"})
+    assert (config.output, config.out_dir, config.init_checkpoint) == ("/data/x/m.pt", "/data/x/run", "/data/x/init.pt")

@@ -99,6 +99,84 @@ def test_settings_that_would_fail_only_at_run_time_are_errors_when_read(tmp_path
             load_run_config(_write(tmp_path, {**MINIMAL, **extra}))
 
 
+
+def test_misshapen_settings_are_one_message_naming_the_file(tmp_path):
+    # these crashed with AttributeError / TypeError tracebacks, failed only when a run started, or
+    # wrote results outside OUT/<name>/ (a name with '/', '..' or an empty name)
+    cases = [({"method_options": ["finetune"]}, "method_options must be a mapping"),
+             ({"train": None}, r"train must be a mapping .*leave it out to keep the defaults"),
+             ({"base_model": "m.pt"}, "base_model must be a mapping"),
+             ({"base_model": {"checkpont": "m.pt"}},
+              r"unknown base_model key\(s\) \['checkpont'\]; valid: .*checkpoint"),
+             ({"base_model": {"checkpoint": None}}, "'checkpoint' .* must be str, got None"),
+             ({"name": "a/b"}, "protocol name 'a/b' names the results folder"),
+             ({"name": ".."}, "protocol name '..' names the results folder"),
+             ({"methods": "finetune"}, "methods must be a list of method lists.*got 'finetune'"),
+             ({"methods": ["finetun"]}, r"methods: unknown method\(s\) \['finetun'\]"),
+             ({"methods": ["lora+lora"]}, "name a method twice"),
+             ({"synthetic_world": {"seeed": 0}},
+              r"unknown synthetic_world setting\(s\) \['seeed'\]; valid: .*'seed'"),
+             ({"synthetic_world": [0]}, "synthetic_world must be a mapping"),
+             ({"retention": [{"name": "r", "data": []}]}, "retention set 'r': data is empty"),
+             # a negative grad_clip flips every gradient (clip_grad_norm_), a negative lr climbs the loss
+             ({"train": {"grad_clip": -1.0, "lr": -1e-3}}, r"out of range: lr = -0.001 .*grad_clip = -1.0"),
+             ({"train": {"log_every": 0}}, r"out of range: log_every = 0 \(at least 1\)"),
+             ({"base_model": {"checkpoint": "m.pt", "pretrain": {"detecter": "x"}}},
+              r"unknown base_model pretrain setting\(s\)")]
+    for extra, message in cases:
+        with pytest.raises(ValueError, match=rf"p\.yaml: .*{message}"):
+            load_run_config(_write(tmp_path, {**MINIMAL, **extra}))
+
+
+def test_override_files_merge_in_order_and_their_errors_name_them(tmp_path):
+    head, lr = tmp_path / "head.yaml", tmp_path / "lr.yaml"
+    head.write_text("method_options: {finetune: {parts: head}}\ntrain: {epochs: 3}\n")
+    lr.write_text("train: {lr: 0.5}\nseeds: [4]\n")
+    config = load_run_config(_write(tmp_path, {**MINIMAL, "train": {"epochs": 1, "batch_size": 2}}),
+                             defaults_path=None, override_files=[head, lr])
+    assert config.train == {"epochs": 3, "batch_size": 2, "lr": 0.5} and config.seeds == [4]
+    assert config.method_options == {"finetune": {"parts": "head"}}
+    (tmp_path / "list.yaml").write_text("- finetune\n")
+    with pytest.raises(ValueError, match="list.yaml: an override file holds one mapping"):
+        load_run_config(_write(tmp_path, MINIMAL), override_files=[tmp_path / "list.yaml"])
+    (tmp_path / "typo.yaml").write_text("trian: {epochs: 1}\n")
+    with pytest.raises(ValueError, match=r"unknown protocol key\(s\) in .*typo.yaml: \['trian'\]"):
+        load_run_config(_write(tmp_path, MINIMAL), override_files=[tmp_path / "typo.yaml"])
+    (tmp_path / "nested.yaml").write_text("train: {epochz: 1}\n")
+    with pytest.raises(ValueError, match=r"p.yaml \(with .*nested.yaml\): unknown train setting"):
+        load_run_config(_write(tmp_path, MINIMAL), override_files=[tmp_path / "nested.yaml"])
+
+
+def test_compositions_that_cannot_work_fail_before_any_run(tmp_path):
+    config = load_run_config(_write(tmp_path, MINIMAL), defaults_path=None)
+    with pytest.raises(ValueError, match="method list 'lora\\+prompt': lora and prompt each decide"):
+        method_runs(["finetune", "lora+prompt"], config)
+    with pytest.raises(ValueError, match="name a method twice"):
+        method_runs(["lora+distill+lora"], config)
+    assert method_runs(["distill+replay", "mix"], config) == [["distill", "replay"], ["mix"]]
+
+
+def test_a_cuda_device_the_machine_lacks_stops_before_any_data_is_read(tmp_path, monkeypatch):
+    # it stopped every run deep inside torch ("Found no NVIDIA driver"), a traceback, after loading
+    from cl_detect.bench.experiment import run_experiment
+
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    config = load_run_config(_write(tmp_path, {**MINIMAL, "train": {"device": "cuda"}}), defaults_path=None)
+    with pytest.raises(ValueError, match=r"train.device is 'cuda', but this machine has 0 CUDA device\(s\); use 'cpu'"):
+        run_experiment(config, ["finetune"], None, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_label_is_not_given_to_other_methods(tmp_path):
+    # `--override baselines/head_only.yaml --methods zeroshot` wrote a zero-shot run as finetune-head
+    from cl_detect.bench.experiment import run_experiment
+
+    config = load_run_config(_write(tmp_path, {**MINIMAL, "label": "finetune-head", "methods": ["finetune"]}),
+                             defaults_path=None)
+    with pytest.raises(ValueError, match=r"label 'finetune-head' names the run of methods \['finetune'\]"):
+        run_experiment(config, ["zeroshot"], None, tmp_path / "out")
+
+
 def test_method_lists_and_command_line_overrides(tmp_path):
     config = load_run_config(_write(tmp_path, {**MINIMAL, "method_options": {"ewc": {"image_size": 640}},
                                                "train": {"image_size": 640}}), defaults_path=None)

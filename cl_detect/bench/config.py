@@ -2,7 +2,7 @@
 
 A protocol file is merged over `experiments/defaults.yaml` *shallowly*: a
 top-level key of the experiment replaces the default, except that mapping
-values (`train`, `eval`, `method_options`) are merged one level (the
+values (`train`, `eval`, `method_options`, `base_model`) are merged one level (the
 experiment's keys win). There is no inheritance chain, no `_base_`, no
 registry strings. `${VAR}` in any string is read from the environment
 (`${CL_DETECT_SHARED}` falls back to the shared folder beside the checkout,
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from cl_detect._config_keys import check_image_size, check_names, check_keys_and_types
+from cl_detect._config_keys import check_image_size, check_keys_and_types, check_names, check_synthetic_world
 from cl_detect._shared import expand_variables
 from cl_detect._yaml import load_yaml
 from cl_detect.engine.config import TrainConfig
@@ -104,6 +104,9 @@ class RetentionSpec:
     prompts: list[str] | str | None = None
 
     def __post_init__(self):
+        if not self.data:
+            raise ValueError(f"retention set {self.name!r}: data is empty; give a dataset (a path or "
+                             f"{{path, format, ...}}) or a list of datasets with the same class names")
         if isinstance(self.prompts, str) and not self.prompts.lower().endswith((".json", ".txt")):
             raise ValueError(f"retention set {self.name!r}: prompts is the string {self.prompts!r}; give a list, "
                              f"one prompt per class, or a prompt file ending in .json or .txt")
@@ -131,6 +134,14 @@ class BaseModelSpec:
     checkpoint: str
     text_encoder: str | None = None
     pretrain: dict | None = None
+
+    def __post_init__(self):
+        if self.pretrain is not None and not isinstance(self.pretrain, dict):
+            raise ValueError(f"base_model pretrain must be a mapping of settings (detector, epochs, ...), "
+                             f"got {self.pretrain!r}")
+        if self.pretrain:  # read only when the checkpoint is missing: a misspelt key would wait until then
+            settings = {key: value for key, value in self.pretrain.items() if key != "detector"}
+            check_keys_and_types(TrainConfig, settings, "base_model pretrain setting(s) (detector or train settings)")
 
 
 @dataclass
@@ -205,6 +216,9 @@ class RunConfig:
     allow_data_errors: bool = False
 
     def __post_init__(self):
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ValueError(f"protocol name {self.name!r} names the results folder OUT/<name>/: give a non-empty "
+                             f"name without '/'")
         if not self.tasks:
             raise ValueError(f"protocol {self.name!r} has no tasks")
         if not isinstance(self.seeds, list) or not all(type(seed) is int and seed >= 0 for seed in self.seeds):
@@ -214,6 +228,16 @@ class RunConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"protocol {self.name!r}: task and retention set names must be unique, got {names}")
         self.train_config()  # fail at load time on a bad training field
+        if self.methods is not None:
+            if not isinstance(self.methods, list) or not all(isinstance(spec, str) for spec in self.methods):
+                raise ValueError(f"protocol {self.name!r}: methods must be a list of method lists, e.g. "
+                                 f"[finetune, lora+distill], or null for every method; got {self.methods!r}")
+            try:
+                split_method_specs(self.methods)
+            except ValueError as err:
+                raise ValueError(f"protocol {self.name!r} methods: {err}") from None
+        if self.synthetic_world is not None:
+            check_synthetic_world(self.synthetic_world)
         from cl_detect.methods import create_method
         for name, options in self.method_options.items():
             try:  # a misspelt method or option fails now, not after a task has trained
@@ -250,12 +274,36 @@ class RunConfig:
         """Build from a merged mapping; unknown keys are errors."""
         check_keys_and_types(cls, data, "protocol key(s)")
         data = dict(data)
+        for key in ("base_model", "train", "eval", "method_options"):
+            if key in data and not isinstance(data[key], dict):
+                empty = (f" (an empty `{key}:` is null: leave it out to keep the defaults)"
+                         if data[key] is None else "")
+                raise ValueError(f"{key} must be a mapping (`key: value` lines or {{key: value}}), got "
+                                 f"{data[key]!r}{empty}")
+        if "base_model" not in data:
+            raise ValueError("the protocol has no base_model: add base_model: {checkpoint: PATH} (a cl_detect or "
+                             "official YOLO-World checkpoint)")
+        check_keys_and_types(BaseModelSpec, data["base_model"], "base_model key(s)")
         data["tasks"] = [_task_spec(t) for t in data.get("tasks") or []]
         data["retention"] = [_retention_spec(r) for r in data.get("retention") or []]
         data["base_model"] = BaseModelSpec(**data["base_model"])
         check_keys_and_types(EvalSettings, data.get("eval"), "eval setting(s)")
         data["eval"] = EvalSettings(**(data.get("eval") or {}))
         return cls(**data)
+
+
+def split_method_specs(specs: list[str]) -> list[list[str]]:
+    """Method lists of specs such as "lora+distill"; an unknown method or one named twice in a
+    list is an error (listing the registered methods)."""
+    from cl_detect.methods import list_methods
+    runs = [[name.strip() for name in spec.split("+")] for spec in specs]
+    unknown = sorted({name for names in runs for name in names} - set(list_methods()))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; registered: {', '.join(list_methods())}")
+    repeated = [spec for spec, names in zip(specs, runs) if len(set(names)) != len(names)]
+    if repeated:
+        raise ValueError(f"method list(s) {repeated} name a method twice; compose distinct methods, e.g. lora+distill")
+    return runs
 
 
 def _data_spec(value: dict | str, where: str = "") -> DataSpec:
@@ -305,30 +353,44 @@ def merge_shallow(defaults: dict, experiment: dict) -> dict:
     return merged
 
 
+def _read_settings(path: str | Path, what: str) -> dict:
+    """One YAML file of protocol settings; not a mapping, or a top-level key `RunConfig` lacks, is an
+    error naming this file (after merging, the message could only name the protocol file)."""
+    settings = load_yaml(Path(path).read_text()) or {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: {what} holds one mapping of settings (`key: value` lines), got "
+                         f"{type(settings).__name__}")
+    check_keys_and_types(RunConfig, settings, f"protocol key(s) in {path}:")
+    return settings
+
+
 def load_run_config(path: str | Path, defaults_path: str | Path | None = DEFAULTS_PATH,
-                    overrides: dict | None = None) -> RunConfig:
+                    overrides: dict | None = None, override_files: list[str | Path] = ()) -> RunConfig:
     """Read a protocol file, merged over the defaults file, with `${VAR}` expanded.
 
     Args:
         path: the experiment YAML.
         defaults_path: the defaults YAML (None: no defaults).
         overrides: a last shallow merge (command-line settings).
+        override_files: YAML files merged in order after the experiment and before `overrides`
+            (`--override`, e.g. a baseline file).
 
     Returns:
         The resolved `RunConfig`.
     """
-    defaults = load_yaml(Path(defaults_path).read_text()) if defaults_path else {}
-    experiment = load_yaml(Path(path).read_text()) or {}
-    if not isinstance(experiment, dict):
-        raise ValueError(f"{path}: a protocol file holds one mapping of settings")
-    merged = merge_shallow(merge_shallow(defaults or {}, experiment), overrides or {})
+    defaults = _read_settings(defaults_path, "a defaults file") if defaults_path else {}
+    merged = merge_shallow(defaults, _read_settings(path, "a protocol file"))
+    for override in override_files:
+        merged = merge_shallow(merged, _read_settings(override, "an override file"))
+    merged = merge_shallow(merged, overrides or {})
     environment = dict(os.environ)
     # ${data_root} lets method options (mix, replay) name files inside the protocol's data
     environment["data_root"] = str(expand_variables(merged.get("data_root", "."), environment))
+    where = f"{path} (with {', '.join(map(str, override_files))})" if override_files else str(path)
     try:
         return RunConfig.from_dict(expand_variables(merged, environment))
     except (TypeError, KeyError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ValueError(f"{where}: {err}") from None
 
 
 def save_resolved(config: RunConfig, path: str | Path) -> None:

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from cl_detect.bench.config import RunConfig, save_resolved
+from cl_detect.bench.config import RunConfig, save_resolved, split_method_specs
 from cl_detect.bench.prepare import prepare_protocol
 from cl_detect.bench.protocol import load_protocol_data
 from cl_detect.bench.results import error_message
 from cl_detect.bench.runner import BaseModel, result_path, run_one
-from cl_detect.methods import list_methods
+from cl_detect.engine.config import check_device_available
+from cl_detect.methods import check_composition, create_method, list_methods
 from cl_detect.methods.registry import method_classes
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -38,13 +39,19 @@ def method_runs(specs: list[str] | None, config: RunConfig) -> list[list[str]]:
     """Method lists to run: `specs` ("a+b" composes), else the protocol's, else every registered method alone.
 
     Raises:
-        ValueError: an unknown method name (listing the registered ones).
+        ValueError: an unknown method name (listing the registered ones), or a composition whose
+            methods cannot be combined (two trainers, a method twice, ...), before any run starts.
     """
     specs = specs or config.methods or list_methods()
-    runs = [[name.strip() for name in spec.split("+")] for spec in specs]
-    unknown = sorted({name for names in runs for name in names} - set(list_methods()))
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; registered: {', '.join(list_methods())}")
+    runs = split_method_specs(specs)
+    for names in (names for names in runs if len(names) > 1):  # a composition that cannot work fails every seed
+        try:
+            methods = [create_method(name, config.method_options.get(name)) for name in names]
+            if not any(method.is_trainer for method in methods):  # as ContinualModel: regularisers alone fine-tune
+                methods.insert(0, create_method("finetune"))
+            check_composition(methods)
+        except ValueError as err:
+            raise ValueError(f"method list {'+'.join(names)!r}: {err}") from None
     return runs
 
 
@@ -118,7 +125,12 @@ def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: lis
     if config.label and len(runs) > 1:
         raise ValueError(f"label {config.label!r} names one run, but {len(runs)} method lists were asked for: "
                          f"{['+'.join(r) for r in runs]}")
+    if config.label and config.methods and runs != method_runs(None, config):  # the result would say the label's
+        raise ValueError(f"label {config.label!r} names the run of methods {config.methods} (a baseline file's), "
+                         f"but {['+'.join(r) for r in runs]} was asked for: drop --methods, or the file that "
+                         f"sets the label")
     seeds = list(dict.fromkeys(config.seeds if seeds is None else seeds))
+    check_device_available(config.train_config().device, f"protocol {config.name!r} train.device")
     config = with_method_image_sizes(config, method_specs)
     prepare_protocol(config, log)
     save_resolved(config, Path(out) / config.name / "config.yaml")

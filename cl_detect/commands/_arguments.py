@@ -36,3 +36,14 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (seeds)."""
     return _integer(text, 0, "a non-negative integer (0 or more)")
+
+
+def image_size(text: str) -> int:
+    """A detector input size: a positive multiple of the largest stride (32)."""
+    from cl_detect._config_keys import check_image_size
+    value = _integer(text, 1, "a positive integer (1 or more)")
+    try:
+        check_image_size(value, "the image size")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from cl_detect.commands._arguments import non_negative_int, positive_int
+from cl_detect.commands._arguments import image_size, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results", help="results folder; runs are written to OUT/<protocol>/")
     parser.add_argument("--force", action="store_true", help="redo runs that already finished")
     parser.add_argument("--max-train-images", type=positive_int, default=None,
-                        help="cap every task's training images (a fixed-seed subset)")
-    parser.add_argument("--image-size", type=positive_int, default=None, help="training and evaluation image size")
+                        help="cap every task's training images (a fixed-seed subset; default: every image)")
+    parser.add_argument("--image-size", type=image_size, default=None,
+                        help="training and evaluation image size, a multiple of 32 (default: the protocol's)")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: the protocol's)")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep each run's model state after it finishes")
@@ -33,9 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs at once, one process each (CPU: 2 on 2 cores beats 2 threads in one)")
     parser.add_argument("--defaults", default=None, help="defaults YAML (default: experiments/defaults.yaml)")
     parser.add_argument("--allow-data-errors", action="store_true",
-                        help="train even when the dataset doctor finds errors in a task's training set")
+                        help="train even when the dataset doctor finds errors in a task's training set or in "
+                             "data a method mixes in (mix sources, replay's pretraining images)")
     parser.add_argument("--override", nargs="+", default=[], metavar="YAML",
-                        help="settings merged last, e.g. a baseline file: baselines/head_only.yaml")
+                        help="settings merged last, in order, like the protocol over the defaults (a list "
+                             "replaces, a mapping such as train is merged one level), e.g. a baseline "
+                             "file: baselines/head_only.yaml")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,15 +53,11 @@ def run(args: argparse.Namespace) -> int:
                          f"on several GPUs, use `torchrun ... -m cl_detect.cli pretrain CONFIG` and point "
                          f"base_model.checkpoint at its output")
 
-    from cl_detect._yaml import load_yaml
-    from cl_detect.bench.config import DEFAULTS_PATH, load_run_config, merge_shallow
+    from cl_detect.bench.config import DEFAULTS_PATH, load_run_config
     from cl_detect.bench.experiment import run_experiment, with_overrides
-    overrides: dict = {}
-    for path in args.override:
-        overrides = merge_shallow(overrides, load_yaml(Path(path).read_text()) or {})
-    if args.allow_data_errors:
-        overrides["allow_data_errors"] = True
-    config = load_run_config(args.config, args.defaults or DEFAULTS_PATH, overrides=overrides)
+    overrides = {"allow_data_errors": True} if args.allow_data_errors else {}
+    config = load_run_config(args.config, args.defaults or DEFAULTS_PATH, overrides=overrides,
+                             override_files=args.override)
     config = with_overrides(config, args.image_size, args.max_train_images, args.device, args.methods)
     outcomes = run_experiment(config, args.methods, args.seeds, args.out, force=args.force,
                               keep_checkpoints=args.keep_checkpoints, jobs=args.jobs)

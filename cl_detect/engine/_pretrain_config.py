@@ -14,7 +14,8 @@
     out_dir: runs/pretrain/synthetic_base
 
 Relative paths are taken from the current directory (run from the repository root);
-`${CL_DETECT_SHARED}` in a dataset path is the shared folder (`cl_detect._shared.shared_dir`).
+`${VAR}` in any string is read from the environment (an unset one is an error), and
+`${CL_DETECT_SHARED}` falls back to the shared folder (`cl_detect._shared.shared_dir`).
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cl_detect._config_keys import check_image_size, check_names, check_keys_and_types
+from cl_detect._config_keys import check_image_size, check_keys_and_types, check_names, check_synthetic_world
 from cl_detect._shared import expand_variables
 from cl_detect.engine.config import TrainConfig
-from cl_detect.methods import method_classes
+from cl_detect.methods import create_method, method_classes
 
 
 @dataclass
@@ -111,8 +112,10 @@ class PretrainConfig:
                                  f"hold; run it with `cl-detect run`")
         if self.negatives not in ("union", "own"):
             raise ValueError(f"negatives must be 'union' or 'own', got {self.negatives!r}")
-        if self.synthetic_world is not None and "path" not in self.synthetic_world:
-            raise ValueError("synthetic_world needs a 'path'")
+        if self.synthetic_world is not None:
+            check_synthetic_world(self.synthetic_world, also=("path",))
+            if "path" not in self.synthetic_world:
+                raise ValueError("synthetic_world needs a 'path'")
         names = [spec.name for spec in self.test_sets]
         if len(set(names)) != len(names):
             raise ValueError(f"test set names must be unique, got {names}; set 'name' on each")
@@ -121,13 +124,23 @@ class PretrainConfig:
     def from_dict(cls, data: dict) -> "PretrainConfig":
         """Build from plain YAML data, rejecting unknown keys with the valid ones listed."""
         check_keys_and_types(cls, data, "config key(s)")
-        data = dict(data)
+        data = expand_variables(dict(data))  # every path (output, init_checkpoint, a method's data), as in protocols
         check_keys_and_types(TrainConfig, data.get("train"), "train setting(s)")
         data["train"] = TrainConfig(**(data.get("train") or {}))
         for key in ("datasets", "test_sets"):
-            data[key] = [DatasetSpec(**spec) for spec in data.get(key) or []]
-        data["methods"] = {name: dict(options or {}) for name, options in (data.get("methods") or
-                                                                             {"finetune": {}}).items()}
+            specs = data.get(key) or []
+            if not isinstance(specs, list):
+                raise ValueError(f"{key} must be a list of datasets ({{path, format, split, ...}} each), got {specs!r}")
+            for index, spec in enumerate(specs):
+                check_keys_and_types(DatasetSpec, spec, f"key(s) of {key} entry {index}:")
+            data[key] = [DatasetSpec(**spec) for spec in specs]
+        methods = data.get("methods") or {"finetune": {}}
+        if not isinstance(methods, dict):
+            raise ValueError(f"methods must be a mapping of method name -> options, e.g. {{finetune: {{}}}}, "
+                             f"got {methods!r}")
+        for name, options in methods.items():
+            create_method(name, options)  # a misspelt option fails now, not after the data are read
+        data["methods"] = {name: dict(options or {}) for name, options in methods.items()}
         return cls(**data)
 
     def to_dict(self) -> dict:

@@ -28,7 +28,7 @@ class TrainConfig:
         ema: keep an EMA of the detector (and of the text tower when it trains) and end with
             its weights (official).
         ema_momentum, ema_gamma: official ExpMomentumEMA 1e-4 and 2000.
-        grad_clip: max gradient norm (None = off).
+        grad_clip: max gradient norm (None or 0 = off).
         accumulate: batches per optimizer step.
         close_mosaic_epochs: mosaic off for the last N epochs.
         mosaic: mosaic augmentation on at all.
@@ -83,6 +83,16 @@ class TrainConfig:
                      if getattr(self, name) < 1]
         if too_small:
             raise ValueError(f"epochs, batch_size, accumulate and num_texts must be >= 1, got {', '.join(too_small)}")
+        # a negative lr or grad_clip (clip_grad_norm_ then flips the gradient) trains uphill without a word;
+        # log_every 0 stopped the first step with "integer modulo by zero"
+        out_of_range = [f"{name} = {getattr(self, name)} (at least {least})" for name, least in (
+            ("lr", 0), ("weight_decay", 0), ("final_lr_factor", 0), ("warmup_epochs", 0), ("warmup_min_steps", 0),
+            ("grad_clip", 0), ("num_workers", 0), ("checkpoint_every_steps", 0), ("log_every", 1))
+            if getattr(self, name) is not None and getattr(self, name) < least]
+        if not 0 <= self.ema_momentum <= 1:
+            out_of_range.append(f"ema_momentum = {self.ema_momentum} (between 0 and 1)")
+        if out_of_range:
+            raise ValueError(f"train setting(s) out of range: {', '.join(out_of_range)}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.schedule not in ("linear", "cosine"):
@@ -98,3 +108,25 @@ class TrainConfig:
                 torch.device(self.device)
             except (RuntimeError, ValueError):
                 raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+
+
+def check_device_available(device: str, where: str) -> None:
+    """Raise ValueError when `device` names a CUDA device this machine lacks.
+
+    The name itself is checked when the config is read; whether the machine has the device is
+    known only where it runs, and without this check a run stopped deep inside torch ("Found no
+    NVIDIA driver") after the data and the base model were loaded.
+
+    Args:
+        device: a `TrainConfig.device`.
+        where: names the setting in the message, e.g. "protocol 'x' train.device".
+    """
+    import torch
+
+    if device == "auto" or not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count()
+    index = torch.device(device).index or 0
+    if index >= count:
+        raise ValueError(f"{where} is {device!r}, but this machine has {count} CUDA device(s); use 'cpu' or 'auto' "
+                         f"(`cl-detect run --device cpu`), or run where that GPU is")

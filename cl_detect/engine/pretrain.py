@@ -37,7 +37,7 @@ from cl_detect.data.merge import merge_datasets
 from cl_detect.data.records import DetectionDataset
 from cl_detect.engine._pretrain_config import DEFAULT_DETECTOR, DatasetSpec, PretrainConfig
 from cl_detect.engine._pretrain_run import check_same_run, record_run
-from cl_detect.engine.config import TrainConfig
+from cl_detect.engine.config import TrainConfig, check_device_available
 from cl_detect.engine.distributed import (
     barrier, evaluate_distributed, init_distributed, is_distributed, is_main_process)
 from cl_detect.engine.session import only_process_in
@@ -50,9 +50,15 @@ from cl_detect.methods import ContinualModel, TaskContext, create_method
 
 def load_config(config: dict | str | Path) -> PretrainConfig:
     """A `PretrainConfig` from a dict or a YAML file (unknown keys are an error)."""
-    if not isinstance(config, dict):
-        config = load_yaml(Path(config).read_text())
-    return PretrainConfig.from_dict(config)
+    if isinstance(config, dict):
+        return PretrainConfig.from_dict(config)
+    data = load_yaml(Path(config).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{config}: a pretrain config holds one mapping of settings (`key: value` lines)")
+    try:
+        return PretrainConfig.from_dict(data)
+    except (TypeError, KeyError, ValueError) as err:
+        raise ValueError(f"{config}: {err}") from None
 
 
 def read_checked(spec: DatasetSpec, allow_data_errors: bool) -> DetectionDataset:
@@ -205,6 +211,7 @@ def _pretrain(config: PretrainConfig, allow_data_errors: bool, resume: bool, com
               extra_meta: dict | None) -> Path:
     """`pretrain`'s work (arguments as there), with `out_dir` held by this process."""
     check_same_run(config, resume)  # before the data is read: a refusal costs nothing
+    check_device_available(config.train.device, "train.device")
     if config.synthetic_world and is_main_process():
         _ensure_synthetic_world(config.synthetic_world)
     if is_distributed():
