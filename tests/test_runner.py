@@ -104,8 +104,13 @@ def test_run_writes_a_complete_result_then_skips_and_forces(protocol, tmp_path, 
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("1 skipped")
     # a finished result made with other data (here fewer training images) is not skipped as if it were this one
     assert len(_result(out)["data_fingerprint"]) == 16
-    with pytest.raises(ValueError, match="finetune_seed0.json was made with other data or prompts.*--force"):
+    with pytest.raises(ValueError, match=r"finetune_seed0.json was made with other data or settings than the run "
+                                         r"now asked for \(data fingerprint \w+ -> \w+.*--force"):
         main(["run", str(protocol), "--methods", "finetune", "--out", str(out), "--max-train-images", "4"])
+    # nor one made with other settings (it was kept, silently, before the settings were recorded)
+    with pytest.raises(ValueError, match=r"finetune_seed0.json was made with other data or settings .*"
+                                         r"train\.image_size 64 -> 96; eval_image_size 64 -> 96.*--force"):
+        main(["run", str(protocol), "--methods", "finetune", "--out", str(out), "--image-size", "96"])
 
 
 def test_a_damaged_result_file_is_named_not_a_bare_json_error(protocol, tmp_path):

@@ -184,6 +184,19 @@ def test_runs_of_one_protocol_scored_at_other_image_sizes_are_refused(tmp_path):
     assert len(load_results(write_results(tmp_path / "older", [small, large]))) == 2
 
 
+def test_seeds_of_one_method_run_with_other_settings_are_refused(tmp_path):
+    # lora rank 8 for seed 0 and rank 16 for seed 1 were averaged under one "lora" row
+    runs = [result_dict("lora", seed, (0.3, 0.7), 0.2) for seed in (0, 1, 2)]
+    for seed, run in enumerate(runs):
+        run["settings"] = {"train": {"epochs": 4, "seed": seed}, "method_options": {"lora": {"rank": 8}}}
+    assert len(load_results(write_results(tmp_path / "same", runs))) == 3  # the seed itself may differ
+    runs[1]["settings"]["method_options"]["lora"]["rank"] = 16
+    with pytest.raises(ResultError, match=r"lora_0\.json and .*lora_1\.json are seeds of method 'lora' .*other settings"):
+        load_results(write_results(tmp_path / "changed", runs))
+    del runs[1]["settings"]  # not recorded (an older file): nothing to compare
+    assert len(load_results(write_results(tmp_path / "older", runs))) == 3
+
+
 def test_runs_of_one_protocol_over_other_retention_sets_are_refused(tmp_path):
     wider = result_dict("lora", 0, (0.3, 0.7), 0.2)
     wider["retention_sets"] = wider["retention_sets"] + ["lvis"]
@@ -296,3 +309,10 @@ def test_protocols_whose_names_read_alike_get_their_own_latex_labels(tmp_path):
         (tmp_path / "a" / f"{index}.json").write_text(json.dumps(run))
     latex = format_table(load_results([tmp_path / "a"]), "latex")
     assert "\\label{tab:odinw-mini}" in latex and "\\label{tab:odinw-mini-2}" in latex
+
+
+def test_parameter_counts_move_to_the_next_unit_when_they_round_up():
+    from cl_detect.bench.table import Column, _number
+    params = Column("trainable_params", "Trainable", "params")
+    shown = [_number(params, value) for value in (999, 153_980, 999_996, 1_380_000, 999_999_999)]
+    assert shown == ["1.00K", "153.98K", "1.00M", "1.38M", "1.00B"]

@@ -277,16 +277,27 @@ def _eval_image_size(result: RunResult):
     return scoring.get("image_size") if isinstance(scoring, dict) else None
 
 
+def _settings(result: RunResult) -> dict | None:
+    """The run's recorded `settings` without its seed; None when not recorded (files before 2026-11-23)."""
+    settings = result.data.get("settings")
+    if not isinstance(settings, dict):
+        return None
+    train = {k: v for k, v in (settings.get("train") or {}).items() if k != "seed"}
+    return {**settings, "train": train}
+
+
 def check_comparable(results: Sequence[RunResult]) -> None:
     """Refuse what would skew a table: two files for one (protocol, method, seed) (one seed counted
     twice), and runs of one protocol name over different task lists or retention sets (matrices of
     other shapes, or of other columns), over other data (`data_fingerprint`, when both record one),
-    or scored at another image size (`config.eval.image_size`, when both record one).
+    or scored at another image size (`config.eval.image_size`, when both record one); and seeds of one
+    method run with other settings (`settings` but the seed, when both record them: e.g. a lora
+    rank changed between seeds under one row).
 
     Raises:
         ResultError: naming both files and the fix.
     """
-    by_run, tasks_of = {}, {}
+    by_run, tasks_of, settings_of = {}, {}, {}
     for result in results:
         key = (result.protocol, result.method, result.seed)
         if key in by_run:
@@ -297,6 +308,12 @@ def check_comparable(results: Sequence[RunResult]) -> None:
         if not result.finished:  # a failed run has no matrices to compare
             continue
         first = tasks_of.setdefault(result.protocol, result)
+        same_method = settings_of.setdefault((result.protocol, result.method), result)
+        if None not in (_settings(same_method), _settings(result)) and _settings(same_method) != _settings(result):
+            raise ResultError(f"{same_method.source} and {result.source} are seeds of method {result.method!r} on "
+                              f"protocol {result.protocol!r} but were run with other settings (their `settings` "
+                              f"differ beyond the seed); one row would average both: give the method another "
+                              f"label, or table them separately")
         fingerprints = {first.data.get("data_fingerprint"), result.data.get("data_fingerprint")}
         if None not in fingerprints and len(fingerprints) == 2:
             raise ResultError(f"{first.source} and {result.source} are both protocol {result.protocol!r} but were "

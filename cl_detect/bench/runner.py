@@ -230,8 +230,9 @@ def continual_run(config: RunConfig, data: ProtocolData, method_names: list[str]
 
 
 def result_record(config: RunConfig, data: ProtocolData, label: str, seed: int, progress: Progress,
-                  status: str, error: str | None, device: torch.device) -> dict:
-    """The JSON object written for one run (fields documented in docs/protocols.md)."""
+                  status: str, error: str | None, device: torch.device, settings: dict | None = None) -> dict:
+    """The JSON object written for one run (fields documented in docs/protocols.md); `settings` is
+    `run_settings`, recorded so that a later `cl-detect run` with other settings does not skip it."""
     task_names = [t.name for t in data.tasks]
     retention_names = [r.name for r in data.retention]
     accuracy, retention = matrices(progress.evaluations, task_names, retention_names)
@@ -254,26 +255,35 @@ def result_record(config: RunConfig, data: ProtocolData, label: str, seed: int, 
         "train": progress.train, "wall_time_s": progress.elapsed_s, "peak_memory_mb": peak_memory_mb(device),
         "trainable_params": progress.trainable_params, "total_params": progress.total_params,
         "meta": run_meta(device), "config": config.to_dict(), "data_fingerprint": data.fingerprint(),
+        "settings": _as_json(settings),
     }
 
 
-def _is_finished(path: Path, data: ProtocolData) -> bool:
+def _as_json(value):
+    """`value` as it reads back from a result file (tuples become lists), so that it compares equal."""
+    return json.loads(json.dumps(value, default=float))
+
+
+def _is_finished(path: Path, data: ProtocolData, settings: dict) -> bool:
     """Whether an existing result file holds this run, finished (so it is skipped).
 
     Raises:
         ValueError: the file is damaged, or it was made with other data or prompts (another split,
-            image subset or prompt file under the same protocol name), which a skip would keep.
+            image subset or prompt file under the same protocol name) or other settings (epochs,
+            image size, method options: `run_settings`), which a skip would keep. Files written
+            before the settings were recorded are checked for their data only.
     """
     try:
         stored = json.loads(path.read_text())
-        status, made_with = stored.get("status"), stored.get("data_fingerprint")
+        status = stored.get("status")
+        saved = {"data_fingerprint": stored.get("data_fingerprint"), "settings": stored.get("settings")}
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
         raise ValueError(f"{path}: this run's result file is not a valid result ({err}); delete it to run "
                          f"(or continue) the run again, or pass --force") from None
-    if status == "finished" and made_with is not None and made_with != data.fingerprint():
-        raise ValueError(f"{path} was made with other data or prompts than the protocol now names (data "
-                         f"fingerprint {made_with} vs {data.fingerprint()}: another split, image subset or prompt "
-                         f"list); pass --force to run it again, or --out another folder to keep both")
+    changed = _changes(saved, {"data_fingerprint": data.fingerprint(), "settings": _as_json(settings)})
+    if status == "finished" and changed:
+        raise ValueError(f"{path} was made with other data or settings than the run now asked for ({changed}); "
+                         f"pass --force to run it again, or --out another folder to keep both")
     return status == "finished"
 
 
@@ -297,7 +307,8 @@ def run_one(config: RunConfig, data: ProtocolData, method_names: list[str], seed
     """
     label = config.run_label(method_names)
     path, work = result_path(out, config.name, label, seed), work_dir(out, config.name, label, seed)
-    if path.exists() and not force and _is_finished(path, data):
+    settings = run_settings(config, method_names, seed)
+    if path.exists() and not force and _is_finished(path, data, settings):
         return "skipped"
     if force:
         shutil.rmtree(work, ignore_errors=True)
@@ -319,7 +330,7 @@ def run_one(config: RunConfig, data: ProtocolData, method_names: list[str], seed
         progress.elapsed_s += time.time() - saved
     if status == "interrupted":
         return status
-    record = result_record(config, data, label, seed, progress, status, error, device)
+    record = result_record(config, data, label, seed, progress, status, error, device, settings)
     atomic_write_text(path, json.dumps(record, indent=1, default=float) + "\n")
     if status == "finished" and not keep_checkpoints:
         for checkpoint in work.rglob("*.pt"):

@@ -140,7 +140,7 @@ def _number(column: Column, value: float, fmt: str = "md") -> str:
         return text.replace("-", "$-$") if fmt == "latex" else text  # a minus sign, not a hyphen
     if column.kind == "params":
         for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-            if value >= size:
+            if round(value / size, 2) >= 1:  # 999,999 is 1.00M, not 1000.00K
                 return f"{value / size:.2f}{unit}"
         return f"{value:.0f}"
     space = " " if fmt == "md" else "\\,"
