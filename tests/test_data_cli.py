@@ -146,3 +146,12 @@ def test_synth_subcommand_registered():
     data_parser = build_parser()._subparsers._group_actions[0].choices["data"]
     subcommands = data_parser._subparsers._group_actions[0].choices
     assert {"convert", "check", "pack", "synth"} <= set(subcommands)
+
+
+def test_convert_help_does_not_promise_a_guessed_format(capsys):
+    """convert requires --format; its help said 'default: guessed from the file' as check's does."""
+    for command, guessed in (("convert", False), ("check", True)):
+        with pytest.raises(SystemExit):
+            main(["data", command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert ("guessed from the file" in text) == guessed

@@ -17,7 +17,8 @@ FORMATS = ("coco", "yolo", "voc", "lvis", "odvg", "grounding")
 def _add_source_arguments(parser: argparse.ArgumentParser, format_required: bool = False) -> None:
     parser.add_argument("src", help="annotation file (json, jsonl, data.yaml) or dataset folder")
     parser.add_argument("--format", choices=FORMATS, required=format_required,
-                        help="annotation format (default: guessed from the file)")
+                        help="the source's annotation format" + ("" if format_required else
+                                                                 " (default: guessed from the file)"))
     parser.add_argument("--split",
                         help="split to read: YOLO train/val/test, VOC ImageSets name, COCO instances_<split>")
     parser.add_argument("--image-root", help="folder the image paths are relative to: used to read json/jsonl "
