@@ -93,6 +93,17 @@ def test_no_augmentation_equals_eval_letterbox():
     assert_boxes_match_pixels(out.image, out.boxes, out.labels, tolerance=1.0)
 
 
+def test_no_augmentation_clips_boxes_spilling_past_the_image():
+    # a box 1% past the right border (the doctor tolerates it) came out at x2 > S; mmyolo's LetterResize
+    # clips to the image as the affine and the mosaic do
+    sample = _sample(64, 128, boxes=((100, 10, 129.3, 30), (10, 10, 40, 30)), labels=(0, 1))
+    sample.ignore_boxes = np.array([[100, 10, 129.3, 30]], np.float32)
+    out = TrainAugment(AugmentConfig.no_augmentation(128))([sample], np.random.default_rng(0))
+    assert out.labels.tolist() == [0, 1]
+    np.testing.assert_allclose(out.boxes[0, [0, 2]], [100, 128])
+    np.testing.assert_allclose(out.ignore_boxes[0, [0, 2]], [100, 128])
+
+
 @pytest.mark.parametrize("mosaic", [True, False])
 def test_full_recipe_is_deterministic_and_consistent(mosaic):
     config = AugmentConfig(image_size=128, mosaic=mosaic, hsv_gains=(0, 0, 0), flip_prob=0.5)

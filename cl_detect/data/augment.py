@@ -67,6 +67,17 @@ def letterbox_sample(sample: Sample, size: int) -> tuple[Sample, LetterboxInfo]:
                    ignore_boxes=map_boxes(sample.ignore_boxes, info.scale, offset)), info
 
 
+def clip_sample_boxes(sample: Sample, size: int) -> Sample:
+    """Boxes and ignore regions clipped to the size x size image; those left empty are dropped."""
+    def clipped(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        boxes = boxes.clip(0, size)
+        return boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+    boxes, keep = clipped(sample.boxes)
+    ignore, keep_ignore = clipped(sample.ignore_boxes)
+    return replace(sample, boxes=boxes[keep], labels=sample.labels[keep], ignore_boxes=ignore[keep_ignore])
+
+
 def _transform_boxes(boxes: np.ndarray, matrix: np.ndarray, width: int, height: int) -> np.ndarray:
     """Map xyxy boxes through a 3x3 affine matrix: bounding box of the 4 corners, clipped."""
     if len(boxes) == 0:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cl_detect._config_keys import check_image_size
-from cl_detect.data.augment import Sample, hsv_jitter, horizontal_flip, letterbox_sample, random_affine
+from cl_detect.data.augment import (Sample, clip_sample_boxes, hsv_jitter, horizontal_flip, letterbox_sample,
+                                    random_affine)
 from cl_detect.data.mosaic import mosaic4
 
 
@@ -115,6 +116,8 @@ class TrainAugment:
                 max_rotate_degrees=config.max_rotate_degrees, max_shear_degrees=config.max_shear_degrees,
                 min_box_size=config.min_box_size, min_area_ratio=config.min_area_ratio,
                 max_aspect_ratio=config.max_aspect_ratio)
+        else:  # as mmyolo's LetterResize (clip_object_border): a box spilling past the image is clipped to it
+            sample = clip_sample_boxes(sample, size)
         if any(config.hsv_gains):
             sample = hsv_jitter(sample, config.hsv_gains, rng)
         if rng.random() < config.flip_prob:
