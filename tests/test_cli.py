@@ -127,7 +127,8 @@ def test_pretrain_on_a_cuda_device_the_machine_lacks_stops_before_reading_data(t
                                       "out_dir": str(tmp_path / "o"), "train": {"device": "cuda"}}))
     assert _console(monkeypatch, ["pretrain", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "train.device is 'cuda', but this machine has 0 CUDA device(s)" in err and "absent.json" not in err
+    assert f"{config}: train.device is 'cuda', but this machine has 0 CUDA device(s)" in err
+    assert "set train.device in the config" in err and "cl-detect run" not in err and "absent.json" not in err
 
 
 def test_variables_are_expanded_in_every_pretrain_path(monkeypatch):

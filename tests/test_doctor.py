@@ -452,3 +452,26 @@ def test_identical_copies_of_an_image_are_a_warning(tmp_path):
     records = [DetectionRecord(str(path), 64, 48, [[5, 5, 20, 20]], [0], image_id=i) for i in (1, 2)]
     report = check_dataset(DetectionDataset(records, Vocabulary(("fish",)), source="two copies"), check_images=False)
     assert report.ok and "repeated_image" in _codes(report, "warning")
+
+
+def test_overlapping_pixel_limit_uses_in_threads_restore_pillows_limit():
+    import threading
+
+    from PIL import Image
+
+    from cl_detect.data.readers._common import opencv_pixel_limit
+    before = Image.MAX_IMAGE_PIXELS
+    entered, release = threading.Barrier(2), threading.Event()
+
+    def hold():
+        with opencv_pixel_limit():
+            entered.wait()
+            release.wait()
+
+    first = threading.Thread(target=hold)
+    first.start()
+    with opencv_pixel_limit():
+        entered.wait()
+        release.set()
+        first.join()
+    assert Image.MAX_IMAGE_PIXELS == before

@@ -42,3 +42,23 @@ def test_base_model_is_pretrained_once_reused_and_remade_when_its_settings_chang
     prepare_protocol(_config(tmp_path, changed), log=lines.append)
     meta = read_model_meta(tmp_path / "base.pt")
     assert meta["made_with"]["pretrain"] == changed and meta["train_steps"] == 4
+
+
+@pytest.mark.parametrize("content", ["cl_detect", "other"])
+def test_a_checkpoint_the_protocol_did_not_make_is_never_pretrained_over(tmp_path, content):
+    """An --override naming the user's checkpoint keeps the protocol's base_model.pretrain (mappings merge):
+    the user's file must not be replaced by a freshly pretrained base."""
+    import torch
+
+    from cl_detect.models.checkpoint import save_model
+    from cl_detect.models.registry import create_detector
+    path = tmp_path / "base.pt"
+    if content == "cl_detect":
+        save_model(path, create_detector("yolo_world_v2_t", text_dim=384), "minilm")
+    else:
+        torch.save({"state_dict": {}}, path)  # e.g. an official checkpoint
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"base\.pt exists and was not made by a protocol's pretraining.*"
+                                         r"base_model\.pretrain: null"):
+        prepare_protocol(_config(tmp_path, PRETRAIN), log=lambda line: None)
+    assert path.read_bytes() == before

@@ -106,6 +106,7 @@ def test_misshapen_settings_are_one_message_naming_the_file(tmp_path):
     cases = [({"method_options": ["finetune"]}, "method_options must be a mapping"),
              ({"train": None}, r"train must be a mapping .*leave it out to keep the defaults"),
              ({"base_model": "m.pt"}, "base_model must be a mapping"),
+             ({"base_model": None}, r"base_model must be a mapping .*give base_model: \{checkpoint: PATH\}"),
              ({"base_model": {"checkpont": "m.pt"}},
               r"unknown base_model key\(s\) \['checkpont'\]; valid: .*checkpoint"),
              ({"base_model": {"checkpoint": None}}, "'checkpoint' .* must be str, got None"),

@@ -182,6 +182,12 @@ def test_runs_of_one_protocol_scored_at_other_image_sizes_are_refused(tmp_path):
         load_results(write_results(tmp_path, [small, large]))
     large["config"] = {}  # not recorded: nothing to compare
     assert len(load_results(write_results(tmp_path / "older", [small, large]))) == 2
+    # nor when the first file records none and the other two differ
+    other = result_dict("lora", 2, (0.3, 0.7), 0.2)
+    other["config"] = {"eval": {"image_size": 640}}
+    first_older = [{**large, "seed": 0}, {**small, "seed": 1}, other]
+    with pytest.raises(ResultError, match=r"image_size 320 vs 640"):
+        load_results(write_results(tmp_path / "first_older", first_older))
 
 
 def test_seeds_of_one_method_run_with_other_settings_are_refused(tmp_path):
@@ -195,6 +201,15 @@ def test_seeds_of_one_method_run_with_other_settings_are_refused(tmp_path):
         load_results(write_results(tmp_path / "changed", runs))
     del runs[1]["settings"]  # not recorded (an older file): nothing to compare
     assert len(load_results(write_results(tmp_path / "older", runs))) == 3
+    # an older file first is no free pass for the two that differ
+    runs[1]["settings"] = {"train": {"epochs": 4, "seed": 1}, "method_options": {"lora": {"rank": 8}}}
+    del runs[0]["settings"]
+    runs[2]["settings"]["method_options"]["lora"]["rank"] = 16
+    with pytest.raises(ResultError, match=r"lora_1\.json and .*lora_2\.json are seeds of method 'lora'"):
+        load_results(write_results(tmp_path / "first_older", runs))
+    # a training field only one file records (added by a later version) is not a difference
+    runs[2]["settings"] = {"train": {"epochs": 4, "seed": 2, "new_field": 1}, "method_options": {"lora": {"rank": 8}}}
+    assert len(load_results(write_results(tmp_path / "new_field", runs))) == 3
 
 
 def test_runs_of_one_protocol_over_other_retention_sets_are_refused(tmp_path):

@@ -2,7 +2,7 @@
 
 A protocol file is merged over `experiments/defaults.yaml` *shallowly*: a
 top-level key of the experiment replaces the default, except that mapping
-values (`train`, `eval`, `method_options`, `base_model`) are merged one level (the
+values (`train`, `eval`, `method_options`, `base_model`, any mapping) are merged one level (the
 experiment's keys win). There is no inheritance chain, no `_base_`, no
 registry strings. `${VAR}` in any string is read from the environment
 (`${CL_DETECT_SHARED}` falls back to the shared folder beside the checkout,
@@ -276,8 +276,9 @@ class RunConfig:
         data = dict(data)
         for key in ("base_model", "train", "eval", "method_options"):
             if key in data and not isinstance(data[key], dict):
-                empty = (f" (an empty `{key}:` is null: leave it out to keep the defaults)"
-                         if data[key] is None else "")
+                empty = ("" if data[key] is not None else " (an empty `base_model:` is null: give base_model: "
+                         "{checkpoint: PATH})" if key == "base_model" else
+                         f" (an empty `{key}:` is null: leave it out to keep the defaults)")
                 raise ValueError(f"{key} must be a mapping (`key: value` lines or {{key: value}}), got "
                                  f"{data[key]!r}{empty}")
         if "base_model" not in data:

@@ -29,7 +29,7 @@ from cl_detect.bench.protocol import load_protocol_data
 from cl_detect.bench.results import error_message
 from cl_detect.bench.runner import BaseModel, result_path, run_one
 from cl_detect.engine.config import check_device_available
-from cl_detect.methods import check_composition, create_method, list_methods
+from cl_detect.methods import composed, create_method, list_methods
 from cl_detect.methods.registry import method_classes
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -46,10 +46,7 @@ def method_runs(specs: list[str] | None, config: RunConfig) -> list[list[str]]:
     runs = split_method_specs(specs)
     for names in (names for names in runs if len(names) > 1):  # a composition that cannot work fails every seed
         try:
-            methods = [create_method(name, config.method_options.get(name)) for name in names]
-            if not any(method.is_trainer for method in methods):  # as ContinualModel: regularisers alone fine-tune
-                methods.insert(0, create_method("finetune"))
-            check_composition(methods)
+            composed([create_method(name, config.method_options.get(name)) for name in names])
         except ValueError as err:
             raise ValueError(f"method list {'+'.join(names)!r}: {err}") from None
     return runs

@@ -29,6 +29,14 @@ def read_model_meta(checkpoint: Path) -> dict:
     return read_model_file(checkpoint).get("meta", {})
 
 
+def _made_by_a_protocol(checkpoint: Path) -> bool:
+    """Whether `checkpoint` is a base model that `prepare_protocol` wrote (its meta has `made_with`)."""
+    try:
+        return "made_with" in read_model_meta(checkpoint)
+    except Exception:  # an official checkpoint, or any file this reader does not know: not ours to replace
+        return False
+
+
 def _base_model_matches(checkpoint: Path, settings: dict) -> bool:
     return read_model_meta(checkpoint).get("made_with") == settings
 
@@ -57,6 +65,11 @@ def prepare_protocol(config: RunConfig, log=print) -> None:
         return
     made_with = {"world": config.synthetic_world, "pretrain": pretrain,
                  "text_encoder": config.base_model.text_encoder}
+    if checkpoint.exists() and not _made_by_a_protocol(checkpoint):
+        raise ValueError(f"{checkpoint} exists and was not made by a protocol's pretraining (an official or your "
+                         f"own checkpoint), but base_model.pretrain would write a new base model over it: set "
+                         f"base_model.pretrain: null to use it as it is (an --override's base_model is merged "
+                         f"into the protocol's, so its pretrain stays unless set), or name another checkpoint path")
     if remade_world or not checkpoint.exists() or not _base_model_matches(checkpoint, made_with):
         from cl_detect.engine.pretrain import pretrain as run_pretraining
         log(f"pretraining the base model -> {checkpoint} (settings {pretrain})")

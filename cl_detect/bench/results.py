@@ -286,6 +286,44 @@ def _settings(result: RunResult) -> dict | None:
     return {**settings, "train": train}
 
 
+def _differs(old, new) -> bool:
+    """Whether two recorded values differ; settings groups (train, method_options, ...) are compared on
+    the keys both record, as `cl-detect run` compares them (a field a later version adds is no change)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old != new
+    for group in old.keys() & new.keys():
+        before, after = old[group], new[group]
+        if isinstance(before, dict) and isinstance(after, dict):
+            if any(before[key] != after[key] for key in before.keys() & after.keys()):
+                return True
+        elif before != after:
+            return True
+    return False
+
+
+def _recorded(what: str, result: RunResult):
+    if what == "fingerprint":
+        return result.data.get("data_fingerprint")
+    return _eval_image_size(result) if what == "size" else _settings(result)
+
+
+def _mismatch(what: str, first: RunResult, result: RunResult) -> str:
+    both = f"{first.source} and {result.source}"
+    if what == "settings":
+        return (f"{both} are seeds of method {result.method!r} on protocol {result.protocol!r} but were run with "
+                f"other settings (their `settings` differ beyond the seed); one row would average both: give the "
+                f"method another label, or table them separately")
+    if what == "size":
+        reason = (f"scored at other image sizes (eval.image_size {_eval_image_size(first)} vs "
+                  f"{_eval_image_size(result)}), so their APs do not compare")
+    else:
+        reason = (f"made with other data or prompts (data fingerprints "
+                  f"{sorted([_recorded(what, first), _recorded(what, result)])}: another split, image subset or "
+                  f"prompt list)")
+    return (f"{both} are both protocol {result.protocol!r} but were {reason}; give the protocol versions different "
+            f"names, or table them separately")
+
+
 def check_comparable(results: Sequence[RunResult]) -> None:
     """Refuse what would skew a table: two files for one (protocol, method, seed) (one seed counted
     twice), and runs of one protocol name over different task lists or retention sets (matrices of
@@ -297,7 +335,7 @@ def check_comparable(results: Sequence[RunResult]) -> None:
     Raises:
         ResultError: naming both files and the fix.
     """
-    by_run, tasks_of, settings_of = {}, {}, {}
+    by_run, tasks_of, recorded = {}, {}, {}
     for result in results:
         key = (result.protocol, result.method, result.seed)
         if key in by_run:
@@ -308,24 +346,15 @@ def check_comparable(results: Sequence[RunResult]) -> None:
         if not result.finished:  # a failed run has no matrices to compare
             continue
         first = tasks_of.setdefault(result.protocol, result)
-        same_method = settings_of.setdefault((result.protocol, result.method), result)
-        if None not in (_settings(same_method), _settings(result)) and _settings(same_method) != _settings(result):
-            raise ResultError(f"{same_method.source} and {result.source} are seeds of method {result.method!r} on "
-                              f"protocol {result.protocol!r} but were run with other settings (their `settings` "
-                              f"differ beyond the seed); one row would average both: give the method another "
-                              f"label, or table them separately")
-        fingerprints = {first.data.get("data_fingerprint"), result.data.get("data_fingerprint")}
-        if None not in fingerprints and len(fingerprints) == 2:
-            raise ResultError(f"{first.source} and {result.source} are both protocol {result.protocol!r} but were "
-                              f"made with other data or prompts (data fingerprints {sorted(fingerprints)}: another "
-                              f"split, image subset or prompt list); give the protocol versions different names, "
-                              f"or table them separately")
-        sizes = {_eval_image_size(first), _eval_image_size(result)}
-        if None not in sizes and len(sizes) == 2:
-            raise ResultError(f"{first.source} and {result.source} are both protocol {result.protocol!r} but were "
-                              f"scored at other image sizes (eval.image_size {_eval_image_size(first)} vs "
-                              f"{_eval_image_size(result)}), so their APs do not compare; give the protocol versions "
-                              f"different names, or table them separately")
+        # each is compared with the first run that records it (older files may lack it)
+        for what, group, value in (("fingerprint", result.protocol, result.data.get("data_fingerprint")),
+                                   ("size", result.protocol, _eval_image_size(result)),
+                                   ("settings", (result.protocol, result.method), _settings(result))):
+            if value is None:
+                continue
+            reference = recorded.setdefault((what, group), result)
+            if _differs(_recorded(what, reference), value):
+                raise ResultError(_mismatch(what, reference, result))
         for what in ("tasks", "retention_sets"):
             if getattr(result, what) != getattr(first, what):
                 raise ResultError(f"{first.source} and {result.source} are both protocol {result.protocol!r} but "

@@ -143,7 +143,7 @@ def _changes(saved: dict, now: dict) -> str:
     for group in old:
         if isinstance(old[group], dict) and isinstance(new.get(group), dict):
             changed += [f"{group}.{key} {old[group].get(key)!r} -> {new[group].get(key)!r}"
-                        for key in sorted(old[group].keys() | new[group].keys())
+                        for key in sorted(old[group].keys() & new[group].keys())  # a field added later is no change
                         if old[group].get(key) != new[group].get(key)]
         elif old[group] != new.get(group):
             changed.append(f"{group} {old[group]!r} -> {new.get(group)!r}")

@@ -110,7 +110,7 @@ class TrainConfig:
                 raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
 
 
-def check_device_available(device: str, where: str) -> None:
+def check_device_available(device: str, where: str, fix: str = "`cl-detect run --device cpu`") -> None:
     """Raise ValueError when `device` names a CUDA device this machine lacks.
 
     The name itself is checked when the config is read; whether the machine has the device is
@@ -120,6 +120,7 @@ def check_device_available(device: str, where: str) -> None:
     Args:
         device: a `TrainConfig.device`.
         where: names the setting in the message, e.g. "protocol 'x' train.device".
+        fix: how the command at hand sets another device.
     """
     import torch
 
@@ -129,4 +130,4 @@ def check_device_available(device: str, where: str) -> None:
     index = torch.device(device).index or 0
     if index >= count:
         raise ValueError(f"{where} is {device!r}, but this machine has {count} CUDA device(s); use 'cpu' or 'auto' "
-                         f"(`cl-detect run --device cpu`), or run where that GPU is")
+                         f"({fix}), or run where that GPU is")

@@ -196,8 +196,11 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
     Returns:
         The written model checkpoint (`config.output`).
     """
+    where = f"{config}: train.device" if not isinstance(config, dict) else "train.device"
     config = load_config(config)
     device = config.train.device
+    # before the data is read; the device name itself was checked with the config
+    check_device_available(device, where, fix="set train.device in the config")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.startswith("cuda:"):
         raise ValueError(f"train.device {device!r} would put every torchrun process on one GPU; use 'cuda' or "
                          f"'auto' (each process takes GPU LOCAL_RANK)")
@@ -211,7 +214,6 @@ def _pretrain(config: PretrainConfig, allow_data_errors: bool, resume: bool, com
               extra_meta: dict | None) -> Path:
     """`pretrain`'s work (arguments as there), with `out_dir` held by this process."""
     check_same_run(config, resume)  # before the data is read: a refusal costs nothing
-    check_device_available(config.train.device, "train.device")
     if config.synthetic_world and is_main_process():
         _ensure_synthetic_world(config.synthetic_world)
     if is_distributed():

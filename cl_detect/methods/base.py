@@ -125,6 +125,16 @@ class Method(nn.Module):
         """Give the detector its plain layout, what was learned folded in, before it is saved alone."""
 
 
+def composed(methods: list[Method]) -> list[Method]:
+    """The methods a model runs: `finetune` first when none of them is a trainer (regularisers alone
+    fine-tune the whole detector), checked with `check_composition`."""
+    if not any(m.is_trainer for m in methods):
+        from cl_detect.methods.registry import create_method
+        methods = [create_method("finetune")] + list(methods)
+    check_composition(methods)
+    return list(methods)
+
+
 def check_composition(methods: list[Method]) -> None:
     """Reject combinations that cannot work together, with the reason."""
     names = [m.name for m in methods]
@@ -155,10 +165,7 @@ class ContinualModel(nn.Module):
     def __init__(self, detector: nn.Module, text_encoder: nn.Module, methods: list[Method],
                  criterion: YOLOWorldLoss | None = None):
         super().__init__()
-        if not any(m.is_trainer for m in methods):
-            from cl_detect.methods.registry import create_method
-            methods = [create_method("finetune")] + list(methods)  # regularisers alone: full fine-tuning
-        check_composition(methods)
+        methods = composed(methods)
         self.detector = detector
         self.text_encoder = text_encoder
         self.criterion = criterion or YOLOWorldLoss(reg_max=detector.config.reg_max)

@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
+import threading
 import warnings
 
 from PIL import Image
@@ -20,19 +21,30 @@ _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 OPENCV_MAX_PIXELS = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 2**30))
 
 
+_pixel_limit_lock = threading.Lock()
+_pixel_limit_users = [0, None]  # open uses, and Pillow's limit before the first
+
+
 @contextlib.contextmanager
 def opencv_pixel_limit():
     """Within it Pillow opens every image `cv2.imread` reads: its decompression-bomb check refuses
     more than 2 * Image.MAX_IMAGE_PIXELS (179 M pixels by default), which large aerial or scanned
-    images exceed, so that limit is moved to OpenCV's (and restored after; not thread-safe)."""
-    default = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = OPENCV_MAX_PIXELS // 2  # Pillow raises above twice this
+    images exceed, so that limit is moved to OpenCV's and restored when the last user leaves (the
+    limit is Pillow's global; overlapping uses in threads restore the value from before the first)."""
+    with _pixel_limit_lock:
+        if _pixel_limit_users[0] == 0:
+            _pixel_limit_users[1] = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = OPENCV_MAX_PIXELS // 2  # Pillow raises above twice this
+        _pixel_limit_users[0] += 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             yield
     finally:
-        Image.MAX_IMAGE_PIXELS = default
+        with _pixel_limit_lock:
+            _pixel_limit_users[0] -= 1
+            if _pixel_limit_users[0] == 0:
+                Image.MAX_IMAGE_PIXELS = _pixel_limit_users[1]
 
 
 def opencv_orientation(image: Image.Image) -> int:
