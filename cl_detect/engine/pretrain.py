@@ -199,11 +199,11 @@ def pretrain(config: dict | str | Path, allow_data_errors: bool = False, resume:
     where = f"{config}: train.device" if not isinstance(config, dict) else "train.device"
     config = load_config(config)
     device = config.train.device
-    # before the data is read; the device name itself was checked with the config
-    check_device_available(device, where, fix="set train.device in the config")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.startswith("cuda:"):
         raise ValueError(f"train.device {device!r} would put every torchrun process on one GPU; use 'cuda' or "
                          f"'auto' (each process takes GPU LOCAL_RANK)")
+    # before the data is read; the device name itself was checked with the config
+    check_device_available(device, where, fix="set train.device in the config")
     init_distributed("gloo" if device == "cpu" else None)  # NCCL cannot reduce CPU tensors
     # held from the run record to the last write, so a second process cannot overwrite either
     with only_process_in(Path(config.out_dir)):
