@@ -286,19 +286,18 @@ def _settings(result: RunResult) -> dict | None:
     return {**settings, "train": train}
 
 
-def _differs(old, new) -> bool:
-    """Whether two recorded values differ; settings groups (train, method_options, ...) are compared on
-    the keys both record, as `cl-detect run` compares them (a field a later version adds is no change)."""
-    if not (isinstance(old, dict) and isinstance(new, dict)):
-        return old != new
-    for group in old.keys() & new.keys():
+def settings_changes(old: dict, new: dict) -> list[str]:
+    """"group.key old -> new" for each recorded run setting (`runner.run_settings`) that differs,
+    compared on the groups and keys both record: a field a later version adds or drops is no change."""
+    changed = []
+    for group in (group for group in old if group in new):
         before, after = old[group], new[group]
         if isinstance(before, dict) and isinstance(after, dict):
-            if any(before[key] != after[key] for key in before.keys() & after.keys()):
-                return True
+            changed += [f"{group}.{key} {before[key]!r} -> {after[key]!r}"
+                        for key in sorted(before.keys() & after.keys()) if before[key] != after[key]]
         elif before != after:
-            return True
-    return False
+            changed.append(f"{group} {before!r} -> {after!r}")
+    return changed
 
 
 def _recorded(what: str, result: RunResult):
@@ -310,9 +309,10 @@ def _recorded(what: str, result: RunResult):
 def _mismatch(what: str, first: RunResult, result: RunResult) -> str:
     both = f"{first.source} and {result.source}"
     if what == "settings":
+        changes = "; ".join(settings_changes(_settings(first), _settings(result)))
         return (f"{both} are seeds of method {result.method!r} on protocol {result.protocol!r} but were run with "
-                f"other settings (their `settings` differ beyond the seed); one row would average both: give the "
-                f"method another label, or table them separately")
+                f"other settings ({changes}); one row would average both: give the method another label, or "
+                f"table them separately")
     if what == "size":
         reason = (f"scored at other image sizes (eval.image_size {_eval_image_size(first)} vs "
                   f"{_eval_image_size(result)}), so their APs do not compare")
@@ -353,7 +353,8 @@ def check_comparable(results: Sequence[RunResult]) -> None:
             if value is None:
                 continue
             reference = recorded.setdefault((what, group), result)
-            if _differs(_recorded(what, reference), value):
+            before = _recorded(what, reference)
+            if (settings_changes(before, value) if what == "settings" else before != value):
                 raise ResultError(_mismatch(what, reference, result))
         for what in ("tasks", "retention_sets"):
             if getattr(result, what) != getattr(first, what):

@@ -34,7 +34,7 @@ from cl_detect.bench._meta import run_meta
 from cl_detect.bench.baselines import skips_training
 from cl_detect.bench.config import RunConfig
 from cl_detect.bench.protocol import ProtocolData
-from cl_detect.bench.results import summarize
+from cl_detect.bench.results import settings_changes, summarize
 from cl_detect.engine.runlog import peak_memory_mb
 from cl_detect.engine.state import SETTINGS_FREE_TO_CHANGE, load_model_state, model_state, read_saved_progress
 from cl_detect.engine.task_data import build_task_training_set, checked_extras
@@ -139,14 +139,7 @@ def _changes(saved: dict, now: dict) -> str:
     if saved.get("data_fingerprint") not in (None, now["data_fingerprint"]):
         changed.append(f"data fingerprint {saved['data_fingerprint']} -> {now['data_fingerprint']}: another "
                        f"split, image subset or prompt list")
-    old, new = saved.get("settings") or {}, now["settings"]
-    for group in old:
-        if isinstance(old[group], dict) and isinstance(new.get(group), dict):
-            changed += [f"{group}.{key} {old[group].get(key)!r} -> {new[group].get(key)!r}"
-                        for key in sorted(old[group].keys() & new[group].keys())  # a field added later is no change
-                        if old[group].get(key) != new[group].get(key)]
-        elif old[group] != new.get(group):
-            changed.append(f"{group} {old[group]!r} -> {new.get(group)!r}")
+    changed += settings_changes(saved.get("settings") or {}, now["settings"])
     return "; ".join(changed)
 
 
