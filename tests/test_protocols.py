@@ -114,7 +114,8 @@ def test_misshapen_settings_are_one_message_naming_the_file(tmp_path):
              ({"name": ".."}, "protocol name '..' names the results folder"),
              ({"methods": "finetune"}, "methods must be a list of method lists.*got 'finetune'"),
              ({"methods": ["finetun"]}, r"methods: unknown method\(s\) \['finetun'\]"),
-             ({"methods": ["lora+lora"]}, "name a method twice"),
+             ({"methods": ["lora+lora"]}, r"method list 'lora\+lora': a method is listed twice"),
+             ({"methods": ["lora+prompt"]}, "method list 'lora\\+prompt': lora and prompt each decide"),
              ({"synthetic_world": {"seeed": 0}},
               r"unknown synthetic_world setting\(s\) \['seeed'\]; valid: .*'seed'"),
              ({"synthetic_world": [0]}, "synthetic_world must be a mapping"),
@@ -123,7 +124,12 @@ def test_misshapen_settings_are_one_message_naming_the_file(tmp_path):
              ({"train": {"grad_clip": -1.0, "lr": -1e-3}}, r"out of range: lr = -0.001 .*grad_clip = -1.0"),
              ({"train": {"log_every": 0}}, r"out of range: log_every = 0 \(at least 1\)"),
              ({"base_model": {"checkpoint": "m.pt", "pretrain": {"detecter": "x"}}},
-              r"unknown base_model pretrain setting\(s\)")]
+              r"unknown base_model pretrain setting\(s\)"),
+             # ranges were checked only when pretraining started, minutes into `cl-detect run`
+             ({"base_model": {"checkpoint": "m.pt", "pretrain": {"lr": -1.0}}},
+              r"base_model pretrain: train setting\(s\) out of range: lr = -1.0"),
+             ({"base_model": {"checkpoint": "m.pt", "pretrain": {"close_mosaic_epochs": 13}}},
+              "base_model pretrain: close_mosaic_epochs must be between 0 and epochs")]
     for extra, message in cases:
         with pytest.raises(ValueError, match=rf"p\.yaml: .*{message}"):
             load_run_config(_write(tmp_path, {**MINIMAL, **extra}))
@@ -152,7 +158,7 @@ def test_compositions_that_cannot_work_fail_before_any_run(tmp_path):
     config = load_run_config(_write(tmp_path, MINIMAL), defaults_path=None)
     with pytest.raises(ValueError, match="method list 'lora\\+prompt': lora and prompt each decide"):
         method_runs(["finetune", "lora+prompt"], config)
-    with pytest.raises(ValueError, match="name a method twice"):
+    with pytest.raises(ValueError, match="a method is listed twice: .*compose distinct methods"):
         method_runs(["lora+distill+lora"], config)
     assert method_runs(["distill+replay", "mix"], config) == [["distill", "replay"], ["mix"]]
 

@@ -120,6 +120,11 @@ class RetentionSpec:
                              f"got {len(self.data)} data entries")
 
 
+# `base_model.pretrain`'s train settings when the protocol does not set them (prepare.base_pretrain_config)
+BASE_PRETRAIN_TRAIN = {"epochs": 12, "batch_size": 16, "image_size": 96, "lr": 2e-3, "num_texts": 16,
+                       "warmup_epochs": 1.0, "close_mosaic_epochs": 1, "device": "auto", "amp": True, "log_every": 20}
+
+
 @dataclass
 class BaseModelSpec:
     """The model every run starts from.
@@ -142,6 +147,10 @@ class BaseModelSpec:
         if self.pretrain:  # read only when the checkpoint is missing: a misspelt key would wait until then
             settings = {key: value for key, value in self.pretrain.items() if key != "detector"}
             check_keys_and_types(TrainConfig, settings, "base_model pretrain setting(s) (detector or train settings)")
+            try:  # ranges too (lr: -1 waited until pretraining started)
+                TrainConfig(**{**BASE_PRETRAIN_TRAIN, **settings})
+            except ValueError as error:
+                raise ValueError(f"base_model pretrain: {error}") from None
 
 
 @dataclass
@@ -228,22 +237,22 @@ class RunConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"protocol {self.name!r}: task and retention set names must be unique, got {names}")
         self.train_config()  # fail at load time on a bad training field
-        if self.methods is not None:
-            if not isinstance(self.methods, list) or not all(isinstance(spec, str) for spec in self.methods):
-                raise ValueError(f"protocol {self.name!r}: methods must be a list of method lists, e.g. "
-                                 f"[finetune, lora+distill], or null for every method; got {self.methods!r}")
-            try:
-                split_method_specs(self.methods)
-            except ValueError as err:
-                raise ValueError(f"protocol {self.name!r} methods: {err}") from None
-        if self.synthetic_world is not None:
-            check_synthetic_world(self.synthetic_world)
         from cl_detect.methods import create_method
         for name, options in self.method_options.items():
             try:  # a misspelt method or option fails now, not after a task has trained
                 create_method(name, options)
             except ValueError as err:
                 raise ValueError(f"protocol {self.name!r} method_options: {err}") from None
+        if self.methods is not None:
+            if not isinstance(self.methods, list) or not all(isinstance(spec, str) for spec in self.methods):
+                raise ValueError(f"protocol {self.name!r}: methods must be a list of method lists, e.g. "
+                                 f"[finetune, lora+distill], or null for every method; got {self.methods!r}")
+            try:
+                split_method_specs(self.methods, self.method_options)
+            except ValueError as err:
+                raise ValueError(f"protocol {self.name!r} methods: {err}") from None
+        if self.synthetic_world is not None:
+            check_synthetic_world(self.synthetic_world)
         if self.label is not None and (not self.label or "/" in self.label or "+" in self.label):
             raise ValueError(f"label {self.label!r} must be a non-empty name without '/' or '+'")
         file_names = [("name", self.name), ("label", self.label)] + [("task name", t.name) for t in self.tasks]
@@ -293,17 +302,23 @@ class RunConfig:
         return cls(**data)
 
 
-def split_method_specs(specs: list[str]) -> list[list[str]]:
-    """Method lists of specs such as "lora+distill"; an unknown method or one named twice in a
-    list is an error (listing the registered methods)."""
-    from cl_detect.methods import list_methods
+def split_method_specs(specs: list[str], method_options: dict | None = None) -> list[list[str]]:
+    """Method lists of specs such as "lora+distill".
+
+    Raises:
+        ValueError: an unknown method (listing the registered ones), or a list whose methods cannot
+            be combined (`methods.composed`: a method twice, two trainers, ...), with the list named.
+    """
+    from cl_detect.methods import composed, create_method, list_methods
     runs = [[name.strip() for name in spec.split("+")] for spec in specs]
     unknown = sorted({name for names in runs for name in names} - set(list_methods()))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; registered: {', '.join(list_methods())}")
-    repeated = [spec for spec, names in zip(specs, runs) if len(set(names)) != len(names)]
-    if repeated:
-        raise ValueError(f"method list(s) {repeated} name a method twice; compose distinct methods, e.g. lora+distill")
+    for names in (names for names in runs if len(names) > 1):  # a composition that cannot work fails every seed
+        try:
+            composed([create_method(name, (method_options or {}).get(name)) for name in names])
+        except ValueError as err:
+            raise ValueError(f"method list {'+'.join(names)!r}: {err}") from None
     return runs
 
 

@@ -29,7 +29,7 @@ from cl_detect.bench.protocol import load_protocol_data
 from cl_detect.bench.results import error_message
 from cl_detect.bench.runner import BaseModel, result_path, run_one
 from cl_detect.engine.config import check_device_available
-from cl_detect.methods import composed, create_method, list_methods
+from cl_detect.methods import list_methods
 from cl_detect.methods.registry import method_classes
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -43,13 +43,7 @@ def method_runs(specs: list[str] | None, config: RunConfig) -> list[list[str]]:
             methods cannot be combined (two trainers, a method twice, ...), before any run starts.
     """
     specs = specs or config.methods or list_methods()
-    runs = split_method_specs(specs)
-    for names in (names for names in runs if len(names) > 1):  # a composition that cannot work fails every seed
-        try:
-            composed([create_method(name, config.method_options.get(name)) for name in names])
-        except ValueError as err:
-            raise ValueError(f"method list {'+'.join(names)!r}: {err}") from None
-    return runs
+    return split_method_specs(specs, config.method_options)
 
 
 def with_overrides(config: RunConfig, image_size: int | None = None, max_train_images: int | None = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cl_detect.bench.config import RunConfig
+from cl_detect.bench.config import BASE_PRETRAIN_TRAIN, RunConfig
 from cl_detect.data.synthetic import write_synthetic_world
 
 
@@ -96,8 +96,7 @@ def base_pretrain_config(world_dir: Path, checkpoint: Path, text_encoder: str, s
         text_encoder: text encoder spec.
         settings: `detector` plus any TrainConfig fields (epochs, batch_size, image_size, lr, ...).
     """
-    train = {"epochs": 12, "batch_size": 16, "image_size": 96, "lr": 2e-3, "num_texts": 16, "warmup_epochs": 1.0,
-             "close_mosaic_epochs": 1, "device": "auto", "amp": True, "log_every": 20, **settings}
+    train = {**BASE_PRETRAIN_TRAIN, **settings}
     detector = train.pop("detector", "yolo_world_v2_t")
     images = json.loads((world_dir / "world.json").read_text())["splits"]["base"]["counts"]["train"]["images"]
     steps = train["epochs"] * (images // train["batch_size"])

@@ -139,7 +139,7 @@ def check_composition(methods: list[Method]) -> None:
     """Reject combinations that cannot work together, with the reason."""
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
-        raise ValueError(f"a method is listed twice: {names}")
+        raise ValueError(f"a method is listed twice: {names}; compose distinct methods, e.g. lora+distill")
     trainers = [m.name for m in methods if m.is_trainer]
     if len(trainers) > 1:
         raise ValueError(f"{' and '.join(trainers)} each decide which parameters train; list only one of them "
