@@ -9,6 +9,7 @@ from torch import nn
 from cl_detect.engine.ema import ModelEMA
 from cl_detect.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups, scaled_weight_decay
 from cl_detect.engine.runlog import RunLogger
+from cl_detect.engine.state import settings_changes
 from cl_detect.engine.task_data import build_task_training_set
 from cl_detect.engine.train import train_one_task
 from cl_detect.engine.transfer import transfer_weights
@@ -200,3 +201,20 @@ def test_a_resumed_session_drops_the_rows_logged_after_its_checkpoint(tmp_path):
     started_over.log({"step": 1, "loss": 9.0}, 1)
     started_over.close()
     assert [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [1]
+
+
+# ----------------------------------------------------------------- recorded settings
+
+
+def test_settings_changes_compare_the_keys_both_record_and_whole_values_elsewhere():
+    old = {"train": {"lr": 1e-3, "epochs": 2}, "methods": {"finetune": {}}, "negatives": "all", "seed": 0}
+    new = {"train": {"lr": 5e-4, "epochs": 2, "added_later": 1}, "methods": {"lora": {}}, "negatives": "all",
+           "seed": 1, "new_key": 3}
+    # a train field or a key a later version adds is no change; a method list compares whole (the
+    # pretrain record once listed a key that was missing from an older record as a change: None -> value)
+    assert settings_changes(old, new) == ["train.lr 0.001 -> 0.0005", "methods {'finetune': {}} -> {'lora': {}}",
+                                          "seed 0 -> 1"]
+    assert settings_changes(old, new, skip=("seed",), by_key=()) == [
+        "train {'lr': 0.001, 'epochs': 2} -> {'lr': 0.0005, 'epochs': 2, 'added_later': 1}",
+        "methods {'finetune': {}} -> {'lora': {}}"]
+    assert settings_changes(old, old) == []

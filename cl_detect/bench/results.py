@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from cl_detect.eval.continual import check_required_cells, continual_summary
+from cl_detect.engine.state import settings_changes
 
 STATUSES = ("finished", "failed")
 _ALWAYS = ("protocol", "method", "seed", "status")
@@ -284,20 +285,6 @@ def _settings(result: RunResult) -> dict | None:
         return None
     train = {k: v for k, v in (settings.get("train") or {}).items() if k != "seed"}
     return {**settings, "train": train}
-
-
-def settings_changes(old: dict, new: dict) -> list[str]:
-    """"group.key old -> new" for each recorded run setting (`runner.run_settings`) that differs,
-    compared on the groups and keys both record: a field a later version adds or drops is no change."""
-    changed = []
-    for group in (group for group in old if group in new):
-        before, after = old[group], new[group]
-        if isinstance(before, dict) and isinstance(after, dict):
-            changed += [f"{group}.{key} {before[key]!r} -> {after[key]!r}"
-                        for key in sorted(before.keys() & after.keys()) if before[key] != after[key]]
-        elif before != after:
-            changed.append(f"{group} {before!r} -> {after!r}")
-    return changed
 
 
 def _recorded(what: str, result: RunResult):

@@ -34,9 +34,10 @@ from cl_detect.bench._meta import run_meta
 from cl_detect.bench.baselines import skips_training
 from cl_detect.bench.config import RunConfig
 from cl_detect.bench.protocol import ProtocolData
-from cl_detect.bench.results import settings_changes, summarize
+from cl_detect.bench.results import summarize
 from cl_detect.engine.runlog import peak_memory_mb
-from cl_detect.engine.state import SETTINGS_FREE_TO_CHANGE, load_model_state, model_state, read_saved_progress
+from cl_detect.engine.state import (SETTINGS_FREE_TO_CHANGE, load_model_state, model_state, read_saved_progress,
+                                    settings_changes)
 from cl_detect.engine.task_data import build_task_training_set, checked_extras
 from cl_detect.engine.train import TrainResult, resolve_device, train_one_task
 from cl_detect.methods import ContinualModel, TaskContext, create_method

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cl_detect.engine._pretrain_config import PretrainConfig
 from cl_detect.engine.distributed import is_main_process
-from cl_detect.engine.state import START_OVER
+from cl_detect.engine.state import START_OVER, settings_changes
 from cl_detect.models._checkpoint_io import atomic_write_text
 
 # what the trained weights depend on besides `train:` (which train_one_task checks itself)
@@ -36,8 +36,7 @@ def check_same_run(config: PretrainConfig, resume: bool) -> None:
     if not (resume and (out_dir / "checkpoint.pt").exists() and record.exists()):
         return
     saved = json.loads(record.read_text())
-    changed = ", ".join(f"{key} {saved.get(key)!r} -> {value!r}" for key, value in _run_settings(config).items()
-                        if saved.get(key) != value)
+    changed = ", ".join(settings_changes(saved, _run_settings(config)))
     if changed:
         raise ValueError(f"{out_dir / 'checkpoint.pt'} holds a run made with another config ({changed}); "
                          f"resuming it would give the old run's model under the new config. {START_OVER}")

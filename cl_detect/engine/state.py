@@ -119,9 +119,29 @@ def check_resumed_settings(saved: dict | None, config: dict, path: Path) -> None
     """
     if saved is None:
         return
-    changed = {key: (saved.get(key), value) for key, value in config.items()
-               if key not in SETTINGS_FREE_TO_CHANGE and saved.get(key) != value}
+    changed = settings_changes(saved, config, skip=SETTINGS_FREE_TO_CHANGE)
     if changed:
-        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
-        raise ValueError(f"{path} holds a run with other training settings ({listed}); resuming it would give "
-                         f"the old run's model under the new settings. {START_OVER}")
+        raise ValueError(f"{path} holds a run with other training settings ({', '.join(changed)}); resuming it "
+                         f"would give the old run's model under the new settings. {START_OVER}")
+
+
+def settings_changes(old: dict, new: dict, skip: tuple[str, ...] = (),
+                     by_key: tuple[str, ...] = ("train",)) -> list[str]:
+    """"key old -> new" for each recorded setting that differs, compared on the keys both record,
+    so a field a later version adds or drops is no change. Used by every "resume / keep / table
+    this run?" check (trainer checkpoints, pretrain_run.json, a protocol run's state and results).
+
+    Args:
+        old, new: the recorded and the current settings.
+        skip: keys free to change.
+        by_key: mappings of settings fields (a `TrainConfig` as a dict), compared the same way
+            key by key ("train.lr 0.001 -> 0.0005"); other values (a method list, options) compare whole.
+    """
+    changed = []
+    for key in (key for key in old if key in new and key not in skip):
+        before, after = old[key], new[key]
+        if key in by_key and isinstance(before, dict) and isinstance(after, dict):
+            changed += [f"{key}.{change}" for change in settings_changes(before, after, by_key=())]
+        elif before != after:
+            changed.append(f"{key} {before!r} -> {after!r}")
+    return changed
