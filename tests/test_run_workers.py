@@ -151,3 +151,27 @@ def test_with_jobs_an_error_that_stops_the_command_stops_it_at_once(tmp_path):
         run_experiment(config, ["finetune"], [0, 1, 2], out, jobs=2, log=lambda line: None)
     assert time.monotonic() - start < 150  # the other runs train 30 epochs: they were stopped
     assert not (out / "tiny" / "finetune_seed1.json").exists() and not (out / "tiny" / "finetune_seed2.json").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="run processes get their own group on Linux")
+def test_a_terminal_ctrl_c_while_the_run_processes_start_prints_no_traceback(tmp_path):
+    # the run processes were still importing torch in the terminal's process group: each printed a
+    # KeyboardInterrupt traceback under the command's own "interrupted" line
+    protocol, out = _tiny_protocol(tmp_path, epochs=30), tmp_path / "res"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "cl_detect.cli", "run", str(protocol), "--methods", "zeroshot", "finetune",
+         "--seeds", "0", "--jobs", "2", "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while len(subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()) < 2:
+            assert parent.poll() is None and time.monotonic() < deadline, "the run processes did not start"
+            time.sleep(0.05)
+        os.killpg(parent.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches its whole foreground group
+        _, errors = parent.communicate(timeout=120)
+    finally:
+        parent.kill()
+    assert parent.returncode == 130
+    assert "Traceback" not in errors and "interrupted: cl-detect run stopped by Ctrl-C" in errors

@@ -11,6 +11,7 @@ detector's layers are too small for intra-op parallelism to pay.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -137,7 +138,10 @@ def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: lis
     context = multiprocessing.get_context("spawn")  # no forked copies of torch thread pools
     stop = context.Event()
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=start_worker, initargs=(threads, stop)) as pool:
-        futures = [pool.submit(_run_pair, config, names, seed, out, options) for names, seed in pairs]
+        # the run processes start (on submit) with SIGINT blocked, so a Ctrl-C while they import torch
+        # is not a KeyboardInterrupt traceback in each; one that reaches this process meanwhile waits
+        with _sigint_blocked():
+            futures = [pool.submit(_run_pair, config, names, seed, out, options) for names, seed in pairs]
         try:
             wait(futures, return_when=FIRST_EXCEPTION)
         except KeyboardInterrupt:
@@ -172,6 +176,20 @@ def _stop_runs(pool: ProcessPoolExecutor, futures: list, stop) -> None:
                 raise
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread (and inherited, blocked, by processes started meanwhile: the
+    mask survives exec); one that arrives is delivered when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 _LOADED: dict[str, tuple] = {}  # per process: protocol name -> (datasets, base model)
 
 
@@ -190,6 +208,8 @@ def start_worker(threads: int, stop=None) -> None:
         os.setpgid(0, 0)
     # idle, a SIGINT must not kill the process: the executor would then kill the others mid-checkpoint
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # started blocked (`_sigint_blocked`): one sent meanwhile is dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux"):
         parent = os.getppid()
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
