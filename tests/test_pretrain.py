@@ -1,5 +1,6 @@
 """`cl-detect pretrain` / `cl-detect finetune` end to end on a tiny world, and vocabulary merging."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,32 @@ def test_finetune_needs_a_checkpoint_and_one_dataset(tmp_path):
     two = [{"path": str(world / "base" / "train.json")}] * 2
     with pytest.raises(ValueError, match="exactly one dataset"):
         finetune(_config(world, tmp_path, init_checkpoint="x.pt", datasets=two))
+
+
+def test_dataset_entries_take_an_image_list_and_max_images_as_protocol_entries_do(tmp_path):
+    # Raccoon's split is a csv of file names: a protocol could read it, `cl-detect finetune` refused the key
+    from cl_detect.engine._pretrain_run import _run_settings
+    from cl_detect.engine.pretrain import read_checked
+
+    world = tiny_world(tmp_path)
+    data = json.loads((world / "base" / "train.json").read_text())
+    listed = [image["file_name"] for image in data["images"][1:4]]
+    (tmp_path / "list.csv").write_text("filename,class\n" + "".join(f"{name},x\n" for name in listed))
+    entry = {"path": str(world / "base" / "train.json"), "format": "coco", "check_images": False,
+             "image_list": str(tmp_path / "list.csv")}
+    config = load_config(_config(world, tmp_path, datasets=[entry]))
+    dataset = read_checked(config.datasets[0], allow_data_errors=False)
+    assert sorted(Path(r.image_path).name for r in dataset.records) == sorted(Path(name).name for name in listed)
+    assert _run_settings(config)["datasets"][0]["image_list"] == str(tmp_path / "list.csv")
+    assert "max_images" not in _run_settings(config)["datasets"][0]  # unset: a record from before matches
+    capped = load_config(_config(world, tmp_path, datasets=[{**entry, "max_images": 2}])).datasets[0]
+    assert len(read_checked(capped, allow_data_errors=False)) == 2
+    with pytest.raises(ValueError, match="image_list '.*nothing.csv' does not exist"):
+        load_config(_config(world, tmp_path, datasets=[{**entry, "image_list": str(tmp_path / "nothing.csv")}]))
+    (tmp_path / "other.txt").write_text("elsewhere.png\n")
+    other = load_config(_config(world, tmp_path, datasets=[{**entry, "image_list": str(tmp_path / "other.txt")}]))
+    with pytest.raises(ValueError, match="other.txt: none of its images are in .*train.json"):
+        read_checked(other.datasets[0], allow_data_errors=False)
 
 
 def test_doctor_errors_refuse_training_unless_allowed(tmp_path):

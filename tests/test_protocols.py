@@ -12,8 +12,9 @@ import yaml
 
 from cl_detect.bench.config import load_run_config, merge_shallow
 from cl_detect.bench.experiment import method_runs, with_overrides
-from cl_detect.bench.protocol import load_protocol_data, merge_by_name, subset
+from cl_detect.bench.protocol import load_protocol_data, merge_by_name
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
+from cl_detect.data.selection import subset
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 IVLOD_ORDER = ["AerialMaritimeDrone", "Aquarium", "CottontailRabbits", "EgoHands", "NorthAmericaMushrooms",

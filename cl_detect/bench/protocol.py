@@ -7,11 +7,9 @@ and seed, so runs compare on the same images.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +21,7 @@ from cl_detect.data.checked import checked_dataset
 from cl_detect.data.doctor import load_texts
 from cl_detect.data.readers import read_dataset
 from cl_detect.data.records import DetectionDataset, Vocabulary
-
-SUBSET_SEED = 0
-
+from cl_detect.data.selection import select_images
 
 @dataclass
 class TaskData:
@@ -70,25 +66,6 @@ class ProtocolData:
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def _image_names(path: Path) -> set[str]:
-    """File names listed in a csv (`filename` column) or a text file (one per line)."""
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-        if rows and "filename" not in rows[0]:
-            raise ValueError(f"{path}: an image list csv needs a 'filename' column, got {list(rows[0])}")
-        return {Path(row["filename"]).name for row in rows}
-    return {Path(line.strip()).name for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()}
-
-
-def subset(dataset: DetectionDataset, max_images: int | None) -> DetectionDataset:
-    """At most `max_images` records, a fixed-seed draw kept in the original order."""
-    if max_images is None or len(dataset) <= max_images:
-        return dataset
-    keep = sorted(random.Random(SUBSET_SEED).sample(range(len(dataset)), max_images))
-    return dataclasses.replace(dataset, records=[dataset.records[i] for i in keep])
-
-
 def read_spec(config: RunConfig, spec: DataSpec, max_images: int | None = None, where: str = "") -> DetectionDataset:
     """Read one `DataSpec` (image list and size limits applied).
 
@@ -109,14 +86,9 @@ def read_spec(config: RunConfig, spec: DataSpec, max_images: int | None = None, 
     if spec.class_names is not None:
         options["class_names"] = list(spec.class_names)
     dataset = read_dataset(path, format=spec.format, split=spec.split, **options)
-    if spec.image_list:
-        names = _image_names(config.resolve_path(spec.image_list))
-        records = [r for r in dataset.records if Path(r.image_path).name in names]
-        if not records:
-            raise ValueError(f"{spec.image_list}: none of its images are in {spec.path}")
-        dataset = dataclasses.replace(dataset, records=records)
+    image_list = config.resolve_path(spec.image_list) if spec.image_list else None
     limits = [n for n in (spec.max_images, max_images) if n is not None]
-    return subset(dataset, min(limits) if limits else None)
+    return select_images(dataset, image_list, min(limits) if limits else None, spec.path)
 
 
 def with_prompts(dataset: DetectionDataset, prompts: list[str] | None, where: str) -> DetectionDataset:

@@ -41,6 +41,12 @@ class DatasetSpec:
         check_images: let the doctor open every image (slow for large sets).
         class_names: VOC only: the class list in label order (VOC stores none: by default it is
             the sorted names in the split's xml files; give train and test sets the same list).
+        image_root: folder the annotation's image paths are relative to (LVIS: the COCO image
+            folder); None lets the reader find it.
+        image_list: keep only the images named in this file (a csv with a `filename` column, or
+            one file name per line), e.g. Raccoon's `train_labels.csv`.
+        max_images: keep at most this many images (a fixed-seed random subset).
+        As in a protocol's dataset entries (`bench.config.DataSpec`), but paths are used as given.
     """
 
     path: str
@@ -49,10 +55,19 @@ class DatasetSpec:
     name: str = ""
     check_images: bool = True
     class_names: list[str] | None = None
+    image_root: str | None = None
+    image_list: str | None = None
+    max_images: int | None = None
 
     def __post_init__(self):
         self.path = expand_variables(self.path)  # an unset ${VAR} is an error, not a literal path
         check_names(self.class_names, self.path, "class_names")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"{self.path}: max_images must be 1 or more, got {self.max_images}; leave it out to "
+                             f"keep every image")
+        for key in ("image_root", "image_list"):  # readers would fail later naming no entry
+            if getattr(self, key) is not None and not Path(getattr(self, key)).exists():
+                raise ValueError(f"{self.path}: {key} {getattr(self, key)!r} does not exist; fix the path")
         if not self.name:
             self.name = Path(self.path).stem
 

@@ -12,13 +12,16 @@ from cl_detect.models._checkpoint_io import atomic_write_text
 
 # what the trained weights depend on besides `train:` (which train_one_task checks itself)
 _RUN_KEYS = ("datasets", "detector", "detector_kwargs", "text_encoder", "init_checkpoint", "negatives", "methods")
-_DATASET_KEYS = ("path", "format", "split", "class_names")
+_SUBSET_KEYS = ("image_root", "image_list", "max_images")
+_DATASET_KEYS = ("path", "format", "split", "class_names") + _SUBSET_KEYS
 _RUN_RECORD = "pretrain_run.json"
 
 
 def _run_settings(config: PretrainConfig) -> dict:
     run = {key: getattr(config, key) for key in _RUN_KEYS}
-    run["datasets"] = [{key: getattr(spec, key) for key in _DATASET_KEYS} for spec in config.datasets]
+    # the subset keys only when set, so a record written before they existed still matches
+    run["datasets"] = [{key: getattr(spec, key) for key in _DATASET_KEYS
+                        if key not in _SUBSET_KEYS or getattr(spec, key) is not None} for spec in config.datasets]
     return json.loads(json.dumps(run))  # as it reads back (tuples become lists)
 
 

@@ -65,9 +65,13 @@ def read_checked(spec: DatasetSpec, allow_data_errors: bool) -> DetectionDataset
     """Read a dataset and run the doctor on it; refuse it on errors unless allowed."""
     from cl_detect.data.checked import checked_dataset
     from cl_detect.data.readers import read_dataset
+    from cl_detect.data.selection import select_images
 
     options = {"class_names": list(spec.class_names)} if spec.class_names is not None else {}
+    if spec.image_root is not None:
+        options["image_root"] = spec.image_root
     dataset = read_dataset(spec.path, format=spec.format, split=spec.split, **options)
+    dataset = select_images(dataset, spec.image_list, spec.max_images, spec.path)
     return checked_dataset(dataset, allow_data_errors, str(spec.path), check_images=spec.check_images)
 
 
