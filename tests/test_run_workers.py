@@ -76,6 +76,15 @@ def _tiny_protocol(root: Path, epochs: int) -> Path:
     return root / "tiny.yaml"
 
 
+def _start_run(protocol: Path, out: Path, methods: list[str], seeds: list[str], stderr=subprocess.DEVNULL):
+    """`cl-detect run --jobs 2` in its own session, SIGINT at its default (as a terminal starts it)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "cl_detect.cli", "run", str(protocol), "--methods", *methods, "--seeds", *seeds,
+         "--jobs", "2", "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="run processes get their own group on Linux")
 def test_sigint_to_the_parent_alone_checkpoints_the_runs_and_starts_no_other(tmp_path):
     # `kill -INT <parent>` used to wait for the running runs to finish, and then ran the queued ones
@@ -84,12 +93,7 @@ def test_sigint_to_the_parent_alone_checkpoints_the_runs_and_starts_no_other(tmp
     import torch
 
     protocol, out = _tiny_protocol(tmp_path, epochs=30), tmp_path / "res"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    parent = subprocess.Popen(
-        [sys.executable, "-m", "cl_detect.cli", "run", str(protocol), "--methods", "finetune",
-         "--seeds", "0", "1", "2", "--jobs", "2", "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    parent = _start_run(protocol, out, ["finetune"], ["0", "1", "2"])
     try:
         deadline = time.monotonic() + 240
         while len(glob.glob(f"{out}/tiny/work/*/task1_task1/log.jsonl")) < 2 and time.monotonic() < deadline:
@@ -115,12 +119,7 @@ def test_sigint_with_an_idle_run_process_still_checkpoints_the_running_run(tmp_p
     import torch
 
     protocol, out = _tiny_protocol(tmp_path, epochs=30), tmp_path / "res"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    parent = subprocess.Popen(
-        [sys.executable, "-m", "cl_detect.cli", "run", str(protocol), "--methods", "zeroshot", "finetune",
-         "--seeds", "0", "--jobs", "2", "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    parent = _start_run(protocol, out, ["zeroshot", "finetune"], ["0"])
     try:
         deadline = time.monotonic() + 240
         while not ((out / "tiny" / "zeroshot_seed0.json").exists()
@@ -158,12 +157,7 @@ def test_a_terminal_ctrl_c_while_the_run_processes_start_prints_no_traceback(tmp
     # the run processes were still importing torch in the terminal's process group: each printed a
     # KeyboardInterrupt traceback under the command's own "interrupted" line
     protocol, out = _tiny_protocol(tmp_path, epochs=30), tmp_path / "res"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    parent = subprocess.Popen(
-        [sys.executable, "-m", "cl_detect.cli", "run", str(protocol), "--methods", "zeroshot", "finetune",
-         "--seeds", "0", "--jobs", "2", "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    parent = _start_run(protocol, out, ["zeroshot", "finetune"], ["0"], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while len(subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()) < 2:
