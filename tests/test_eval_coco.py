@@ -3,6 +3,7 @@ import contextlib
 import copy
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -286,6 +287,8 @@ def two_image_gt() -> dict:
     ("annotations", 0, "area", None, r"annotations\[0\] \(id 1\) has area None, not a finite number"),
     ("annotations", 0, "iscrowd", 256, r"annotations\[0\] \(id 1\) has iscrowd 256, not 0 or 1"),
     ("images", 0, "id", "img1", r"images\[0\] has id 'img1', not an integer id.*renumber"),
+    # both backends merged the two images' annotations into one image
+    ("images", 1, "id", 1, r"image id 1 is used by images \[0, 1\].*merge.*its own id"),
     ("images", 0, "id", 2 ** 64 + 1, r"images\[0\] has id 18446744073709551617, not an integer id"),
 ])
 def test_ground_truth_values_the_backends_would_misread_are_named(backend, part, index, key, value, message):
@@ -312,3 +315,81 @@ def test_detection_ids_that_are_not_integers_are_named(backend, key, value):
     floats = [{"image_id": 1.0, "category_id": 1.0, "bbox": [10, 10, 50, 50], "score": 0.9}]
     assert evaluate_coco(two_image_gt(), floats, backend=backend)["AP50"] == evaluate_coco(
         two_image_gt(), [{**floats[0], "image_id": 1, "category_id": 1}], backend=backend)["AP50"]
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "fast"])
+def test_repeated_category_id_is_named(backend):
+    # per-category AP was zipped with the repeated ids: category 1 (AP 1.0) read 0.0 and category 2 vanished
+    gt = two_image_gt()
+    gt["categories"] += [{"id": 2, "name": "b"}, {"id": 1, "name": "a2"}]
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}]
+    with pytest.raises(ValueError, match=r"the ground-truth dict: category id 1 is used by categories \[0, 2\]"):
+        evaluate_coco(gt, detections, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "fast"])
+def test_ground_truth_without_annotations_or_with_float_iscrowd(backend):
+    # both stopped with a bare StopIteration from the iscrowd check
+    gt = {**two_image_gt(), "annotations": []}
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}]
+    assert evaluate_coco(gt, detections, backend=backend)["AP"] == -1.0
+    floats = two_image_gt()
+    for annotation in floats["annotations"]:
+        annotation["iscrowd"] = 0.0
+    assert evaluate_coco(floats, detections, backend=backend) == evaluate_coco(two_image_gt(), detections,
+                                                                               backend=backend)
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}, [1, 1, 0, 0, 5, 5, 0.5]],
+     r"entry 1 is \[1, 1, 0, 0, 5, 5, \.\.\.\], not an object"),
+    ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": [0.5]}], r"entry 0 has score \[0.5\], not a number"),
+    ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": {"v": 1}}], "entry 0 has score .*not a number"),
+    ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": None}], "entry 0 has score None, not a number"),
+    ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5},
+      {"image_id": 1, "category_id": 1, "box": [0, 0, 5, 5], "score": 0.5}], "entry 1 lacks the key 'bbox'"),
+], ids=["list_entry", "score_list", "score_dict", "score_none", "wrong_key"])
+def test_cli_eval_names_the_bad_detection_record(tmp_path, capsys, entries, message):
+    # a list entry or a dict score was a bare TypeError; a [0.5] score reached pycocotools as a list
+    gt_path, dets_path = tmp_path / "gt.json", tmp_path / "dets.json"
+    gt_path.write_text(json.dumps(two_image_gt()))
+    dets_path.write_text(json.dumps(entries))
+    assert main(["eval", "--gt", str(gt_path), "--dets", str(dets_path)]) == 2
+    assert re.search(rf"{re.escape(str(dets_path))}: COCO results {message}", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("lvis", [False, True])
+def test_cli_eval_names_a_file_cut_short(tmp_path, capsys, lvis):
+    # json's bare "Expecting ',' delimiter: line 1 column 70" named neither file
+    gt_path, dets_path, good_path = tmp_path / "gt.json", tmp_path / "dets.json", tmp_path / "good.json"
+    gt_path.write_text(json.dumps(two_image_gt()))
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}] * 3
+    dets_path.write_text(json.dumps(dets)[:70])
+    good_path.write_text(json.dumps(dets))
+    flags = ["--lvis"] if lvis else []
+    assert main(["eval", "--gt", str(gt_path), "--dets", str(dets_path), *flags]) == 2
+    assert f"{dets_path}: not valid JSON (Expecting" in capsys.readouterr().err
+    gt_path.write_text(json.dumps(two_image_gt())[:60])
+    assert main(["eval", "--gt", str(gt_path), "--dets", str(good_path), *flags]) == 2
+    assert f"{gt_path}: not valid JSON (Expecting" in capsys.readouterr().err
+
+
+def test_cli_eval_refuses_per_image_arrays_naming_the_fix(tmp_path, capsys):
+    # the message asked for vocabulary=, an argument of the Python API the command line does not have
+    gt_path, dets_path = tmp_path / "gt.json", tmp_path / "dets.json"
+    gt_path.write_text(json.dumps(two_image_gt()))
+    dets_path.write_text(json.dumps([{"image_id": 1, "boxes": [[10, 10, 60, 60]], "scores": [0.9], "labels": [0]}]))
+    assert main(["eval", "--gt", str(gt_path), "--dets", str(dets_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{dets_path}: entry 0 holds per-image boxes" in err and "vocabulary=" not in err
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "fast"])
+def test_categories_sharing_a_name_keep_their_own_ap(backend):
+    # keyed by name, the second "fish" overwrote the first: category 1's AP 1.0 vanished from per_category_ap
+    gt = two_image_gt()
+    gt["categories"] = [{"id": 1, "name": "fish"}, {"id": 2, "name": "fish"}, {"id": 3, "name": "shark"}]
+    gt["annotations"][1]["category_id"] = 2
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}]
+    stats = evaluate_coco(gt, detections, backend=backend)
+    assert stats["per_category_ap"] == {"fish (id 1)": pytest.approx(1.0), "fish (id 2)": 0.0, "shark": -1.0}

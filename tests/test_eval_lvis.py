@@ -122,6 +122,15 @@ def test_fixed_ap_and_per_image_cap_on_hand_made_case():
     assert evaluate_lvis(gt, detections, fixed_ap=True, dets_per_category=2)["AP"] == 0.0
 
 
+@pytest.mark.parametrize("options, message", [({"max_dets": 0}, "max_dets .* got 0"), ({"max_dets": -1}, "got -1"),
+                                              ({"fixed_ap": True, "dets_per_category": 0}, "dets_per_category")])
+def test_caps_that_are_not_positive_are_refused(options, message):
+    # max_dets=0 made the lvis-api index an empty list (IndexError); -1 scored with no per-image cap
+    detections = [{"image_id": 10, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.5}]
+    with pytest.raises(ValueError, match=message):
+        evaluate_lvis(hand_made_lvis(), detections, **options)
+
+
 def test_per_image_arrays_and_empty_detections():
     gt = hand_made_lvis()
     vocabulary = Vocabulary(names=("cup", "dog"), category_ids=(1, 2))

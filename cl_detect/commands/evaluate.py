@@ -33,13 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _load_detections(path: str):
     """The detections file as `DetectionColumns`; format errors name the file."""
     from cl_detect.eval._detections import to_columns
+    from cl_detect.eval.coco_eval import read_json
 
-    detections = json.loads(Path(path).read_text())
+    detections = read_json(path)
     if isinstance(detections, dict) and "annotations" in detections:
         detections = detections["annotations"]
     if not isinstance(detections, list):
         raise ValueError(f"{path}: expected a JSON list of detections (each with image_id, category_id, "
                          f"bbox [x, y, w, h] and score), got {type(detections).__name__}")
+    if detections and isinstance(detections[0], dict) and "boxes" in detections[0]:
+        # to_columns would ask for vocabulary=, which the command line cannot pass
+        raise ValueError(f"{path}: entry 0 holds per-image boxes and labels (vocabulary indices), which have no "
+                         "category ids; write a COCO results list instead: one entry per detection with image_id, "
+                         "category_id, bbox [x, y, w, h] and score")
     try:
         return to_columns(detections)
     except ValueError as err:

@@ -6,9 +6,10 @@ boxes as xyxy pixels, scores, labels indexing a `Vocabulary`). Both become a
 `DetectionColumns`, which the fast backend reads directly and which turns back
 into a results list for pycocotools / lvis-api with the very same float values.
 
-Every results-list bbox must be exactly 4 numbers and every per-image `boxes`
-array (N, 4); anything else is an error naming the first bad entry, never
-reshaped into other boxes. Image and category ids must be integers (an
+Every results-list entry must be an object with a bbox of exactly 4 numbers
+and a score that is one number, and every per-image `boxes` array (N, 4);
+anything else is an error naming the first bad entry, never reshaped into
+other boxes. Image and category ids must be integers (an
 integral float such as 3.0 counts): 1.5 or "3" is an error, never truncated
 or parsed into another image's id.
 """
@@ -117,16 +118,46 @@ def _boxes_of_results(results: Sequence[Mapping]) -> np.ndarray:
         "(per-image xyxy boxes go in dicts with boxes, scores, labels instead)")
 
 
+def _is_score(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _scores_of_results(results: Sequence[Mapping]) -> np.ndarray:
+    """(N,) float64 from each entry's score; a ValueError names the first entry whose score is not a number."""
+    scores = [r["score"] for r in results]
+    try:
+        column = np.asarray(scores)
+    except ValueError:  # ragged nesting
+        column = None
+    if column is not None and column.shape == (len(scores),) and column.dtype.kind in "iuf":
+        return column.astype(np.float64)
+    bad = next((index for index, score in enumerate(scores) if not _is_score(score)), None)
+    if bad is not None:
+        raise ValueError(
+            f"COCO results entry {bad} has score {reprlib.repr(scores[bad])}, not a number; write each score as "
+            "one number (the detection's confidence)")
+    return np.array(scores, dtype=np.float64)
+
+
 def _from_results(results: Sequence[Mapping]) -> DetectionColumns:
     try:
         image_ids = _id_column(results, "image_id")
         category_ids = _id_column(results, "category_id")
         boxes = _boxes_of_results(results)
-        scores = np.array([r["score"] for r in results], dtype=np.float64)
+        scores = _scores_of_results(results)
     except KeyError as err:
+        key = err.args[0]
+        bad = next(index for index, entry in enumerate(results) if key not in entry)
         raise ValueError(
-            f"a COCO results entry lacks the key {err}; each entry needs image_id, category_id, "
-            "bbox ([x, y, width, height] in pixels) and score") from None
+            f"COCO results entry {bad} lacks the key {key!r} (it has {list(results[bad])}); each entry needs "
+            "image_id, category_id, bbox ([x, y, width, height] in pixels) and score") from None
+    except TypeError:  # an entry that is not a dict (r[key] on a list or a number)
+        bad = next((index for index, entry in enumerate(results) if not isinstance(entry, Mapping)), None)
+        if bad is None:
+            raise
+        raise ValueError(
+            f"COCO results entry {bad} is {reprlib.repr(results[bad])}, not an object; write each detection as "
+            "{\"image_id\": ..., \"category_id\": ..., \"bbox\": [x, y, width, height], \"score\": ...}") from None
     return DetectionColumns(image_ids, category_ids, boxes, scores)
 
 
@@ -186,7 +217,7 @@ def to_columns(detections: Sequence[Mapping] | DetectionColumns,
     detections = list(detections)
     if not detections:
         return _empty()
-    if "boxes" in detections[0]:
+    if isinstance(detections[0], Mapping) and "boxes" in detections[0]:
         return _from_arrays(detections, vocabulary)
     return _from_results(detections)
 

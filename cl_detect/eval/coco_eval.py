@@ -17,8 +17,9 @@ The ground truth must carry every key pycocotools reads, annotations' `area`
 and `iscrowd` included; a missing one is a ValueError naming the first record
 that lacks it, for both backends (no default that pycocotools would not apply).
 So is a value the backends would read differently or not at all: a non-integer
-id, a repeated annotation id (pycocotools looks annotations up by id and would
-score the last of them twice), a bbox that is not 4 finite numbers, an `area`
+id, a repeated image, category or annotation id (the backends index records by
+id: two images would merge, per-category APs would pair with the wrong ids, one
+annotation would be scored twice), a bbox that is not 4 finite numbers, an `area`
 that is not a finite number, an `iscrowd` other than 0 / 1.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ import copy
 import io
 import json
 import reprlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -96,6 +98,16 @@ def _first_bad_box(bboxes: list) -> int | None:
     return None
 
 
+# What the evaluators would do with two records of one id (they index records by id).
+_REPEATED_ID_EFFECTS = {
+    ("images", "image"): "the evaluators would merge their annotations into one image",
+    ("categories", "category"): "the evaluators would score the category once under the last name, and the "
+                                "per-category APs would be paired with the wrong ids and names",
+    ("annotations", "annotation"): "pycocotools looks annotations up by id, so it would score one of them twice "
+                                   "and lose the others (renumber them 1..N)",
+}
+
+
 def check_gt_values(dataset: dict, source: str, crowd: bool = True) -> None:
     """Raise a ValueError naming the first ground-truth record with a value the evaluators misread.
 
@@ -115,34 +127,43 @@ def check_gt_values(dataset: dict, source: str, crowd: bool = True) -> None:
         if bad is not None:
             fail(part, bad, key, "not an integer id", "detections are scored by integer ids: renumber them "
                  "(e.g. 1..N, keeping names in file_name) in the annotations and the detections alike")
+    for (part, singular), effect in _REPEATED_ID_EFFECTS.items():
+        records = dataset[part]
+        ids, first, counts = np.unique(np.array([r["id"] for r in records], dtype=np.int64),
+                                       return_index=True, return_counts=True)
+        if (counts > 1).any():
+            index = int(np.sort(first[counts > 1])[0])
+            repeats = [i for i, r in enumerate(records) if r["id"] == records[index]["id"]]
+            raise ValueError(
+                f"{source}: {singular} id {records[index]['id']} is used by {part} {repeats[:5]} "
+                f"({int((counts > 1).sum())} ids repeat); {effect}; give every {singular} its own id")
     annotations = dataset["annotations"]
-    ids, first, counts = np.unique(np.array([a["id"] for a in annotations], dtype=np.int64),
-                                   return_index=True, return_counts=True)
-    if (counts > 1).any():
-        index = int(np.sort(first[counts > 1])[0])
-        repeats = [i for i, a in enumerate(annotations) if a["id"] == annotations[index]["id"]]
-        raise ValueError(
-            f"{source}: annotation id {annotations[index]['id']} is used by annotations {repeats[:5]} "
-            f"({int((counts > 1).sum())} ids repeat); pycocotools looks annotations up by id, so it would score "
-            "one of them twice and lose the others; give every annotation its own id (renumber them 1..N)")
     bad = _first_bad_box([a["bbox"] for a in annotations])
     if bad is not None:
         fail("annotations", bad, "bbox", "not 4 finite numbers", "write each bbox as [x, y, width, height] in "
              "pixels, or drop the annotation")
     areas = [a["area"] for a in annotations]
     column = np.asarray(areas)
-    bad = None if column.dtype.kind in "iuf" and np.isfinite(column).all() else next(
+    bad = None if column.dtype.kind in "iuf" and np.isfinite(column).all() else next((
         i for i, area in enumerate(areas) if isinstance(area, (bool, np.bool_))
-        or not isinstance(area, (int, float, np.number)) or not np.isfinite(area))
+        or not isinstance(area, (int, float, np.number)) or not np.isfinite(area)), None)
     if bad is not None:
         fail("annotations", bad, "area", "not a finite number", "write the object's area in pixels (width * "
              "height of the bbox when there is no mask); it decides small / medium / large")
     if crowd:
         column = np.asarray([a["iscrowd"] for a in annotations])
-        bad = None if column.dtype.kind in "iub" and np.isin(column, (0, 1)).all() else next(
-            i for i, a in enumerate(annotations) if a["iscrowd"] not in (0, 1))
+        bad = None if column.dtype.kind in "iub" and np.isin(column, (0, 1)).all() else next((
+            i for i, a in enumerate(annotations) if a["iscrowd"] not in (0, 1)), None)  # none, or 0.0 / 1.0
         if bad is not None:
             fail("annotations", bad, "iscrowd", "not 0 or 1", "write 0, or 1 for a crowd region")
+
+
+def read_json(path: str | Path):
+    """A JSON file's content; a file that is not valid JSON (cut short, not UTF-8) is a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); write the file again (was it cut short?)") from None
 
 
 def load_coco_gt(gt: str | Path | dict | COCO) -> COCO:
@@ -163,7 +184,7 @@ def load_coco_gt(gt: str | Path | dict | COCO) -> COCO:
         check_gt_values(gt.dataset, "the ground truth")
         return gt
     if isinstance(gt, (str, Path)):
-        dataset, source = json.loads(Path(gt).read_text()), str(gt)
+        dataset, source = read_json(gt), str(gt)
     else:
         dataset, source = copy.deepcopy(dict(gt)), "the ground-truth dict"
     check_gt_keys(dataset, source, COCO_REQUIRED_KEYS, COCO_KEYS_FIX)
@@ -245,6 +266,12 @@ def summarize(precision: np.ndarray, recall: np.ndarray, params: Params) -> dict
     return stats
 
 
+def by_name(names: Sequence[str], ids: Sequence[int], values: Sequence[float]) -> dict[str, float]:
+    """Per-category values keyed by name; a name that several categories share gets its id, "fish (id 2)"."""
+    counts = Counter(names)
+    return {name if counts[name] == 1 else f"{name} (id {int(i)})": float(v) for name, i, v in zip(names, ids, values)}
+
+
 def per_category_ap(precision: np.ndarray) -> np.ndarray:
     """(K,) AP@[.5:.95] per category, area 'all', largest maxDets; -1 without ground truth."""
     return np.array([_mean_valid(precision[:, :, k, 0, -1]) for k in range(precision.shape[2])])
@@ -287,8 +314,9 @@ class CocoEvaluator:
 
         Returns:
             A dict with protocol, backend, AP, AP50, AP75, APs, APm, APl, AR
-            values, `per_category_ap` (by name) and `per_category_ap_by_id`
-            (-1 for categories without ground truth), and num_detections.
+            values, `per_category_ap` (by name; "name (id N)" for a name that
+            several categories share) and `per_category_ap_by_id` (-1 for
+            categories without ground truth), and num_detections.
         """
         parts = self._parts or [to_columns([])]
         columns = DetectionColumns(*(np.concatenate([getattr(p, f) for p in parts])
@@ -304,7 +332,7 @@ class CocoEvaluator:
             "protocol": f"coco-{self.params.maxDets[-1]}dets",
             "backend": self.backend,
             **summarize(precision, recall, self.params),
-            "per_category_ap": {name: float(v) for name, v in zip(names, category_ap)},
+            "per_category_ap": by_name(names, self.params.catIds, category_ap),
             "per_category_ap_by_id": {int(c): float(v) for c, v in zip(self.params.catIds, category_ap)},
             "num_detections": len(columns),
         }

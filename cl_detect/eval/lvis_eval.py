@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import types
 import warnings
@@ -40,7 +39,7 @@ import numpy as np
 
 from cl_detect.data.records import Vocabulary
 from cl_detect.eval._detections import DetectionColumns, check_ids, to_columns
-from cl_detect.eval.coco_eval import check_gt_keys, check_gt_values
+from cl_detect.eval.coco_eval import by_name, check_gt_keys, check_gt_values, read_json
 
 if TYPE_CHECKING:
     from lvis import LVIS, LVISResults
@@ -115,7 +114,7 @@ def load_lvis_gt(gt: str | Path | dict | LVIS) -> LVIS:
         check_lvis_gt(gt.dataset, "the ground truth")
         return gt
     if isinstance(gt, (str, Path)):
-        dataset, source = json.loads(Path(gt).read_text()), str(gt)
+        dataset, source = read_json(gt), str(gt)
     else:
         dataset, source = copy.deepcopy(dict(gt)), "the ground-truth dict"
     check_lvis_gt(dataset, source)
@@ -200,6 +199,12 @@ def evaluate_lvis(gt: str | Path | dict | LVIS, detections: Sequence[Mapping] | 
     """
     from lvis import LVISEval
 
+    if fixed_ap and dets_per_category < 1:
+        raise ValueError(f"dets_per_category must be positive (Fixed AP keeps 10,000), got {dets_per_category}")
+    if not fixed_ap and max_dets < 1:
+        # 0 made the lvis-api index an empty list; -1 silently lifted the per-image cap
+        raise ValueError(f"max_dets is the number of detections kept per image (LVIS: 300), got {max_dets}; pass a "
+                         "positive number, or fixed_ap=True for no per-image cap")
     lvis_gt = load_lvis_gt(gt)
     columns = to_columns(detections, vocabulary)
     check_ids(columns, lvis_gt.imgs.keys(), lvis_gt.cats.keys())
@@ -228,7 +233,7 @@ def evaluate_lvis(gt: str | Path | dict | LVIS, detections: Sequence[Mapping] | 
     return {
         "protocol": protocol,
         **stats,
-        "per_category_ap": {lvis_gt.cats[c]["name"]: v for c, v in zip(cat_ids, category_ap)},
+        "per_category_ap": by_name([lvis_gt.cats[c]["name"] for c in cat_ids], cat_ids, category_ap),
         "per_category_ap_by_id": {int(c): v for c, v in zip(cat_ids, category_ap)},
         "num_detections": len(columns),
     }
