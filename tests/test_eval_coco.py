@@ -340,6 +340,21 @@ def test_ground_truth_without_annotations_or_with_float_iscrowd(backend):
                                                                                backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["pycocotools", "fast"])
+def test_annotations_of_unlisted_images_or_categories_are_named_not_skipped_silently(backend):
+    # both evaluators skip them: a category left out of `categories` lost its boxes without a word
+    gt = two_image_gt()
+    gt["annotations"].append({"id": 3, "image_id": 2, "category_id": 7, "bbox": [0, 0, 5, 5], "area": 25,
+                              "iscrowd": 0})
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}]
+    with pytest.warns(UserWarning, match=r"1 annotation\(s\) refer to categories the file does not list "
+                                         r"\(first: annotations\[2\], id 3, category_id 7\).*never score them"):
+        evaluate_coco(gt, detections, backend=backend)
+    gt["annotations"][2].update(category_id=1, image_id=9)
+    with pytest.warns(UserWarning, match="refer to images the file does not list.*image_id 9"):
+        evaluate_coco(gt, detections, backend=backend)
+
+
 @pytest.mark.parametrize("entries, message", [
     ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}, [1, 1, 0, 0, 5, 5, 0.5]],
      r"entry 1 is \[1, 1, 0, 0, 5, 5, \.\.\.\], not an object"),

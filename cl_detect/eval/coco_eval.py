@@ -29,6 +29,7 @@ import copy
 import io
 import json
 import reprlib
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -156,6 +157,21 @@ def check_gt_values(dataset: dict, source: str, crowd: bool = True) -> None:
             i for i, a in enumerate(annotations) if a["iscrowd"] not in (0, 1)), None)  # none, or 0.0 / 1.0
         if bad is not None:
             fail("annotations", bad, "iscrowd", "not 0 or 1", "write 0, or 1 for a crowd region")
+    _warn_unlisted_ids(dataset, source)
+
+
+def _warn_unlisted_ids(dataset: dict, source: str) -> None:
+    """Warn about annotations whose image or category the file does not list: both evaluators skip them."""
+    annotations = dataset["annotations"]
+    for key, part in (("image_id", "images"), ("category_id", "categories")):
+        listed = np.array([r["id"] for r in dataset[part]], dtype=np.int64)
+        unlisted = np.flatnonzero(~np.isin(np.array([a[key] for a in annotations], dtype=np.int64), listed))
+        if len(unlisted):
+            first = annotations[int(unlisted[0])]
+            warnings.warn(f"{source}: {len(unlisted)} annotation(s) refer to {part} the file does not list (first: "
+                          f"annotations[{int(unlisted[0])}], id {first['id']}, {key} {first[key]}); the evaluators "
+                          f"never score them: add the missing {part} records, or remove those annotations",
+                          stacklevel=3)
 
 
 def read_json(path: str | Path):
