@@ -155,3 +155,14 @@ def test_convert_help_does_not_promise_a_guessed_format(capsys):
             main(["data", command, "--help"])
         text = " ".join(capsys.readouterr().out.split())
         assert ("guessed from the file" in text) == guessed
+
+
+def test_image_root_with_a_guessed_yolo_or_voc_format_is_not_passed_to_their_readers(shared_data, tmp_path, capsys):
+    """--image-root reads json sources only; without --format a yaml or VOC folder raised a bare TypeError."""
+    yolo = shared_data / AQUARIUM / "data.yaml"
+    assert main(["data", "check", str(yolo), "--split", "valid", "--no-images", "--image-root", str(tmp_path)]) == 0
+    assert "OK: 0 errors" in capsys.readouterr().out
+    out = tmp_path / "raccoon.json"
+    assert main(["data", "convert", str(shared_data / "raccoon"), "--format", "voc", "--out", str(out),
+                 "--image-root", str(shared_data / "raccoon")]) == 0
+    assert_same_records(read_dataset(out), read_dataset(shared_data / "raccoon"))

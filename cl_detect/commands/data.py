@@ -82,7 +82,12 @@ def _read(args: argparse.Namespace):
 
 def _read_kwargs(args: argparse.Namespace) -> dict:
     """YOLO and VOC locate their images themselves; the json formats take an image root."""
-    return {"image_root": args.image_root} if args.image_root and args.format not in ("yolo", "voc") else {}
+    if not args.image_root:
+        return {}
+    from cl_detect.data.readers import detect_format
+
+    source_format = args.format or detect_format(args.src, args.split)
+    return {"image_root": args.image_root} if source_format not in ("yolo", "voc") else {}
 
 
 def _counts(dataset) -> str:

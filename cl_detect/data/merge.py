@@ -5,8 +5,10 @@ Used wherever several vocabularies train together: joint training over all tasks
 sampled across their union (`cl_detect.engine.pretrain`). Class names match
 case- and whitespace-insensitively ("Dog" and "dog " are one class, spelled as
 first seen); labels are remapped, -1 (an unknown class kept for the doctor)
-stays -1, ignore regions follow their class, and image ids are renumbered 1..N
-so images of different sources never share one. Inputs are not modified.
+stays -1 and a label past its dataset's class list becomes -1, ignore regions
+follow their class, LVIS per-image category lists follow the union's ids, and
+image ids are renumbered 1..N so images of different sources never share one.
+Inputs are not modified.
 """
 from __future__ import annotations
 
@@ -51,8 +53,12 @@ def union_vocabulary(vocabularies: Sequence[Vocabulary]) -> tuple[Vocabulary, li
 
 
 def remap_labels(labels: np.ndarray, mapping: np.ndarray) -> np.ndarray:
-    """Old labels -> union labels; -1 (unknown class) stays -1."""
-    return np.where(labels >= 0, mapping[np.clip(labels, 0, None)], labels) if len(mapping) else labels
+    """Old labels -> union labels; -1 (unknown class) stays -1, and a label past the old class list (a YOLO
+    class index >= nc, kept for the doctor) becomes -1: kept as it is, it would name another union class."""
+    known = (labels >= 0) & (labels < len(mapping))
+    union = np.full(labels.shape, -1, np.int64)
+    union[known] = mapping[labels[known]]
+    return union
 
 
 def merge_datasets(datasets: Sequence[DetectionDataset], source: str, keep_grounding: bool = False
@@ -71,11 +77,16 @@ def merge_datasets(datasets: Sequence[DetectionDataset], source: str, keep_groun
     union, label_maps = union_vocabulary([d.vocabulary for d in datasets])
     records: list[DetectionRecord] = []
     for dataset, mapping in zip(datasets, label_maps):
+        # LVIS's per-image category lists name the source's ids; the union numbers its classes 1..K
+        union_id = {cid: int(mapping[i]) + 1 for i, cid in enumerate(dataset.vocabulary.category_ids)}
         for record in dataset.records:
             changes = {"image_id": len(records) + 1}
             if not record.is_grounding:
                 changes.update(labels=remap_labels(record.labels, mapping),
-                               ignore_labels=remap_labels(record.ignore_labels, mapping))
+                               ignore_labels=remap_labels(record.ignore_labels, mapping),
+                               neg_category_ids=tuple(union_id[c] for c in record.neg_category_ids if c in union_id),
+                               not_exhaustive_category_ids=tuple(
+                                   union_id[c] for c in record.not_exhaustive_category_ids if c in union_id))
             records.append(dataclasses.replace(record, **changes))
     roots = [d.image_root for d in datasets if d.image_root]
     image_root = os.path.commonpath(roots) if roots else ""

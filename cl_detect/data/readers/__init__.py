@@ -19,11 +19,14 @@ from cl_detect.data.readers.grounding import is_grounding_json, read_grounding, 
 from cl_detect.data.readers.lvis import is_lvis_json, load_lvis_vocabulary, read_lvis, records_from_lvis
 from cl_detect.data.readers.odvg import read_odvg
 from cl_detect.data.readers.voc import read_voc
-from cl_detect.data.readers.yolo import read_yolo
+from cl_detect.data.readers.yolo import class_list_file, read_yolo
 from cl_detect.data.records import DetectionDataset
 
 FORMATS = ("coco", "lvis", "grounding", "yolo", "voc", "odvg")
 _JSON_READERS = {"coco": records_from_coco, "lvis": records_from_lvis, "grounding": records_from_grounding}
+# the keyword options each reader takes
+_OPTIONS = {"coco": {"image_root"}, "lvis": {"image_root"}, "grounding": {"image_root"},
+            "odvg": {"image_root", "label_map"}, "yolo": set(), "voc": {"class_names"}}
 
 __all__ = ["FORMATS", "read_dataset", "detect_format", "read_coco", "read_lvis", "read_grounding", "read_odvg",
            "read_voc", "read_yolo", "load_lvis_vocabulary"]
@@ -84,7 +87,12 @@ def _guess_format(src: Path, split: str | None) -> tuple[str, Iterator[tuple[Pat
     if any(src.glob("*.jsonl")):
         return "odvg", None
     jsons = annotation_jsons(src, split)
-    path, data = next(jsons)  # the first annotation file decides
+    try:
+        path, data = next(jsons)  # the first annotation file decides
+    except DatasetFormatError:
+        if class_list_file(src) is None:
+            raise
+        return "yolo", None  # YOLO labels with a classes.txt but no yaml: the YOLO reader says what to write
     return json_format(data, path), itertools.chain([(path, data)], jsons)
 
 
@@ -96,7 +104,8 @@ def read_dataset(src: str | Path, format: str | None = None, split: str | None =
         format: one of FORMATS; None guesses it (`detect_format`).
         split: the split to read (YOLO train/val/test, VOC ImageSets name, COCO
             `instances_<split>` in a folder); None reads everything.
-        **kwargs: passed to the reader (`image_root`, `class_names`, `label_map`).
+        **kwargs: passed to the reader (`image_root`, `class_names`, `label_map`); one the format does
+            not take (e.g. `image_root` for YOLO) is refused, naming `src`; None means the reader's default.
 
     Returns:
         The dataset.
@@ -110,6 +119,13 @@ def read_dataset(src: str | Path, format: str | None = None, split: str | None =
     if kwargs.get("class_names") is not None and format != "voc":
         raise DatasetFormatError(f"{src}: class_names applies to VOC data only; {format} files store their own "
                                  f"class list (rename classes with prompts instead)")
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}  # None: the reader's default
+    unused = sorted(key for key in kwargs if key not in _OPTIONS[format])
+    if unused:  # the reader would raise a TypeError naming no dataset, or ignore it silently
+        raise DatasetFormatError(
+            f"{src}: {', '.join(unused)} does not apply to {format} data, which takes "
+            f"{', '.join(sorted(_OPTIONS[format])) or 'none'} (YOLO finds its images through the yaml, VOC beside "
+            f"the xml files); remove it")
     if format == "yolo":
         return read_yolo(src, split=split, **kwargs)
     if format == "voc":

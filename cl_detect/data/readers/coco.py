@@ -53,22 +53,24 @@ def find_image_root(json_path: Path, file_names: list[str], recorded_root: str =
     """Guess the folder that image `file_name`s are relative to.
 
     Tries, in order: a root recorded in the json by `write_coco_json`, the json's
-    folder, `images/` beside it, and the split folder beside an `annotations/`
-    folder (`annotations/instances_val2017.json` -> `../val2017`).
+    folder, `images/` or `data/` beside it (FiftyOne writes `labels.json` + `data/`),
+    and the split folder beside an `annotations/` folder
+    (`annotations/instances_val2017.json` -> `../val2017`).
     """
     json_dir = json_path.parent
     split = json_path.stem.split("_")[-1]
     candidates = [json_dir / recorded_root] if recorded_root else []
-    candidates += [json_dir, json_dir / "images", json_dir / split, json_dir.parent / split,
+    candidates += [json_dir, json_dir / "images", json_dir / "data", json_dir / split, json_dir.parent / split,
                    json_dir.parent / "images" / split, json_dir.parent / "images", json_dir.parent]
-    probes = file_names[:3]
+    probes = [name for name in file_names if isinstance(name, str) and name][:3]  # others are refused later
     for folder in candidates:
         if any((folder / name).is_file() for name in probes):
             return folder
     return candidates[0]
 
 
-def _box_xyxy(annotation: dict, json_path: Path) -> list[float]:
+def box_xyxy(annotation: dict, json_path: Path) -> list[float]:
+    """The annotation's `bbox` [x, y, w, h] as [x1, y1, x2, y2]; anything but four numbers is refused."""
     bbox = annotation.get("bbox")
     try:
         if not isinstance(bbox, (list, tuple)):
@@ -109,6 +111,9 @@ def check_image_ids(images: list[dict], json_path: Path) -> None:
     """
     files_of = defaultdict(list)
     for number, image in enumerate(images):
+        if not isinstance(image, dict):
+            raise DatasetFormatError(f"{json_path}: images[{number}] is {image!r}, not an object; each image entry "
+                                     f"is {{\"id\": ..., \"file_name\": ..., \"width\": ..., \"height\": ...}}")
         image_id = _integer_id(image.get("id"))
         if image_id is None:
             raise DatasetFormatError(
@@ -130,13 +135,25 @@ def group_annotations(data: dict, json_path: Path) -> dict[int, list[dict]]:
     check_image_ids(data.get("images", []), json_path)
     image_ids = {image["id"] for image in data.get("images", [])}
     per_image = defaultdict(list)
-    for annotation in data.get("annotations") or []:
+    for number, annotation in enumerate(data.get("annotations") or []):
+        if not isinstance(annotation, dict):
+            raise DatasetFormatError(f"{json_path}: annotations[{number}] is {annotation!r}, not an object; each "
+                                     f"annotation is {{\"image_id\": ..., \"category_id\": ..., \"bbox\": ...}}")
         if annotation.get("image_id") not in image_ids:
             raise DatasetFormatError(
-                f"{json_path}: annotation id {annotation.get('id')} refers to image_id {annotation.get('image_id')} "
+                f"{json_path}: annotation id {annotation.get('id')} refers to image_id {annotation.get('image_id')!r} "
                 f"which is not in 'images'; add the image entry or remove the annotation", code="unknown_image_id")
         per_image[annotation["image_id"]].append(annotation)
     return per_image
+
+
+def image_path_of(image: dict, image_root: Path, json_path: Path) -> Path:
+    """The image entry's file under `image_root`; an entry without a `file_name` string is refused."""
+    if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+        raise DatasetFormatError(
+            f"{json_path}: image id {image['id']} has file_name {image.get('file_name')!r}; every image entry "
+            f"needs its file's path relative to the image root as 'file_name'")
+    return image_root / image["file_name"]
 
 
 def image_record_size(image: dict, path: Path, json_path: Path) -> tuple[int, int]:
@@ -155,6 +172,17 @@ def image_record_size(image: dict, path: Path, json_path: Path) -> tuple[int, in
         raise DatasetFormatError(
             f"{json_path}: image id {image['id']} has no width/height and {path} cannot be opened; "
             f"add width and height to the image entry") from error
+
+
+def is_crowd(annotation: dict, json_path: Path) -> bool:
+    """The annotation's `iscrowd` flag (absent: 0). Only 0 / 1 (or false / true) are accepted: a string
+    such as "0" is truthy, so the box would silently become an ignore region, here and in pycocotools."""
+    flag = annotation.get("iscrowd", 0)
+    if flag is None or (not isinstance(flag, str) and flag in (0, 1)):
+        return bool(flag)
+    raise DatasetFormatError(
+        f"{json_path}: annotation id {annotation.get('id')} (image {annotation.get('image_id')}) has iscrowd "
+        f"{flag!r}; write 0 (an object) or 1 (a crowd region, ignored in training and evaluation) as a number")
 
 
 def _area(annotation: dict, json_path: Path) -> float:
@@ -193,27 +221,23 @@ def records_from_coco(data: dict, json_path: str | Path, image_root: str | Path 
     images = data.get("images", [])
     vocabulary = vocabulary_from_categories(data.get("categories") or [], json_path)
     index_of = vocabulary.index_of_category_id()
-    image_root = image_root_of(data, json_path, image_root)
     per_image = group_annotations(data, json_path)
+    image_root = image_root_of(data, json_path, image_root)
     _warn_placeholder_category(data, json_path)
     records = []
     for image in images:
-        if not isinstance(image.get("file_name"), str) or not image["file_name"]:
-            raise DatasetFormatError(
-                f"{json_path}: image id {image['id']} has file_name {image.get('file_name')!r}; every image entry "
-                f"needs its file's path relative to the image root as 'file_name'")
-        path = image_root / image["file_name"]
+        path = image_path_of(image, image_root, json_path)
         width, height = image_record_size(image, path, json_path)
         boxes, labels, areas, ignore, ignore_labels, ignore_areas = [], [], [], [], [], []
         for annotation in per_image.get(image["id"], []):
-            box = _box_xyxy(annotation, json_path)
+            box = box_xyxy(annotation, json_path)
             if isinstance(annotation.get("category_id"), str):  # "1" matches no category: all boxes unknown
                 raise DatasetFormatError(
                     f"{json_path}: annotation {annotation.get('id')!r} has category_id "
                     f"{annotation['category_id']!r}, a string; write the category's integer id (1, not \"1\")")
             label = index_of.get(annotation.get("category_id"), -1)
             area = _area(annotation, json_path)
-            if annotation.get("iscrowd", 0):
+            if is_crowd(annotation, json_path):
                 ignore.append(box)
                 ignore_labels.append(label)
                 ignore_areas.append(area)

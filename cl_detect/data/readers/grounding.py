@@ -14,7 +14,8 @@ import numpy as np
 
 from cl_detect.data.errors import DatasetFormatError
 from cl_detect.data.readers._common import load_json
-from cl_detect.data.readers.coco import group_annotations, image_record_size, image_root_of
+from cl_detect.data.readers.coco import (box_xyxy, group_annotations, image_path_of, image_record_size,
+                                         image_root_of, is_crowd)
 from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 
 Spans = tuple[tuple[int, int], ...]
@@ -73,23 +74,23 @@ def records_from_grounding(data: dict, json_path: str | Path,
     """Build grounding records from an already loaded MDETR-style dict (see `read_grounding`)."""
     json_path = Path(json_path)
     images = data.get("images", [])
-    image_root = image_root_of(data, json_path, image_root)
     per_image = group_annotations(data, json_path)
+    image_root = image_root_of(data, json_path, image_root)
     records = []
     for image in images:
-        path = image_root / image["file_name"]
+        path = image_path_of(image, image_root, json_path)
         width, height = image_record_size(image, path, json_path)
         boxes, spans_per_box, ignore = [], [], []
         for annotation in per_image.get(image["id"], []):
-            x, y, w, h = (float(v) for v in annotation["bbox"])
-            if annotation.get("iscrowd", 0):
-                ignore.append([x, y, x + w, y + h])
+            box = box_xyxy(annotation, json_path)
+            if is_crowd(annotation, json_path):
+                ignore.append(box)
                 continue
             where = f"{json_path}: annotation id {annotation.get('id')} (image {image['id']})"
             if "tokens_positive" not in annotation:
                 raise DatasetFormatError(f"{where} has no tokens_positive; grounding boxes need the caption "
                                          f"spans they refer to (or read the file with format='coco')")
-            boxes.append([x, y, x + w, y + h])
+            boxes.append(box)
             spans_per_box.append(normalize_spans(annotation["tokens_positive"], where))
         records.append(grounding_record(str(path), width, height, image.get("caption", ""), boxes,
                                         spans_per_box, int(image["id"]), ignore))

@@ -20,29 +20,74 @@ from cl_detect.data.records import DetectionDataset, DetectionRecord, Vocabulary
 
 
 def _read_lines(path: Path) -> list[dict]:
+    """The file's json objects; null `detection` / `grounding` / `caption` / lists read as absent."""
     entries = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
                 try:
-                    entries.append(json.loads(line))
+                    entry = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise DatasetFormatError(f"{path}:{number}: not valid json ({error}); "
                                              f"ODVG files hold one json object per line") from error
+                if not isinstance(entry, dict):
+                    raise DatasetFormatError(f"{path}:{number}: {line.strip()[:80]} is not a json object; ODVG "
+                                             f"lines are {{\"filename\": ..., \"detection\" or \"grounding\": ...}}")
+                entries.append(_without_nulls(entry))
     return entries
+
+
+def _without_nulls(entry: dict) -> dict:
+    """The line without its null fields (and null `instances`, `caption`, `regions`), read as absent."""
+    entry = {key: value for key, value in entry.items() if value is not None}
+    for part in ("detection", "grounding"):
+        if isinstance(entry.get(part), dict):
+            entry[part] = {key: value for key, value in entry[part].items() if value is not None}
+    return entry
+
+
+def _box(item: dict, where: str) -> list[float]:
+    """An instance's or region's `bbox`: four numbers, x1 y1 x2 y2 in pixels."""
+    bbox = item.get("bbox")
+    try:
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            raise TypeError
+        return [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        raise DatasetFormatError(f"{where}: an instance or region has bbox {bbox!r}; every ODVG instance and "
+                                 f"region needs 'bbox': [x1, y1, x2, y2], four numbers in pixels") from None
+
+
+def _label(instance: dict, where: str) -> int:
+    """An instance's integer `label` (the label map's key for its class)."""
+    label = instance.get("label")
+    if isinstance(label, int) and not isinstance(label, bool):
+        return label
+    if isinstance(label, float) and label.is_integer():
+        return int(label)
+    if isinstance(label, str) and label.strip().lstrip("-").isdigit():  # "3", as label map keys are written
+        return int(label)
+    raise DatasetFormatError(f"{where}: instance {instance.get('bbox')} (category {instance.get('category')!r}) "
+                             f"has label {label!r}; ODVG instances need an integer 'label', the key of their class "
+                             f"in the label map")
 
 
 def _vocabulary(entries: list[dict], label_map: dict | None, path: Path) -> tuple[Vocabulary, dict[int, int]]:
     """Vocabulary (ids = ODVG labels, in label order) and label id -> index."""
     if label_map is None:
         label_map = {}
-        for entry in entries:
+        for number, entry in enumerate(entries, 1):
             for instance in entry.get("detection", {}).get("instances", []):
                 if "category" not in instance:
                     raise DatasetFormatError(f"{path}: {entry.get('filename')} has an instance without 'category' "
                                              f"and no label map was given; pass label_map=<label_map.json>")
-                label_map.setdefault(int(instance["label"]), instance["category"])
-    ids = sorted(int(k) for k in label_map)
+                label_map.setdefault(_label(instance, f"{path}:{number} ({entry.get('filename')})"),
+                                     instance["category"])
+    try:
+        ids = sorted(int(k) for k in label_map)
+    except (TypeError, ValueError):
+        raise DatasetFormatError(f"{path}: label map keys {list(label_map)[:5]} are not all integer labels; write it "
+                                 f"as {{\"0\": \"person\", \"1\": \"car\"}} (label -> class name)") from None
     names = tuple(str(label_map[k] if k in label_map else label_map[str(k)]) for k in ids)
     return Vocabulary(names, category_ids=ids), {cid: i for i, cid in enumerate(ids)}
 
@@ -59,8 +104,13 @@ def _region_spans(region: dict, caption: str, where: str) -> tuple[tuple[int, in
 
 
 def _size(entry: dict, path: Path, where: str) -> tuple[int, int]:
+    """(width, height) from the line, else from the image file's header."""
     if "width" in entry and "height" in entry:
-        return int(entry["width"]), int(entry["height"])
+        try:
+            return int(entry["width"]), int(entry["height"])
+        except (TypeError, ValueError):
+            raise DatasetFormatError(f"{where}: width {entry['width']!r} and height {entry['height']!r}; write them "
+                                     f"as integers (pixels) or leave both out (then read from the image)") from None
     try:
         return image_size(path)
     except OSError as error:
@@ -102,12 +152,12 @@ def read_odvg(src: str | Path, image_root: str | Path | None = None,
             regions = entry["grounding"].get("regions", [])
             records.append(grounding_record(
                 str(path), width, height, entry["grounding"].get("caption", ""),
-                [[float(v) for v in region["bbox"]] for region in regions],
+                [_box(region, where) for region in regions],
                 [_region_spans(region, entry["grounding"].get("caption", ""), where) for region in regions],
                 number - 1))
             continue
         instances = entry.get("detection", {}).get("instances", [])
         records.append(DetectionRecord(
-            str(path), width, height, np.array([inst["bbox"] for inst in instances], np.float32),
-            np.array([index_of.get(int(inst["label"]), -1) for inst in instances], np.int64), image_id=number - 1))
+            str(path), width, height, np.array([_box(inst, where) for inst in instances], np.float32),
+            np.array([index_of.get(_label(inst, where), -1) for inst in instances], np.int64), image_id=number - 1))
     return DetectionDataset(records, vocabulary, source=str(src), image_root=str(image_root))

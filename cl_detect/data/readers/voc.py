@@ -55,6 +55,17 @@ def _image_path(root: Path, xml_path: Path, tree: ElementTree.Element) -> Path:
     return next((c for c in candidates if c.is_file()), next(c for c in candidates if c.parent.is_dir()))
 
 
+def _number(element: ElementTree.Element, tag: str, xml_path: Path, default: str, where: str) -> float:
+    """The number in `element`'s <tag> (`default` when absent or empty); text that is no number is refused."""
+    text = (element.findtext(tag) or "").strip() or default
+    try:
+        return float(text)
+    except ValueError:
+        name = tag.split("/")[-1]
+        raise DatasetFormatError(f"{xml_path}: {where} has <{name}>{text}</{name}>, not a number; write "
+                                 f"sizes and coordinates as plain numbers of pixels") from None
+
+
 def parse_voc_xml(xml_path: Path, root: Path) -> tuple[dict, list[tuple[str, list[float], bool]]]:
     """One xml -> ({path, width, height}, [(class name, xyxy, difficult), ...])."""
     try:
@@ -62,8 +73,7 @@ def parse_voc_xml(xml_path: Path, root: Path) -> tuple[dict, list[tuple[str, lis
     except ElementTree.ParseError as error:
         raise DatasetFormatError(f"{xml_path}: not valid xml ({error}); re-export the annotation") from error
     path = _image_path(root, xml_path, tree)
-    width = int(float(tree.findtext("size/width") or 0))
-    height = int(float(tree.findtext("size/height") or 0))
+    width, height = (int(_number(tree, tag, xml_path, "0", "<size>")) for tag in ("size/width", "size/height"))
     if not width or not height:
         try:
             width, height = image_size(path)
@@ -74,7 +84,8 @@ def parse_voc_xml(xml_path: Path, root: Path) -> tuple[dict, list[tuple[str, lis
         box = obj.find("bndbox")
         if box is None:
             raise DatasetFormatError(f"{xml_path}: object {obj.findtext('name')!r} has no <bndbox>; add one")
-        coords = [float(box.findtext(tag) or "nan") for tag in ("xmin", "ymin", "xmax", "ymax")]
+        where = f"object {obj.findtext('name')!r}"
+        coords = [_number(box, tag, xml_path, "nan", where) for tag in ("xmin", "ymin", "xmax", "ymax")]
         # pretty-printed or hand-written xml has `<difficult> 1 </difficult>` or `true`
         difficult = (obj.findtext("difficult") or "0").strip().lower() in ("1", "true")
         objects.append(((obj.findtext("name") or "").strip(), coords, difficult))

@@ -1,7 +1,8 @@
 """YOLO txt labels + data.yaml (Ultralytics and Roboflow layouts) -> DetectionDataset.
 
 Labels are `class cx cy w h` normalised to [0, 1] (or `class x1 y1 x2 y2 ...`
-polygons, turned into their bounding box); they become xyxy pixels using the
+polygons, turned into their bounding box; in a pose dataset, whose yaml has
+`kpt_shape`, the box followed by keypoints); they become xyxy pixels using the
 image size read from the file header. Image folders are found the way users'
 yaml files actually point at them: `path:` + relative entries, Roboflow's
 `../train/images` (relative to a folder one level up), and absolute paths from
@@ -55,7 +56,22 @@ def find_yaml(folder: Path) -> Path:
         config = load_config(path, strict=False)
         if config is not None and "names" in config:
             return path
+    class_list = class_list_file(folder)
+    if class_list is not None:
+        names = [line.strip() for line in class_list.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        raise DatasetFormatError(
+            f"{folder}: YOLO labels with the class list in {class_list.name} (as LabelImg and CVAT's YOLO 1.1 export "
+            f"write them) but no data.yaml, which says where the images are; write {folder / 'data.yaml'} with "
+            f"'train: <folder of the images>' and 'names: {names[:20]!r}' (one name per line of {class_list.name}, "
+            f"in order)")
     raise DatasetFormatError(f"{folder}: no yaml with a 'names' entry found; pass the data.yaml path")
+
+
+def class_list_file(folder: Path) -> Path | None:
+    """A YOLO class list without a yaml (LabelImg's classes.txt, darknet / CVAT's obj.names), here or one
+    level below, or None."""
+    found = [p for name in ("classes.txt", "obj.names") for p in (*folder.glob(name), *folder.glob(f"*/{name}"))]
+    return found[0] if found else None
 
 
 def vocabulary_from_yaml(config: dict, yaml_path: Path) -> Vocabulary:
@@ -154,8 +170,26 @@ def label_dir_for(image_dir: Path, yaml_dir: Path) -> Path:
                              f"replaced by 'labels'); put the .txt label files there")
 
 
-def parse_label_file(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read one label file -> (xyxy pixel boxes, class indices). Missing file = no boxes."""
+def keypoint_values(config: dict, yaml_path: Path) -> int | None:
+    """Numbers of keypoints after each box in a pose dataset's lines (`kpt_shape: [K, 2 or 3]`), else None."""
+    shape = config.get("kpt_shape")
+    if shape is None:
+        return None
+    if (not isinstance(shape, list) or len(shape) != 2 or not all(isinstance(n, int) for n in shape)
+            or shape[1] not in (2, 3)):
+        raise DatasetFormatError(f"{yaml_path}: kpt_shape is {shape!r}; a pose dataset writes [keypoints, 2 or 3] "
+                                 f"(x, y and maybe visibility), e.g. kpt_shape: [17, 3]")
+    return shape[0] * shape[1]
+
+
+def parse_label_file(path: Path, width: int, height: int, keypoints: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Read one label file -> (xyxy pixel boxes, class indices). Missing file = no boxes.
+
+    Args:
+        keypoints: for a pose dataset, the numbers after each line's box (`keypoint_values`); its lines
+            are 'class cx cy w h' + keypoints, which would otherwise read as a polygon.
+    """
     if not path.is_file():
         return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
     boxes, labels = [], []
@@ -167,8 +201,14 @@ def parse_label_file(path: Path, width: int, height: int) -> tuple[np.ndarray, n
             values = [float(p) for p in parts]
         except ValueError:
             raise DatasetFormatError(f"{path}:{number}: {line!r} is not numeric; lines are 'class cx cy w h'")
-        if len(values) == 5:
-            cx, cy, w, h = values[1:]
+        if not values[0].is_integer():  # e.g. 'cx cy w h class': the class column holds a coordinate
+            raise DatasetFormatError(f"{path}:{number}: {line!r} starts with {parts[0]}, not a class index; lines "
+                                     f"are 'class cx cy w h' with the class a whole number first")
+        if keypoints is not None and len(values) != 5 + keypoints:
+            raise DatasetFormatError(f"{path}:{number}: {line!r} has {len(values)} numbers; the yaml's kpt_shape "
+                                     f"makes a line 'class cx cy w h' and {keypoints} keypoint numbers")
+        if len(values) == 5 or keypoints is not None:
+            cx, cy, w, h = values[1:5]
             box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
         elif len(values) >= 7 and len(values) % 2 == 1:
             xs, ys = values[1::2], values[2::2]
@@ -205,6 +245,7 @@ def read_yolo(src: str | Path, split: str | None = None) -> DetectionDataset:
     yaml_path = find_yaml(src) if src.is_dir() else src
     config = load_config(yaml_path)
     vocabulary = vocabulary_from_yaml(config, yaml_path)
+    keypoints = keypoint_values(config, yaml_path)
     if split is not None and split not in SPLIT_KEYS:
         raise DatasetFormatError(f"{yaml_path}: unknown split {split!r}; use one of {sorted(SPLIT_KEYS)}")
     splits = [SPLIT_KEYS[split]] if split else ["train", "val", "test"]
@@ -217,7 +258,7 @@ def read_yolo(src: str | Path, split: str | None = None) -> DetectionDataset:
         for image_dir in image_dirs:
             if image_dir not in read:  # coco128.yaml names one folder as train and val: read it once
                 read.add(image_dir)
-                datasets.append(_read_image_dir(image_dir, yaml_path, vocabulary))
+                datasets.append(_read_image_dir(image_dir, yaml_path, vocabulary, keypoints))
     if not datasets:
         raise DatasetFormatError(f"{yaml_path}: no train/val/test image folders found; add them to the yaml")
     dataset = datasets[0] if len(datasets) == 1 else merge_datasets(datasets, str(yaml_path))
@@ -241,7 +282,8 @@ def _warn_orphan_labels(folder: Path, label_dir: Path) -> None:
                        "run `cl-detect data check` for the list", label_dir, len(orphans), orphans[0].name)
 
 
-def _read_image_dir(image_dir: Path, yaml_path: Path, vocabulary: Vocabulary) -> DetectionDataset:
+def _read_image_dir(image_dir: Path, yaml_path: Path, vocabulary: Vocabulary,
+                    keypoints: int | None = None) -> DetectionDataset:
     """One split entry: an image folder, whose labels folder mirrors its subfolders, or a .txt list
     of images, each labelled in its own folder's labels folder (`images` -> `labels`, as Ultralytics)."""
     label_dirs: dict[Path, Path] = {}  # image folder -> its labels folder
@@ -255,7 +297,7 @@ def _read_image_dir(image_dir: Path, yaml_path: Path, vocabulary: Vocabulary) ->
             width, height = image_size(path)
         except OSError:
             width = height = 0
-        boxes, labels = parse_label_file(label_dirs[path.parent] / (path.stem + ".txt"), width, height)
+        boxes, labels = parse_label_file(label_dirs[path.parent] / (path.stem + ".txt"), width, height, keypoints)
         records.append(DetectionRecord(str(path), width, height, boxes, labels))
     for folder, label_dir in label_dirs.items():
         _warn_orphan_labels(folder, label_dir)
