@@ -266,3 +266,61 @@ def test_a_teacher_older_than_the_detector_layout_says_which_order_resumes():
         model.hook("before_task", TaskContext(index, f"t{index}", ("red square",)))
     with pytest.raises(ValueError, match="teacher 'base' list distill before the trainer"):
         load_model_state(tiny_continual(methods, seed=3), model_state(model))
+
+
+@pytest.mark.parametrize("order, teacher, allowed", [
+    (("distill", "specialist"), "base", True), (("specialist", "distill"), "previous_task", True),
+    (("specialist", "distill"), "base", False), (("distill", "specialist"), "previous_task", False)])
+def test_specialist_orders_whose_teacher_cannot_score_the_task_classes_are_refused(order, teacher, allowed):
+    # the refused orders built, and their teacher scored the second task's class -30 (absent) everywhere,
+    # so loss_distill_cls pulled the student's scores of that class towards "never"
+    from cl_detect.methods.distill._losses import flatten_levels
+
+    if "specialist" not in list_methods():
+        pytest.skip("specialist is not registered")
+    methods = [(name, {"teacher": teacher} if name == "distill" else {}) for name in order]
+    if not allowed:
+        fix = "distill before specialist" if teacher == "base" else "specialist before distill"
+        with pytest.raises(ValueError, match=f"list {fix}"):
+            tiny_continual(methods)
+        return
+    model = tiny_continual(methods)
+    for index, vocabulary in enumerate([("red square", "blue circle"), ("green triangle",)]):
+        model.hook("before_task", TaskContext(index, f"t{index}", vocabulary))
+    batch = random_batch()
+    with torch.no_grad():
+        text = model.eval().embed_texts([["green triangle", ""]] * 2)
+        logits = flatten_levels(model.method("distill").teacher(batch["images"], text).cls_logits)
+    assert logits[..., 0].max() > -29
+
+
+@pytest.mark.parametrize("vocabulary", [None, GENERAL])
+def test_a_training_text_tower_is_distilled_against_a_frozen_copy(vocabulary):
+    # the teacher used the student's own (training) text embeddings, or the base ones for both: a text
+    # tower that drifted alone gave distillation losses of exactly 0
+    from _adapter_fixtures import VOCABULARY, prompt_batch, tiny_model
+
+    methods = [("finetune", {"train_text_encoder": True}), ("distill", {**EVERYWHERE, "vocabulary": vocabulary})]
+    model = tiny_model(methods)
+    model.hook("before_task", TaskContext(0, "t0", VOCABULARY))
+    distill, batch = model.method("distill"), prompt_batch()
+    assert distill.teacher_text is not None and not any(p.requires_grad for p in distill.teacher_text.parameters())
+    assert model.parameter_counts() == tiny_model([methods[0]]).parameter_counts()
+    with torch.no_grad():
+        at_identity = model.eval()(batch)
+        assert all(at_identity[key].abs() < 1e-4 for key in DISTILL_KEYS)
+        perturb(model.text_encoder, scale=0.5)
+        drifted = model(batch)
+    assert all(drifted[key] > 1e-3 for key in DISTILL_KEYS)
+    model.train()
+    torch.stack([model(batch)[key] for key in DISTILL_KEYS]).sum().backward()
+    assert any(p.grad is not None and p.grad.any() for p in model.text_encoder.parameters())
+    restored = tiny_model(methods, seed=3)
+    load_model_state(restored, model_state(model))
+    assert all(torch.equal(a, b) for a, b in zip(restored.method("distill").teacher_text.state_dict().values(),
+                                                 distill.teacher_text.state_dict().values()))
+
+
+def test_a_frozen_text_tower_gets_no_teacher_copy():
+    model = _calibrated(_distill_model())
+    assert model.method("distill").teacher_text is None

@@ -106,6 +106,10 @@ def test_adapter_files_hold_only_adapters_and_load_into_a_fresh_model(tmp_path):
         assert all(".lora_" in k for k in handle.keys())
     with pytest.raises(ValueError, match="rank 4"):
         tiny_model([("lora", {"rank": 2})]).method("lora").load_adapters(tmp_path / "adapters.pt")
+    # the update is scaled by alpha / rank: another alpha loaded silently and gave logits off by ~100s
+    for path in (tmp_path / "adapters.safetensors", tmp_path / "adapters.pt"):
+        with pytest.raises(ValueError, match=f"{path.name} holds adapters trained with alpha 16.0.*alpha=16.0"):
+            tiny_model([("lora", {"rank": 4, "alpha": 8.0})]).method("lora").load_adapters(path)
 
 
 def test_per_task_adapters_train_one_at_a_time_and_survive_a_checkpoint(tmp_path):
@@ -191,7 +195,8 @@ def test_text_tower_and_name_patterns_pick_exactly_their_layers():
 
 
 def test_config_and_composition_errors():
-    for bad in ({"rank": 0}, {"parts": ["wings"]}, {"dropout": 1.0}, {"include": ["("]}, {"parts": "head"}):
+    for bad in ({"rank": 0}, {"parts": ["wings"]}, {"dropout": 1.0}, {"include": ["("]}, {"parts": "head"},
+                {"include": [3]}, {"exclude": [None]}):  # the last two failed as TypeErrors in re
         with pytest.raises(ValueError):
             create_method("lora", bad)
     with pytest.raises(ValueError, match="list only one"):
@@ -207,3 +212,26 @@ def test_train_one_task_checkpoints_the_adapters(tmp_path):
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
     lora_keys = [k for k in saved if ".lora_" in k]
     assert lora_keys and all(torch.equal(saved[k], model.state_dict()[k]) for k in lora_keys)
+
+
+def test_grouped_convs_of_a_timm_backbone_are_not_targeted_and_merge_is_exact():
+    # peft refused depthwise convs at build ("rank divisible by groups") or could not merge into them
+    pytest.importorskip("timm")
+    from cl_detect.methods import ContinualModel
+    from cl_detect.models.registry import create_detector
+
+    from _hash_text import TEXT_DIM, HashTextEncoder
+
+    torch.manual_seed(0)
+    detector = create_detector("yolo_world_v2_t", text_dim=TEXT_DIM, backbone="timm:mobilenetv3_small_050")
+    grouped = [n for n, m in detector.backbone.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert grouped
+    model = ContinualModel(detector, HashTextEncoder(buckets=97, seed=11, projection=True),
+                           [create_method("lora", {"parts": ["backbone"], "rank": 8})])
+    adapted = {k.split(".lora_A.")[0] for k in model.method("lora").adapter_state_dict() if ".lora_A." in k}
+    assert adapted and not adapted & {f"detector.backbone.{n}" for n in grouped}
+    _randomise_adapters(model)
+    images = prompt_batch()["images"]
+    reference = eval_logits(model, images, list(VOCABULARY))
+    model.method("lora").merge()
+    _same(reference, eval_logits(model, images, list(VOCABULARY)), atol=1e-4)

@@ -131,6 +131,11 @@ def test_real_captions_from_tiny_coco(shared_data, tmp_path):
     {"data": [{"path": "x.json", "ratio": 0.2, "weight": 2}]},
     {"data": [{"path": "x.json", "format": "tfrecord"}]},
     {"data": [{"path": "x.json", "max_images": 0}]},
+    # these failed as bare TypeErrors (quoted numbers) or read the string letter by letter
+    {"data": [{"path": "x.json", "ratio": "0.2"}]},
+    {"data": [{"path": "x.json", "max_images": "10"}]},
+    {"data": [{"path": "x.json", "ratio": None}]},
+    {"data": "x.json"},
 ])
 def test_impossible_configs_are_rejected(options):
     with pytest.raises(ValueError):

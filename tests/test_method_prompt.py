@@ -150,3 +150,20 @@ def test_a_task_without_a_class_list_is_refused_by_name():
     model = tiny_model([("prompt", {})])
     with pytest.raises(ValueError, match="prompt: task 'captions' has no class list"):
         model.hook("before_task", TaskContext(0, "captions", ()))
+
+
+def test_images_without_a_task_class_warn_once_per_task_that_they_give_no_gradient(caplog):
+    # replayed / mixed-in images of other vocabularies gave exactly zero gradient without a word
+    model = _prompt_model(adapter=True)
+    other = {**prompt_batch(), "texts": [list(OTHERS)] * 2}
+    with caplog.at_level("WARNING", logger="cl_detect.methods.prompt.method"):
+        names_with_grad(model, prompt_batch())
+        assert not caplog.records  # the task's own images name its classes
+        model.zero_grad(set_to_none=True)
+        model(other)["loss"].backward()
+        assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+        model(other)
+        model.hook("before_task", TaskContext(1, "shapes", ("square", "circle")))
+        model(other)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and "2 of 2 images" in warnings[0] and "no gradient" in warnings[0]

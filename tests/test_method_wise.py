@@ -123,6 +123,9 @@ def test_config_validation():
         create_method("wise", {"sweep": [0.5, 2.0]})
     with pytest.raises(ValueError, match="anchor"):
         create_method("wise", {"anchor": "ema"})
+    for sweep in (0.5, ["a"], [True]):  # a TypeError, a bare float() error, True taken as 1.0
+        with pytest.raises(ValueError, match="sweep must be a list of coefficients"):
+            create_method("wise", {"sweep": sweep})
 
 
 @pytest.mark.parametrize("trainer", ["finetune", "lora"])
@@ -159,3 +162,34 @@ def test_per_task_adapters_with_previous_task_anchor_interpolate():
         model.hook("before_task", task)
         model.hook("after_task", task)
     assert model.method("lora").adapters() == ["task0", "task1"]
+
+
+@pytest.mark.parametrize("trainer", [("finetune", {"train_text_encoder": True, "text_lr_factor": 1.0}),
+                                     ("lora", {"parts": ["neck", "head", "text"]})])
+def test_alpha_zero_also_restores_a_trained_text_tower(trainer):
+    # only the detector was interpolated: alpha 0 kept the fine-tuned text tower (logits off by ~20-75)
+    from _adapter_fixtures import VOCABULARY, eval_logits, prompt_batch, tiny_model
+    from _adapter_fixtures import train_steps as adapter_train_steps
+
+    if trainer[0] not in list_methods():
+        pytest.skip(f"{trainer[0]} is not registered")
+    model = tiny_model([trainer, ("wise", {"alpha": 0.0, "sweep": [1.0]})])
+    batch, task = prompt_batch(), TaskContext(0, "t0", VOCABULARY, extras={"evaluate_fn": lambda m: {}})
+    model.hook("before_task", task)
+    assert model.method("wise").text_anchor
+    texts = list(VOCABULARY) + [""]
+    base = eval_logits(model, batch["images"], texts)
+    adapter_train_steps(model, batch, 2)
+    trained_text = snapshot(model.text_encoder)
+    model.hook("after_task", task)  # the sweep at alpha 1 restores the trained tower, then alpha 0 applies
+    assert not _equal(trained_text, snapshot(model.text_encoder))
+    assert all(torch.equal(a, b) for a, b in zip(base, eval_logits(model, batch["images"], texts)))
+    restored = tiny_model([trainer, ("wise", {})], seed=3)
+    load_model_state(restored, model_state(model))
+    assert _equal(restored.method("wise").text_anchor, model.method("wise").text_anchor)
+
+
+def test_a_frozen_text_tower_is_not_copied():
+    model = tiny_continual([("finetune", {}), ("wise", {})])
+    model.hook("before_task", TaskContext(0, "t0", ("a",)))
+    assert model.method("wise").text_anchor == {}

@@ -74,6 +74,10 @@ class Method(nn.Module):
     # the same tensors train on every task), with the setting to change; ewc's penalty, which reaches
     # only tensors that trained before, would be 0, and wise needs its anchor taken after they are added
     trains_new_tensors_each_task = ""
+    # how each task start installs class scores for that task's classes only, which a copy of the detector
+    # taken before them cannot give (empty: the detector scores any prompt); distill refuses the orders
+    # in which its teacher would be such a copy (it would score the new classes as absent)
+    adds_class_heads_each_task = ""
 
     def __init__(self, config):
         super().__init__()
@@ -199,10 +203,15 @@ class ContinualModel(nn.Module):
                 rows.append((name, param, factor))
         return rows
 
+    def text_tower_trains(self) -> bool:
+        """Whether any text-tower parameter trains now or later (progressive unfreezing included)."""
+        return any(name.startswith("text_encoder.") for name, _, _ in self.named_trainable_parameters())
+
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameter counts of the deployed model, each parameter counted once
         (frozen teachers kept by methods for training are left out)."""
-        params = {id(p): p for n, p in self.named_parameters() if ".teacher." not in n}.values()
+        params = {id(p): p for n, p in self.named_parameters()
+                  if ".teacher." not in n and ".teacher_text." not in n}.values()
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
     def train(self, mode: bool = True):

@@ -18,6 +18,11 @@ With a general vocabulary the student runs a second pass with those prompts
 comparable); without one, the main pass is reused and the teacher sees the
 batch's prompts. The teacher's weights are part of the method's `state_dict`,
 so checkpoints hold it and a resumed run distils from the same teacher.
+
+When the text tower trains too (finetune's `train_text_encoder`, lora's "text"
+part), the teacher gets a frozen copy of it (`teacher_text`, taken with the
+teacher): the teacher embeds its prompts with that copy and the student with its
+own training tower, so the tower's drift is distilled too.
 """
 from __future__ import annotations
 
@@ -69,6 +74,7 @@ class DistillMethod(Method):
     def __init__(self, config: DistillConfig):
         super().__init__(config)
         self.teacher: nn.Module | None = None
+        self.teacher_text: nn.Module | None = None  # a frozen copy of the text tower, only when it trains
         self.vocabulary: list[str] = []
         self.vocabulary_embeddings: torch.Tensor | None = None  # (V, D), the teacher's text
         self.reference = ReferenceImages(config.reference_images) if config.reference_images else None
@@ -78,16 +84,43 @@ class DistillMethod(Method):
 
     def setup(self, model: ContinualModel) -> None:
         object.__setattr__(self, "_model", model)  # plain reference: registering it would make the tree cyclic
+        self._check_order(list(model.methods))
         self.teacher = frozen_copy(model.detector)
         if self.config.vocabulary_is_file:
             self.set_vocabulary(model, read_vocabulary_file(self.config.vocabulary))
         elif isinstance(self.config.vocabulary, list):
             self.set_vocabulary(model, self.config.vocabulary)
 
+    def _check_order(self, methods: list[Method]) -> None:
+        """Refuse orders in which the teacher is copied when it cannot score the task's classes.
+
+        A trainer that adds class heads at each task start (the specialist) must run its `before_task`
+        after a "base" teacher is copied (else the teacher is the student with an untrained classifier,
+        and later tasks' classes are absent from it) and before a "previous_task" teacher is copied
+        (else the teacher lacks the new task's classifier). A teacher that scores a class as absent
+        (logit -30) pulls the student's scores of that class towards "never" at every location.
+        """
+        for method in methods:
+            if not method.adds_class_heads_each_task:
+                continue
+            distill_first = methods.index(self) < methods.index(method)
+            if self.config.teacher == "base" and not distill_first:
+                raise ValueError(f"distill with teacher 'base' listed after {method.name}: the teacher would be "
+                                 f"copied after {method.name} installs {method.adds_class_heads_each_task}, so "
+                                 f"it would score the first task's classes with an untrained classifier and "
+                                 f"every later task's classes as absent; list distill before {method.name}")
+            if self.config.teacher == "previous_task" and distill_first:
+                raise ValueError(f"distill with teacher 'previous_task' listed before {method.name}: at each task "
+                                 f"start the teacher would be copied before {method.name} adds "
+                                 f"{method.adds_class_heads_each_task}, so it would score the new task's classes "
+                                 f"as absent and pull the student's scores of them towards 'never'; list "
+                                 f"{method.name} before distill")
+
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # BatchNorm statistics and dropout of the teacher never change
+        for frozen in (self.teacher, self.teacher_text):
+            if frozen is not None:
+                frozen.eval()  # BatchNorm statistics and dropout of the teacher never change
         return self
 
     def set_vocabulary(self, model: ContinualModel, names: list[str]) -> None:
@@ -108,10 +141,21 @@ class DistillMethod(Method):
             device = next(detector.parameters()).device
             self.teacher = frozen_copy(detector).to(device)
 
+    def refresh_teacher_text(self, model: ContinualModel) -> None:
+        """A frozen copy of the text tower when it trains (the student's text then moves too), else none."""
+        if not model.text_tower_trains():
+            self.teacher_text = None
+        elif self.teacher_text is not None and self.teacher_text.state_dict().keys() == \
+                model.text_encoder.state_dict().keys():
+            self.teacher_text.load_state_dict(model.text_encoder.state_dict())
+        else:
+            self.teacher_text = frozen_copy(model.text_encoder)
+
     def before_task(self, model: ContinualModel, task: TaskContext) -> None:
         # task 0 too: a harness may load pretrained weights after assembling the model
         if task.index == 0 or self.config.teacher == "previous_task":
             self.refresh_teacher(model.detector)
+            self.refresh_teacher_text(model)
         if isinstance(self.config.vocabulary, str) and not self.config.vocabulary_is_file:
             self.set_vocabulary(model, self._retention_vocabulary(task))
 
@@ -136,6 +180,12 @@ class DistillMethod(Method):
         teacher saved with that layout is rebuilt as a copy of it (its values load next).
         """
         self._compiled_teacher = None
+        if self._model is not None:
+            has_text = any(k.startswith(f"{prefix}teacher_text.") for k in state_dict)
+            if has_text and self.teacher_text is None:  # a fresh model: values load next
+                self.teacher_text = frozen_copy(self._model.text_encoder)
+            elif not has_text and self.teacher_text is not None:  # saved while the tower was frozen
+                self.teacher_text = None
         saved = {k[len(prefix) + len("teacher."):] for k in state_dict if k.startswith(f"{prefix}teacher.")}
         if self.teacher is None or not saved or saved == set(self.teacher.state_dict()):
             return
@@ -159,6 +209,16 @@ class DistillMethod(Method):
                 self._compiled_teacher = compile_for_inference(fused_copy(self.teacher), len(images))
             return self._compiled_teacher(images, text)
 
+    @torch.no_grad()
+    def _teacher_embeddings(self, texts: list[list[str]], device: torch.device) -> torch.Tensor:
+        """Per-image prompt lists -> (B, N, D) embeddings from the teacher's frozen text tower."""
+        flat = [t for image_texts in texts for t in image_texts]
+        unique = list(dict.fromkeys(flat))
+        table = self.teacher_text(unique).to(device)
+        index = {t: i for i, t in enumerate(unique)}
+        rows = table[torch.tensor([index[t] for t in flat], device=device)]
+        return rows.reshape(len(texts), -1, rows.shape[-1])
+
     def get_extra_state(self) -> dict:
         return {"vocabulary": self.vocabulary, "embeddings": self.vocabulary_embeddings}
 
@@ -175,15 +235,20 @@ class DistillMethod(Method):
         images = images_to_device(batch["images"], device)
         num_current = len(images)
         if self.vocabulary_embeddings is not None:
-            distill_text = self.vocabulary_embeddings.to(device)[None]
+            if self.teacher_text is None:
+                distill_text = teacher_text = self.vocabulary_embeddings.to(device)[None]
+            else:  # the student's training tower against the teacher's frozen copy
+                distill_text = model.embed_texts([self.vocabulary]).to(device)
+                teacher_text = self._teacher_embeddings([self.vocabulary], device)
             if self.reference is not None:
                 extra = self.reference.draw(config.reference_per_step, images.shape[-1]).to(device)
                 images = torch.cat([images, extra.to(images.dtype)])
             student = model.detector(images, distill_text)
         else:
-            distill_text, student = text, output
+            student = output
+            teacher_text = text if self.teacher_text is None else self._teacher_embeddings(batch["texts"], device)
         with torch.no_grad(), teacher_autocast(config.teacher_precision, device):
-            teacher = self._run_teacher(images, distill_text.detach())
+            teacher = self._run_teacher(images, teacher_text.detach())
         teacher_logits = flatten_levels(teacher.cls_logits)
         confident = confident_locations(teacher_logits, config.confidence_threshold)
         losses = {}

@@ -41,10 +41,15 @@ class FinetuneConfig:
             raise ValueError(f"frozen_backbone_stages must be 0..4, got {self.frozen_backbone_stages}")
         known = {"backbone", "neck", "head", "text"}
         for name, table in (("lr_multipliers", self.lr_multipliers), ("unfreeze_epochs", self.unfreeze_epochs)):
+            if not isinstance(table, dict):  # a string would be read letter by letter
+                raise ValueError(f"{name} must be a mapping part -> value (e.g. {{backbone: 0.1}}), got {table!r}")
             if set(table) - known:
                 raise ValueError(f"{name} keys must be among {sorted(known)}, got {sorted(table)}")
-        if any(v < 0 for v in self.lr_multipliers.values()):
-            raise ValueError("lr_multipliers must be >= 0")
+        # quoted numbers ("0.1") failed as a bare TypeError here, or at the first epoch for unfreeze_epochs
+        if not all(_is_number(v) and v >= 0 for v in self.lr_multipliers.values()):
+            raise ValueError(f"lr_multipliers must be numbers >= 0, without quotes, got {self.lr_multipliers}")
+        if not all(type(v) is int and v >= 0 for v in self.unfreeze_epochs.values()):
+            raise ValueError(f"unfreeze_epochs must be whole epochs >= 0, without quotes, got {self.unfreeze_epochs}")
         if "text" in self.unfreeze_epochs and not self.train_text_encoder:
             raise ValueError("unfreeze_epochs has 'text' but train_text_encoder is False")
         trained = {part for part in ("backbone", "neck", "head")
@@ -53,3 +58,7 @@ class FinetuneConfig:
         if never:
             raise ValueError(f"unfreeze_epochs has {never}, which parts={self.parts!r} never trains; "
                              f"drop them or choose parts that include them")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -37,6 +37,15 @@ class FinetuneMethod(Method):
             return False
         return self.epoch >= self.config.unfreeze_epochs.get(part, 0)
 
+    def setup(self, model: ContinualModel) -> None:
+        stem = "detector.backbone.stem."
+        if self.config.frozen_backbone_stages and not any(n.startswith(stem) for n, _ in model.named_parameters()):
+            backbone = type(model.detector.backbone).__name__
+            raise ValueError(f"finetune: frozen_backbone_stages={self.config.frozen_backbone_stages} freezes the "
+                             f"stem and stages of the CSPDarknet backbone, but this detector's backbone is "
+                             f"{backbone}, which has none, so nothing would be frozen; set frozen_backbone_stages "
+                             f"to 0 (parts 'neck+head' freezes the whole backbone)")
+
     def mark_trainable(self, model: ContinualModel) -> None:
         for name, param in model.named_parameters():
             if name.startswith(("detector.", "text_encoder.")):

@@ -33,6 +33,9 @@ def target_layers(model: nn.Module, config: LoraMethodConfig) -> dict[str, list[
     # nn.MultiheadAttention reads out_proj.weight directly (never calls the module), so an adapter
     # there would be silently ignored: leave those projections out.
     skipped = {f"{name}.out_proj" for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+    # grouped and depthwise convs (timm backbones such as MobileNet, EfficientNet, ConvNeXt): peft needs a
+    # rank divisible by the groups and cannot merge into them, so merge() would fail after training
+    skipped |= {name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
     targets: dict[str, list[str]] = {root: [] for root in ROOTS}
     for name, module in model.named_modules():
         # a layer that already carries adapters is targeted again (peft adds the new adapter to it)

@@ -47,6 +47,8 @@ class LoraMethodConfig:
             if isinstance(value, str):
                 raise ValueError(f"{name} must be a list, got the string {value!r}")
             setattr(self, name, tuple(value))
+            if not all(isinstance(item, str) for item in getattr(self, name)):
+                raise ValueError(f"{name} must be a list of strings, got {list(value)}")
         if not self.parts or set(self.parts) - set(PARTS):
             raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {self.parts}")
         if not self.layer_types or set(self.layer_types) - set(LAYER_TYPES):

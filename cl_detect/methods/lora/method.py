@@ -191,6 +191,12 @@ class LoraMethod(Method):
         found = _layers.adapters_in_keys(tensors)
         if not found:
             raise ValueError(f"lora: {path} holds no LoRA adapter tensors")
+        # the update is scaled by alpha / rank: the same tensors under another alpha are another model
+        saved_alpha = json.loads(meta["config"]).get("alpha") if meta.get("config") else None
+        if saved_alpha is not None and float(saved_alpha) != self.config.alpha:
+            raise ValueError(f"lora: {path} holds adapters trained with alpha {saved_alpha}, this method is "
+                             f"configured with alpha {self.config.alpha} (the update is scaled by alpha / rank, so "
+                             f"they would compute another model); build the method with alpha={saved_alpha}")
         model = self.model
         for name, layers in found.items():
             self._inject_layers(model, name, layers, tensors)

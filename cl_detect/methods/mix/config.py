@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cl_detect._config_keys import check_keys_and_types
 from cl_detect.data.readers import FORMATS
 
 
@@ -49,14 +50,19 @@ class MixConfig:
     def __post_init__(self):
         if not self.data:
             raise ValueError("mix needs at least one source in `data` (dicts with path, format, ratio, ...)")
-        self.data = [s if isinstance(s, MixSource) else _source(s) for s in self.data]
+        if not isinstance(self.data, (list, tuple)):  # a string would be read letter by letter
+            raise ValueError(f"mix data must be a list of sources (dicts with path, format, ratio, ...), got "
+                             f"{self.data!r}; write data: [{{path: ..., ratio: ...}}]")
+        self.data = [s if isinstance(s, MixSource) else _source(s, i) for i, s in enumerate(self.data)]
         total = sum(s.ratio for s in self.data)
         if total >= 1:
             raise ValueError(f"mix source ratios sum to {total:.2f}; the task needs a share too, keep it below 1")
 
 
-def _source(entry: dict) -> MixSource:
+def _source(entry: dict, index: int) -> MixSource:
     fields = {"path", "format", "ratio", "max_images", "image_root"}
-    if set(entry) - fields or "path" not in entry:
+    if not isinstance(entry, dict) or set(entry) - fields or "path" not in entry:
         raise ValueError(f"a mix source has the keys {sorted(fields)} (path required), got {entry}")
+    # a quoted ratio ("0.2") or count failed as a bare TypeError comparing it
+    check_keys_and_types(MixSource, entry, f"setting(s) of mix source {index} ({entry['path']}):")
     return MixSource(**entry)

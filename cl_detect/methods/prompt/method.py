@@ -12,6 +12,10 @@ prompt of the task vocabulary maps to its learned row; any other string ('',
 other tasks' names, evaluation vocabularies) gets the frozen encoder's embedding,
 so detection of everything outside the task is exactly the pre-trained model's.
 At the next task the learned rows are kept, frozen, for their class names.
+
+Everything but the task's rows is frozen, so a training image none of whose prompts
+is a task class (replayed or mixed-in data of other vocabularies) gives no gradient;
+the first such batch of a task logs a warning.
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ class PromptMethod(Method):
         self.register_buffer("frozen_embeddings", torch.zeros(0, 0))
         self.adapter: nn.Module | None = None
         self._model: ContinualModel | None = None
+        self._warned_no_gradient = False  # once per task
         self.register_load_state_dict_pre_hook(self._resize_before_load)
 
     def setup(self, model: ContinualModel) -> None:
@@ -88,6 +93,7 @@ class PromptMethod(Method):
                 for i, name in enumerate(vocabulary)]
         self.vocabulary = vocabulary
         self.embeddings = nn.Parameter(torch.stack(rows).to(device))
+        self._warned_no_gradient = False
         model.mark_trainable()
 
     def _learned_rows(self) -> dict[str, torch.Tensor]:
@@ -119,6 +125,8 @@ class PromptMethod(Method):
         return self._effective(self.embeddings)
 
     def text_embeddings(self, model: ContinualModel, texts: list[list[str]]) -> torch.Tensor:
+        if self.vocabulary and self.training and torch.is_grad_enabled() and not self._warned_no_gradient:
+            self._warn_images_without_task_prompts(texts)
         flat = [t for image_texts in texts for t in image_texts]
         own = {name: i for i, name in enumerate(self.vocabulary)}
         own.update({name: len(own) + i for i, name in enumerate(self.frozen_vocabulary) if name not in own})
@@ -132,6 +140,17 @@ class PromptMethod(Method):
         index = {**own, **{t: len(own) + i for i, t in enumerate(others)}}
         rows = table[torch.tensor([index[t] for t in flat], device=device)]
         return rows.reshape(len(texts), -1, rows.shape[-1])
+
+    def _warn_images_without_task_prompts(self, texts: list[list[str]]) -> None:
+        vocabulary = set(self.vocabulary)
+        unreached = [image_texts for image_texts in texts if not vocabulary.intersection(image_texts)]
+        if unreached:
+            self._warned_no_gradient = True
+            logger.warning("prompt: %d of %d images of a training batch have none of the task's classes among "
+                           "their prompts (e.g. %s; data mixed in by replay or mix from other vocabularies): every "
+                           "other class row is frozen, so such images give no gradient and only take draws; they "
+                           "help only where they name the task's classes (see docs/methods.md, prompt)",
+                           len(unreached), len(texts), [t for t in unreached[0] if t][:5])
 
     # ---- export -------------------------------------------------------------------------------------
     def export_embeddings(self, path: str | Path) -> Path:

@@ -89,6 +89,7 @@ class SpecialistMethod(Method):
     # interpolate towards a base model that has no closed-set classifier
     incompatible_with = ("prompt", "wise")
     kept_outside_detector = "closed-set classifiers"
+    adds_class_heads_each_task = "a new closed-set classifier for each task's classes"
 
     def __init__(self, config: SpecialistConfig):
         super().__init__(config)

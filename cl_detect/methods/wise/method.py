@@ -8,6 +8,8 @@ After a task the detector becomes
     theta = (1 - alpha) * theta_anchor + alpha * theta_finetuned,
 
 exactly the anchor at alpha 0 and exactly the fine-tuned weights at alpha 1.
+When the text tower trains too (finetune's `train_text_encoder`, lora's "text" part) its state is
+anchored at each task start and interpolated the same way; a frozen tower is left out (no copy).
 Integer buffers (BatchNorm batch counters) cannot be interpolated and take the
 nearer end's value. The anchor is part of the method's `state_dict`, so
 checkpoints hold it (one extra copy of the detector).
@@ -80,18 +82,32 @@ def wise_method(model: ContinualModel) -> "WiseMethod":
     return method
 
 
-def interpolate(model: ContinualModel, alpha: float, finetuned: State | None = None) -> None:
-    """Load (1 - alpha) * anchor + alpha * finetuned into `model.detector`.
+def interpolate(model: ContinualModel, alpha: float, finetuned: State | None = None,
+                finetuned_text: State | None = None) -> None:
+    """Load (1 - alpha) * anchor + alpha * finetuned into `model.detector` (and into the text tower
+    when wise anchored it, because it trains).
 
     Args:
         model: a ContinualModel that lists `wise` (it holds the anchor).
         alpha: coefficient in [0, 1].
-        finetuned: the fine-tuned state; default: the detector's current weights.
+        finetuned: the fine-tuned detector state; default: the detector's current weights.
+        finetuned_text: the fine-tuned text-tower state; default: the tower's current weights.
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    wise = wise_method(model)
     finetuned = snapshot(model.detector) if finetuned is None else finetuned
-    model.detector.load_state_dict(interpolate_states(wise_method(model).anchor, finetuned, alpha))
+    model.detector.load_state_dict(interpolate_states(wise.anchor, finetuned, alpha))
+    if wise.text_anchor:
+        finetuned_text = snapshot(model.text_encoder) if finetuned_text is None else finetuned_text
+        model.text_encoder.load_state_dict(interpolate_states(wise.text_anchor, finetuned_text, alpha))
+        _clear_text_caches(model)
+
+
+def _clear_text_caches(model: ContinualModel) -> None:
+    model.clear_text_cache()
+    if hasattr(model.text_encoder, "clear_cache"):
+        model.text_encoder.clear_cache()
 
 
 def wise_sweep(model: ContinualModel, alphas: list[float], evaluate_fn: Callable[[ContinualModel], dict]
@@ -107,13 +123,17 @@ def wise_sweep(model: ContinualModel, alphas: list[float], evaluate_fn: Callable
         One row per coefficient, in order: {"alpha": a, "metrics": evaluate_fn(model)}.
     """
     finetuned = snapshot(model.detector)
+    finetuned_text = snapshot(model.text_encoder) if wise_method(model).text_anchor else None
     rows = []
     try:
         for alpha in alphas:
-            interpolate(model, alpha, finetuned)
+            interpolate(model, alpha, finetuned, finetuned_text)
             rows.append({"alpha": float(alpha), "metrics": evaluate_fn(model)})
     finally:
         model.detector.load_state_dict(finetuned)
+        if finetuned_text is not None:
+            model.text_encoder.load_state_dict(finetuned_text)
+            _clear_text_caches(model)
     return rows
 
 
@@ -150,6 +170,7 @@ class WiseMethod(Method):
     def __init__(self, config: WiseConfig):
         super().__init__(config)
         self.anchor: State = {}
+        self.text_anchor: State = {}  # the text tower's, only when it trains
         self.sweep_results: dict[str, list[dict]] = {}  # task name -> sweep rows
 
     def setup(self, model: ContinualModel) -> None:
@@ -159,6 +180,8 @@ class WiseMethod(Method):
     def before_task(self, model: ContinualModel, task: TaskContext) -> None:
         if task.index == 0 or self.config.anchor == "previous_task":
             self.anchor = snapshot(model.detector)
+            # a trained text tower moves the model too: alpha 0 must give the anchor's text embeddings
+            self.text_anchor = snapshot(model.text_encoder) if model.text_tower_trains() else {}
 
     def after_task(self, model: ContinualModel, task: TaskContext) -> None:
         evaluate_fn = task.extras.get("evaluate_fn")
@@ -172,8 +195,10 @@ class WiseMethod(Method):
         interpolate(model, self.config.alpha)
 
     def get_extra_state(self) -> dict:
-        return {"anchor": self.anchor, "sweep_results": self.sweep_results}
+        return {"anchor": self.anchor, "text_anchor": self.text_anchor, "sweep_results": self.sweep_results}
 
     def set_extra_state(self, state: dict) -> None:
         self.anchor = {name: tensor.cpu() for name, tensor in state["anchor"].items()}
+        # absent from checkpoints written before the text tower was anchored
+        self.text_anchor = {name: tensor.cpu() for name, tensor in state.get("text_anchor", {}).items()}
         self.sweep_results = dict(state["sweep_results"])
