@@ -214,6 +214,32 @@ def test_interrupted_training_resumes_without_redoing_finished_work(protocol, tm
     assert log_steps == [1, 2]  # step 1 from the first call, step 2 after resuming
 
 
+def test_a_run_resumed_between_tasks_ends_with_the_uninterrupted_runs_weights(protocol, tmp_path, monkeypatch):
+    # the next task's before_task (the specialist's new classifier) drew from the freshly seeded RNG after a
+    # resume, not from where the run had left it: 332 tensors differed at the end
+    from cl_detect.bench.protocol import load_protocol_data
+
+    config = load_run_config(protocol)
+    data = load_protocol_data(config)
+    base = runner.BaseModel(config.base_model.checkpoint, config.base_model.text_encoder)
+    _, _, straight = runner.continual_run(config, data, ["specialist"], 0, tmp_path / "a", base)
+    original = runner.train_one_task
+
+    def stop_before_task2(model, dataset, train_config, task_dir, **kwargs):
+        if task_dir.name.startswith("task2"):
+            raise KeyboardInterrupt  # after task 1's state.pt, before task 2 trains
+        return original(model, dataset, train_config, task_dir, **kwargs)
+
+    monkeypatch.setattr(runner, "train_one_task", stop_before_task2)
+    with pytest.raises(KeyboardInterrupt):
+        runner.continual_run(config, data, ["specialist"], 0, tmp_path / "b", base)
+    monkeypatch.setattr(runner, "train_one_task", original)
+    status, progress, resumed = runner.continual_run(config, data, ["specialist"], 0, tmp_path / "b", base)
+    assert status == "finished" and progress.completed_tasks == 2
+    expected, got = straight.state_dict(), resumed.state_dict()
+    assert [k for k, v in expected.items() if isinstance(v, torch.Tensor) and not torch.equal(v, got[k])] == []
+
+
 def test_untrained_closed_set_run_records_not_applicable_sets_as_null(protocol, tmp_path, monkeypatch):
     config_cls, finetune_cls = registry.method_classes("finetune")
 

@@ -37,7 +37,7 @@ from cl_detect.bench.protocol import ProtocolData
 from cl_detect.bench.results import summarize
 from cl_detect.engine.runlog import peak_memory_mb
 from cl_detect.engine.state import (SETTINGS_FREE_TO_CHANGE, load_model_state, model_state, read_saved_progress,
-                                    settings_changes)
+                                    rng_state, set_rng_state, settings_changes)
 from cl_detect.engine.task_data import build_task_training_set, checked_extras
 from cl_detect.engine.train import TrainResult, resolve_device, train_one_task
 from cl_detect.methods import ContinualModel, TaskContext, create_method
@@ -131,6 +131,8 @@ def _restore(model: ContinualModel, work: Path, data: ProtocolData, settings: di
         print(f"  cannot resume from {state_file} ({err}); starting this run again")
         shutil.rmtree(work)
         return fresh
+    if saved.get("rng") is not None:  # files written before it was saved continue from the seed's state
+        set_rng_state(saved["rng"])
     return Progress(**saved["progress"])
 
 
@@ -150,8 +152,10 @@ def _save(model: ContinualModel, work: Path, progress: Progress, with_model: boo
     now = time.perf_counter()
     progress.elapsed_s += now - since
     work.mkdir(parents=True, exist_ok=True)
-    atomic_save({"progress": asdict(progress), "model": model_state(model) if with_model else None},
-                work / "state.pt")
+    # the RNG state too: the next task's `before_task` draws from it (the specialist's new classifier,
+    # lora's per-task adapter), so a run resumed here continues as the uninterrupted one does
+    atomic_save({"progress": asdict(progress), "model": model_state(model) if with_model else None,
+                 "rng": rng_state()}, work / "state.pt")
     return now
 
 
