@@ -117,6 +117,11 @@ def test_misshapen_settings_are_one_message_naming_the_file(tmp_path):
              ({"methods": ["finetun"]}, r"methods: unknown method\(s\) \['finetun'\]"),
              ({"methods": ["lora+lora"]}, r"method list 'lora\+lora': a method is listed twice"),
              ({"methods": ["lora+prompt"]}, "method list 'lora\\+prompt': lora and prompt each decide"),
+             # clashes that depend on the options or the order were found only when each run built its model
+             ({"methods": ["ewc+lora"], "method_options": {"lora": {"merge_after_task": True}}},
+              "method list 'ewc\\+lora': ewc cannot be combined with lora's merge_after_task"),
+             ({"methods": ["distill+specialist"], "method_options": {"distill": {"teacher": "previous_task"}}},
+              "method list 'distill\\+specialist': distill with teacher 'previous_task' listed before specialist"),
              ({"synthetic_world": {"seeed": 0}},
               r"unknown synthetic_world setting\(s\) \['seeed'\]; valid: .*'seed'"),
              ({"synthetic_world": [0]}, "synthetic_world must be a mapping"),

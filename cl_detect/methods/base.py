@@ -87,6 +87,11 @@ class Method(nn.Module):
         """Why `incompatible_with` lists what it lists (shown in the error)."""
         return "see docs/methods.md"
 
+    def check_combination(self, methods: list["Method"]) -> None:
+        """Raise ValueError when this method cannot run beside `methods` (the whole list in order,
+        itself included) as they are configured; called wherever a list is checked
+        (`check_composition`: when a protocol is read and when a model is built)."""
+
     def setup(self, model: "ContinualModel") -> None:
         """Called once when the model is assembled (build teachers, inject adapters...)."""
 
@@ -153,6 +158,8 @@ def check_composition(methods: list[Method]) -> None:
         if clash:
             raise ValueError(f"{method.name} cannot be combined with {', '.join(clash)}: "
                              f"{method.incompatibility_reason()}")
+    for method in methods:
+        method.check_combination(list(methods))
     shares = {m.name: m.data_share() for m in methods if m.data_share() > 0}
     if sum(shares.values()) >= 1:
         listed = " + ".join(f"{name} {share:.2f}" for name, share in shares.items())

@@ -84,14 +84,13 @@ class DistillMethod(Method):
 
     def setup(self, model: ContinualModel) -> None:
         object.__setattr__(self, "_model", model)  # plain reference: registering it would make the tree cyclic
-        self._check_order(list(model.methods))
         self.teacher = frozen_copy(model.detector)
         if self.config.vocabulary_is_file:
             self.set_vocabulary(model, read_vocabulary_file(self.config.vocabulary))
         elif isinstance(self.config.vocabulary, list):
             self.set_vocabulary(model, self.config.vocabulary)
 
-    def _check_order(self, methods: list[Method]) -> None:
+    def check_combination(self, methods: list[Method]) -> None:
         """Refuse orders in which the teacher is copied when it cannot score the task's classes.
 
         A trainer that adds class heads at each task start (the specialist) must run its `before_task`

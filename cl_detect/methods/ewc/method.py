@@ -41,8 +41,8 @@ class EwcMethod(Method):
                 "vocabulary of another size fails with a shape mismatch, one of the same size pulls the new "
                 "classes towards the old classes' rows; use ewc with finetune or lora")
 
-    def setup(self, model: ContinualModel) -> None:
-        for method in model.methods:
+    def check_combination(self, methods: list[Method]) -> None:
+        for method in methods:
             if method.renews_trained_tensors:
                 raise ValueError(f"ewc cannot be combined with {method.renews_trained_tensors}: ewc anchors the "
                                  f"trained tensors by name, so the penalty would pull each fresh tensor's "

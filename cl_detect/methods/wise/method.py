@@ -142,7 +142,7 @@ def _json_value(value):
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
-def check_adapter_names(model: ContinualModel, wise: "WiseMethod") -> None:
+def check_adapter_names(methods: list[Method], wise: "WiseMethod") -> None:
     """Reject trainers whose tensor names change between the anchor and a task's end.
 
     Interpolation is tensor by tensor name. The trainers declare it: `renews_trained_tensors` (lora's
@@ -150,7 +150,6 @@ def check_adapter_names(model: ContinualModel, wise: "WiseMethod") -> None:
     `trains_new_tensors_each_task` (lora's `per_task_adapters` adds adapter tensors every task, which a
     base anchor, or one taken before lora adds them, does not have).
     """
-    methods = list(model.methods)
     for method in methods:
         if method.renews_trained_tensors:
             raise ValueError(f"wise cannot be combined with {method.renews_trained_tensors}: after a task the "
@@ -173,8 +172,10 @@ class WiseMethod(Method):
         self.text_anchor: State = {}  # the text tower's, only when it trains
         self.sweep_results: dict[str, list[dict]] = {}  # task name -> sweep rows
 
+    def check_combination(self, methods: list[Method]) -> None:
+        check_adapter_names(methods, self)
+
     def setup(self, model: ContinualModel) -> None:
-        check_adapter_names(model, self)
         self.anchor = snapshot(model.detector)
 
     def before_task(self, model: ContinualModel, task: TaskContext) -> None:
