@@ -94,6 +94,16 @@ def test_prompt_tuned_checkpoint_gives_fixed_embeddings(capsys):
         text_encoder(["a", "b"])
 
 
+def test_prompt_tuned_embeddings_beside_a_text_tower_are_reported_not_dropped(capsys):
+    """The official prompt-tuned detector feeds its `embeddings` whatever else the file holds; beside a
+    text tower they were dropped without a word, and the returned tower gives other outputs."""
+    from cl_detect.models.text_encoders import create_text_encoder
+    state_dict = official_state_dict(create_detector("yolo_world_v2_t"), create_text_encoder("clip"))
+    state_dict["embeddings"] = torch.randn(3, 512)
+    load_official_checkpoint(state_dict)
+    assert "its 3 prompt-tuned class embeddings are NOT used" in capsys.readouterr().out
+
+
 def test_prompt_tuned_checkpoint_with_mlp_adapter_gives_the_adapted_embeddings(capsys):
     """An official use_mlp_adapter=True file: its adapter.* tensors were 'ignored' and the raw
     embeddings used, where the official detector uses normalize(adapter(E) + E)."""
@@ -164,6 +174,22 @@ def test_a_text_encoder_of_another_width_for_an_official_checkpoint_is_named(tmp
         load_model(weights, text_encoder_spec="minilm")
 
 
+def test_a_cl_detect_checkpoint_that_does_not_fit_the_detector_is_named(tmp_path):
+    """A missing tensor or an unknown config field raised torch's RuntimeError / a TypeError that named
+    neither the file nor the fix (and `cl-detect predict` printed a traceback)."""
+    from cl_detect.models.checkpoint import save_model
+    weights = tmp_path / "model.pt"
+    save_model(weights, create_detector("yolo_world_v2_t", text_dim=384), "minilm-random")
+    data = torch.load(weights, weights_only=True)
+    missing, newer = tmp_path / "missing.pt", tmp_path / "newer.pt"
+    torch.save({**data, "detector": {k: v for k, v in data["detector"].items() if k != "head.proj"
+                                     and not k.startswith("backbone.stem.conv")}}, missing)
+    torch.save({**data, "detector_config": {**data["detector_config"], "new_field": 1}}, newer)
+    for path, found in ((missing, "Missing key.*backbone.stem.conv.weight"), (newer, "new_field")):
+        with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: .*do not fit.*{found}.*save_model"):
+            load_model(path)
+
+
 def _torch_bytes(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -193,6 +219,12 @@ def test_unreadable_files_are_named(tmp_path, content, found):
     with pytest.raises(ValueError, match=f"model.pth: not a readable torch checkpoint \\({found}.*re-saving") as info:
         read_checkpoint(path)
     assert info.value.__cause__ is not None  # torch's own error stays chained
+
+
+def test_a_folder_given_as_checkpoint_is_called_a_folder(tmp_path):
+    """A run's folder passed as --weights was reported as 'does not exist'."""
+    with pytest.raises(IsADirectoryError, match=f"checkpoint {re.escape(str(tmp_path))} is a folder; give the"):
+        read_checkpoint(tmp_path)
 
 
 def test_refused_global_in_readable_file_keeps_its_error(tmp_path):
@@ -241,3 +273,26 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
         os.umask(previous)
     # mkstemp alone makes owner-only files, which a shared results folder's readers cannot open
     assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}
+
+
+def test_a_checkpoint_of_a_timm_pretrained_backbone_loads_without_downloading(tmp_path, monkeypatch):
+    """Its config keeps pretrained_backbone=True, so loading fetched timm's weights again (offline: a
+    LocalEntryNotFoundError) only to overwrite them with the file's."""
+    import timm
+
+    from cl_detect.models.checkpoint import save_model
+    detector = create_detector("yolo_world_v2_t", text_dim=384, backbone="timm:resnet18")
+    weights = tmp_path / "model.pt"
+    save_model(weights, detector, "minilm-random")
+    data = torch.load(weights, weights_only=True)
+    torch.save({**data, "detector_config": {**data["detector_config"], "pretrained_backbone": True}}, weights)
+    create_model = timm.create_model
+
+    def no_download(*args, pretrained=False, **kwargs):
+        assert not pretrained, "downloaded timm weights the checkpoint holds"
+        return create_model(*args, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", no_download)
+    loaded, _ = load_model(weights)
+    for name, value in detector.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name

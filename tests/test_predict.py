@@ -297,6 +297,18 @@ def test_out_for_one_image_is_a_file_with_an_image_extension_or_a_folder(tmp_pat
         write_image(tmp_path / "taken_det.png", np.zeros((8, 8, 3), np.uint8))
 
 
+def test_out_never_writes_over_an_input_image(tmp_path):
+    """`--out photo.png photo.png` replaced the photo by its drawing; so did `--out vis x.png vis/x_det.png`
+    (x.png's drawing went over the second input, which was then read again to draw on)."""
+    from cl_detect.commands.predict import output_paths
+    photo = tmp_path / "photo.png"
+    with pytest.raises(SystemExit, match=r"write over the input image .*photo.png"):
+        output_paths(str(tmp_path / "." / "photo.png"), [str(photo)])
+    (tmp_path / "vis").mkdir()
+    with pytest.raises(SystemExit, match=r"write over the input image .*x_det.png"):
+        output_paths(str(tmp_path / "vis"), [str(tmp_path / "x.png"), str(tmp_path / "vis" / "x_det.png")])
+
+
 def test_texts_naming_a_file_are_read_from_it(tmp_path):
     from cl_detect.commands.predict import parse_texts
     lines = tmp_path / "prompts.txt"
@@ -398,3 +410,76 @@ def test_predict_cli_decodes_one_batch_of_images_at_a_time(tmp_path, capsys, mon
     assert len(capsys.readouterr().out.strip().splitlines()) == 20
     assert max(most_alive) <= 16 + 1
     assert all(cv2.imread(str(tmp_path / "vis" / f"in{i}_det.png")) is not None for i in range(20))
+
+
+def test_predict_takes_float64_prompts_and_detectors_and_refuses_settings_that_drop_detections():
+    """float64 embeddings (torch.from_numpy) failed in the neck with 'mat1 and mat2 must have the same
+    dtype', and a .double() detector on its float32 images; max_per_img=-1 silently dropped the last detection and batch_size=0 failed in range()."""
+    torch.manual_seed(0)
+    detector = _confident(create_detector("yolo_world_v2_t", text_dim=16))
+    image = np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    text = torch.randn(3, 16)
+    expected = detector.predict(image, text, image_size=64)[0]
+    for prompts in (text.double(), text.double().numpy()):  # torch.from_numpy of a .npy, or the array itself
+        got = detector.predict(image, prompts, image_size=64)[0]
+        assert torch.equal(got.boxes, expected.boxes) and torch.equal(got.scores, expected.scores)
+    in_float64 = create_detector("yolo_world_v2_t", text_dim=16).double()  # the images were fed as float32
+    in_float64.load_state_dict(detector.state_dict())
+    got = in_float64.predict(image, text, image_size=64)[0]
+    torch.testing.assert_close(got.scores, expected.scores)
+    for setting, shown in (({"max_per_img": -1}, "max_per_img=-1"), ({"batch_size": 0}, "batch_size=0"),
+                           ({"nms_pre": 0}, "nms_pre=0"), ({"score_thr": 30}, "score_thr=30"),
+                           ({"iou_thr": -0.1}, "iou_thr=-0.1")):
+        with pytest.raises(ValueError, match=f"settings out of range: {shown} .*official ones"):
+            detector.predict(image, text, image_size=64, **setting)
+    with pytest.raises(ValueError, match=r"shape \(0, 5, 3\) holds no pixels"):
+        detector.predict(np.zeros((0, 5, 3), np.uint8), text, image_size=64)
+
+
+def test_predict_cli_refuses_a_score_threshold_outside_0_1(capsys):
+    """--score-thr 30 (a percentage) drew and printed nothing, without a word."""
+    from cl_detect.cli import build_parser
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["predict", "--weights", "w.pt", "--texts", "a", "x.png", "--out", "v.png",
+                                   "--score-thr", "30"])
+    assert stop.value.code == 2 and "--score-thr: 30.0 is not a score in [0, 1]" in capsys.readouterr().err
+
+
+def test_predict_cli_checks_the_device_before_loading_the_model(tmp_path, monkeypatch):
+    """--device cuda on a machine without one, or --device gpu, failed inside torch after the model loaded."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    argv = ["predict", "--weights", str(tmp_path / "not_read.pt"), "--texts", "fish", str(tmp_path / "in.png"),
+            "--out", str(tmp_path / "vis.png")]
+    with pytest.raises(ValueError, match=r"--device is 'cuda', but this machine has 0 CUDA device"):
+        main([*argv, "--device", "cuda"])
+    with pytest.raises(ValueError, match=r"--device must be cpu, cuda or cuda:N, got 'gpu'"):
+        main([*argv, "--device", "gpu"])
+
+
+def test_predict_cli_checks_the_inputs_before_loading_the_model(tmp_path):
+    """A mistyped input, a folder or a text file was found only when its batch was read, after the model
+    had loaded and the batches before it had been computed."""
+    argv = ["predict", "--weights", str(tmp_path / "not_read.pt"), "--texts", "fish",
+            "--out", str(tmp_path / "vis.png")]
+    with pytest.raises(SystemExit, match=r"input image .*typo.png does not exist"):
+        main([*argv, str(tmp_path / "typo.png")])
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(SystemExit, match=r"input .*photos is a folder; give its image files, e.g. .*photos/\*.jpg"):
+        main([*argv, str(tmp_path / "photos")])
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(SystemExit, match=r"input .*notes.jpg is not an image OpenCV can read"):
+        main([*argv, str(tmp_path / "notes.jpg")])
+
+
+def test_compiling_on_a_cpu_without_a_cpp_compiler_says_how_to_fix_it(monkeypatch):
+    """The first batch failed deep in torch._dynamo (InductorError), a traceback from `cl-detect`."""
+    from torch._inductor import cpp_builder
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    def no_compiler():
+        raise InvalidCxxCompiler()
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    detector = create_detector("yolo_world_v2_t", text_dim=16)
+    with pytest.raises(ValueError, match=r"needs a C\+\+ compiler.*build-essential.*without compile"):
+        detector.predict(np.zeros((8, 10, 3), np.uint8), torch.randn(2, 16), image_size=64, compile=True)

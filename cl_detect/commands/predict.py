@@ -33,15 +33,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="text encoder spec, replacing the checkpoint's (e.g. 'clip:ViT-B-32:openai')")
     parser.add_argument("--image-size", type=positive_int, default=640,
                         help="images are letterboxed to this square size (a multiple of 32)")
-    parser.add_argument("--score-thr", type=float, default=0.3, help="only draw/print detections above this")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--score-thr", type=_score, default=0.3,
+                        help="only draw/print detections scoring this or more (0 to 1; the official "
+                             "post-processing keeps none at 0.001 or less)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N or auto (default: auto, cuda when available, else cpu)")
     parser.add_argument("--compile", action="store_true",
                         help="run the detector compiled by torch.compile (compiles first: worth it for many images)")
+
+
+def _score(text: str) -> float:
+    """A score threshold in [0, 1]: 30 (a percentage) drew and printed nothing, silently."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a score in [0, 1] (scores are sigmoid probabilities)")
+    return value
 
 
 def _default_device() -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _checked_device(device: str) -> str:
+    """`--device` when it names a device this machine has; torch failed after the model had loaded
+    ("Found no NVIDIA driver", "Expected one of cpu, cuda, ... device type")."""
+    import torch
+
+    from cl_detect.engine.config import check_device_available
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
+    check_device_available(device, "--device", "`cl-detect predict --device cpu`")
+    return device
 
 
 def parse_texts(texts: str) -> list[str]:
@@ -67,6 +95,22 @@ def parse_texts(texts: str) -> list[str]:
     return names
 
 
+def _check_inputs(images: list[str]) -> None:
+    """Every input is a file of an image type OpenCV reads, checked before the model loads (seconds for
+    the large sizes): a typo, a folder or a text file was found only when its batch was read, after the
+    batches before it had been computed and, with nothing drawn yet, lost."""
+    import cv2
+
+    for path in map(Path, images):
+        if path.is_dir():
+            raise SystemExit(f"input {path} is a folder; give its image files, e.g. {path / '*.jpg'}")
+        if not path.is_file():
+            raise SystemExit(f"input image {path} does not exist")
+        if not cv2.haveImageReader(str(path)):  # reads the file's signature only
+            raise SystemExit(f"input {path} is not an image OpenCV can read (types: {IMAGE_SUFFIXES}); "
+                             "convert it or leave it out")
+
+
 def _output_names(images: list[str]) -> list[str]:
     """'<stem>_det.png' per image; inputs sharing a stem get their folder's name in front."""
     stems = [Path(p).stem for p in images]
@@ -82,7 +126,17 @@ def _output_names(images: list[str]) -> list[str]:
 
 
 def output_paths(out: str, images: list[str]) -> list[Path]:
-    """Where each drawn image goes (see --out), checked before any work is done."""
+    """Where each drawn image goes (see --out), checked before any work is done; never over an input."""
+    targets = _targets(out, images)
+    inputs = {Path(p).resolve() for p in images}
+    overwritten = [str(t) for t in targets if t.resolve() in inputs]
+    if overwritten:
+        raise SystemExit(f"--out would write over the input image {overwritten[0]}; give another file name or folder")
+    return targets
+
+
+def _targets(out: str, images: list[str]) -> list[Path]:
+    """The paths `--out` names for `images` (one file, or a folder of <name>_det.png)."""
     import cv2
 
     folder = Path(out)
@@ -143,9 +197,11 @@ def run(args: argparse.Namespace) -> int:
     from cl_detect.models.official import FixedTextEmbeddings
 
     check_image_size(args.image_size)  # before loading the model, which takes a while for the large sizes
+    device = _default_device() if args.device in (None, "auto") else _checked_device(args.device)
     names = parse_texts(args.texts)
     targets = output_paths(args.out, args.images)
-    detector, text_encoder = load_model(args.weights, device=args.device or _default_device(),
+    _check_inputs(args.images)
+    detector, text_encoder = load_model(args.weights, device=device,
                                         text_encoder_spec=args.text_encoder)
     if text_encoder is None:
         raise SystemExit(f"{args.weights} carries no text encoder; pass --text-encoder")

@@ -118,6 +118,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
         pickle.UnpicklingError: a readable file names a global outside the allow-list.
     """
     path = Path(path)
+    if path.is_dir():  # e.g. a run's folder: "does not exist" sent people looking for a typo
+        raise IsADirectoryError(f"checkpoint {path} is a folder; give the checkpoint file (.pt, .pth) itself")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

@@ -68,14 +68,33 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", text_encode
             _check_text_width(path, detector.config.text_dim, text_encoder, text_encoder_spec)
         return detector, text_encoder
     from cl_detect.models.text_encoders import create_text_encoder
-    config = stored_detector_config(data)
-    detector = YOLOWorldDetector(config)
-    detector.load_state_dict(data["detector"])
+    detector = _stored_detector(path, data)
+    config = detector.config
     text_encoder = create_text_encoder(text_encoder_spec or data["text_encoder_spec"])
     if data.get("text_encoder") is not None and text_encoder_spec is None:
         text_encoder.load_state_dict(data["text_encoder"])
     _check_text_width(path, config.text_dim, text_encoder, text_encoder_spec or data["text_encoder_spec"])
     return detector.to(device).eval(), text_encoder.to(device).eval()
+
+
+def _stored_detector(path, data: dict) -> YOLOWorldDetector:
+    """The detector a cl_detect checkpoint dict describes, its weights loaded; a ValueError naming
+    `path` when its config or weights do not fit this version's detector (torch's TypeError and
+    RuntimeError named neither the file nor the fix, and `cl-detect` printed them as tracebacks)."""
+    try:
+        # the file holds every weight: a backbone first built from timm's pretrained weights must not
+        # download them again (offline that failed, online it was wasted)
+        config = dataclasses.replace(stored_detector_config(data), pretrained_backbone=False)
+        detector = YOLOWorldDetector(config)
+        detector.load_state_dict(data["detector"])
+    except ValueError as err:  # e.g. a timm backbone this timm does not know
+        raise ValueError(f"{path}: {err}") from None
+    except (TypeError, RuntimeError) as err:
+        found = " ".join(str(err).split())[:500]  # torch's message spans lines
+        raise ValueError(f"{path}: its detector config or weights do not fit this cl_detect's detector "
+                         f"({type(err).__name__}: {found}); the file was edited, is damaged or was written by "
+                         "another cl_detect version: write it again with save_model") from None
+    return detector
 
 
 def _check_text_width(path, text_dim: int, text_encoder, spec: str) -> None:

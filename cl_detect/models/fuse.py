@@ -65,6 +65,8 @@ def compile_for_inference(detector: nn.Module, batch_size: int) -> Callable:
     images' outputs. Call it under `torch.no_grad()` with the detector in eval mode
     (`fused_copy` gives both a fused and an eval-mode detector).
     """
+    if next(detector.parameters()).device.type == "cpu":
+        _check_cpp_compiler()
     compiled = torch.compile(detector, options={"freezing": True}, dynamic=False)
 
     def run(images: torch.Tensor, text: torch.Tensor):
@@ -80,3 +82,16 @@ def compile_for_inference(detector: nn.Module, batch_size: int) -> Callable:
         return out
 
     return run
+
+
+def _check_cpp_compiler() -> None:
+    """Inductor builds CPU kernels with a host C++ compiler; without one the first batch failed deep in
+    torch._dynamo (InductorError, a traceback from `cl-detect`), after the data and model had loaded."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler as err:
+        raise ValueError(f"compiling for the CPU needs a C++ compiler, and torch finds none ({err}); install g++ "
+                         "(Debian/Ubuntu: apt-get install build-essential) or set CXX, or run without compile "
+                         "(drop --compile / eval.compile)") from None

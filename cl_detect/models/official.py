@@ -201,6 +201,10 @@ def load_official_checkpoint(src, device: str | torch.device = "cpu", **override
         num_text = sum(1 for k in text_sd if not k.endswith(IGNORED_SUFFIXES))
         report += f", {num_text}/{num_text} text tensors"
         text_encoder.to(device).eval()
+        if "embeddings" in state_dict:  # the official prompt-tuned detector feeds these, not the tower's output
+            report += (f"; its {len(state_dict['embeddings'])} prompt-tuned class embeddings are NOT used (the text "
+                       "tower is returned): for the tuned model's outputs use FixedTextEmbeddings("
+                       "prompt_tuned_embeddings(state_dict)[0]) from cl_detect.models.official")
     elif "embeddings" in state_dict:
         embeddings, adapted = prompt_tuned_embeddings(state_dict)
         text_encoder = FixedTextEmbeddings(embeddings).to(device)

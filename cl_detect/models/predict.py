@@ -7,6 +7,7 @@ the image.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,8 @@ def _as_bgr(image) -> np.ndarray:
         raise ValueError(f"image arrays must be uint8 (0-255) BGR, got {image.dtype} with shape {image.shape}; "
                          "convert floats in [0, 1] with (image * 255).clip(0, 255).astype(np.uint8), "
                          "16-bit images with (image // 257).astype(np.uint8)")
+    if image.size == 0:
+        raise ValueError(f"image array of shape {image.shape} holds no pixels")
     channels = 1 if image.ndim == 2 else image.shape[2] if image.ndim == 3 else None
     if channels == 3:
         return image
@@ -141,6 +144,24 @@ def _as_bgr(image) -> np.ndarray:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     raise ValueError(f"image arrays must be (H, W, 3) BGR, (H, W) grayscale or (H, W, 4) BGRA, "
                      f"got shape {image.shape}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_settings(batch_size, score_thr, nms_pre, iou_thr, max_per_img) -> None:
+    """Refuse settings that would fail deep inside (batch_size 0, a negative nms_pre) or drop detections
+    silently (max_per_img=-1 kept all but the last, as a slice does)."""
+    problems = [f"{name}={value!r} (want {want})" for name, value, ok, want in (
+        ("batch_size", batch_size, _is_int(batch_size) and batch_size >= 1, "an integer >= 1"),
+        ("nms_pre", nms_pre, _is_int(nms_pre) and nms_pre >= 1, "an integer >= 1"),
+        ("max_per_img", max_per_img, _is_int(max_per_img) and max_per_img >= 0, "an integer >= 0"),
+        ("score_thr", score_thr, 0 <= score_thr <= 1, "a score in [0, 1]"),
+        ("iou_thr", iou_thr, 0 <= iou_thr <= 1, "an IoU in [0, 1]")) if not ok]
+    if problems:
+        raise ValueError(f"predict settings out of range: {', '.join(problems)}; the official ones are "
+                         "batch_size=16, score_thr=0.001, nms_pre=30000, iou_thr=0.7, max_per_img=300")
 
 
 @torch.no_grad()
@@ -153,7 +174,8 @@ def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 6
         detector: a YOLOWorldDetector (put in eval mode here).
         images: a path, a uint8 BGR (or gray, BGRA) array, or a list of them.
         text_embeddings: (N, D) or (1, N, D) embeddings of the prompts for all images, or
-            (B, N, D) with B = the number of images: each image's own prompts.
+            (B, N, D) with B = the number of images: each image's own prompts; a tensor or a
+            numpy array, cast to the detector's dtype.
         image_size: letterbox size (official: 640).
         batch_size: images per forward pass.
         score_thr, nms_pre, iou_thr, max_per_img: official post-processing settings.
@@ -166,21 +188,25 @@ def predict(detector, images, text_embeddings: torch.Tensor, image_size: int = 6
         One `Detections` per image, boxes in original pixels.
     """
     check_image_size(image_size)
+    _check_settings(batch_size, score_thr, nms_pre, iou_thr, max_per_img)
     if not isinstance(images, (list, tuple)):
         images = [images]
     detector = fused_copy(detector) if fuse else detector.eval()
-    device = next(detector.parameters()).device
+    device, dtype = next(detector.parameters()).device, next(detector.parameters()).dtype
     runner = compile_for_inference(detector, min(batch_size, len(images))) if compile else detector
+    text_embeddings = torch.as_tensor(text_embeddings)  # also an array, e.g. the official embedding_path .npy
     text = text_embeddings if text_embeddings.dim() == 3 else text_embeddings[None]
     if len(text) not in (1, len(images)):
         raise ValueError(f"text embeddings are {tuple(text_embeddings.shape)} for {len(images)} images: give (N, D) "
                          f"or (1, N, D) prompts for all images, or (B, N, D) with B = {len(images)}, one set per image")
-    text = text.to(device)
+    # in the detector's dtype: float64 embeddings (from numpy) failed deep in the neck ("mat1 and mat2 must have
+    # the same dtype"), and so did the float32 images for a detector converted with .double() or .bfloat16()
+    text = text.to(device, dtype)
     autocast = bf16_autocast(device, cuda=bf16)
     results: list[Detections] = []
     for start in range(0, len(images), batch_size):
         chunk = [letterbox(_as_bgr(image), image_size) for image in images[start:start + batch_size]]
-        batch = images_to_device(torch.stack([to_uint8_tensor(padded) for padded, _ in chunk]), device)
+        batch = images_to_device(torch.stack([to_uint8_tensor(padded) for padded, _ in chunk]), device).to(dtype)
         with autocast:
             out = runner(batch, text if len(text) == 1 else text[start:start + batch_size])
         results += postprocess(out.cls_logits, out.bbox_preds, detector.strides, [info for _, info in chunk],
