@@ -125,6 +125,21 @@ def test_minilm_names_prompts_cut_at_its_256_tokens(caplog):
     assert "(302 tokens)" in caplog.records[0].getMessage()
 
 
+def test_minilm_names_prompts_with_words_its_tokenizer_does_not_know(caplog):
+    # MiniLM's WordPiece reads emoji, Chinese, Thai, Hindi as [UNK]: a vocabulary in those
+    # scripts embedded every class alike, without a word
+    encoder = SentenceTransformerEncoder()
+    with caplog.at_level(logging.WARNING, logger="cl_detect.models.text_encoders"):
+        encoder(["dog", "рыба", "", " "])  # Cyrillic is in its vocabulary
+        assert caplog.records == []
+        fish = encoder(["魚", "ปลา", "dog"])
+        encoder(["🐟"])  # once per encoder
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage().startswith("2 of 3 prompts hold words the tokenizer of")
+    assert "'魚'" in caplog.records[0].getMessage()
+    assert float(fish[0] @ fish[1]) > 0.9999  # why it matters: two unknown names, one embedding
+
+
 @pytest.mark.parametrize("bad", [None, float("nan"), 3, b"dog"])
 def test_a_text_that_is_not_a_string_is_named_by_position(bad):
     """They failed inside the tokenizer ("object of type 'NoneType' has no len()", ftfy's UnicodeError)."""
@@ -211,6 +226,17 @@ def test_load_openai_torchscript_fp16_file(tmp_path):
     torch.testing.assert_close(loaded(["dog", "red car"]), expected, atol=1e-6, rtol=0)
 
 
+def test_a_file_of_another_tower_or_a_broken_safetensors_is_named(tmp_path):
+    # the shape mismatch did not name the file; a broken .safetensors raised SafetensorError, which the
+    # CLI does not catch (a traceback)
+    torch.save(small_encoder().tower.state_dict(), tmp_path / "small.pt")
+    (tmp_path / "cut.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"small\.pt, loaded as the text tower of ViT-B-32: shape mismatch.*name the"):
+        create_text_encoder(f"clip:ViT-B-32:{tmp_path / 'small.pt'}")
+    with pytest.raises(ValueError, match=r"cut\.safetensors: not a readable safetensors file.*re-download"):
+        create_text_encoder(f"clip:ViT-B-32:{tmp_path / 'cut.safetensors'}")
+
+
 def test_unknown_tag_lists_valid_tags():
     encoder = ClipTextEncoder(text_cfg=SMALL_CFG, embed_dim=32, model_name="ViT-B-32")
     with pytest.raises(ValueError, match="openai"):
@@ -279,6 +305,27 @@ def test_the_models_prompt_cache_drops_when_the_towers_weights_change():
                                  for k, v in encoder.state_dict().items()})
         after = model.embed_texts([["dog", "cat"]])
     torch.testing.assert_close(after, -before)
+
+
+@pytest.mark.parametrize("replace", ["assign", "data"])
+def test_cache_drops_when_weights_are_replaced_rather_than_written(replace):
+    # load_state_dict(assign=True) and `param.data = ...` swap in new tensors whose version
+    # counters match the old ones: the cache and the model's prompt cache gave the old embeddings
+    from cl_detect import create_detector
+    from cl_detect.methods import ContinualModel, create_method
+    encoder = small_encoder()
+    model = ContinualModel(create_detector("yolo_world_v2_t", text_dim=32), encoder, [create_method("finetune")])
+    other = small_encoder()  # other weights, built the same way: the same version counters
+    with torch.no_grad():
+        encoder(["dog"]), model.embed_texts([["dog"]])
+        if replace == "assign":
+            encoder.load_state_dict(other.state_dict(), assign=True)
+        else:
+            for mine, theirs in zip(encoder.parameters(), other.parameters()):
+                mine.data = theirs.detach().clone()
+        expected = other(["dog"])
+        torch.testing.assert_close(encoder(["dog"]), expected)
+        torch.testing.assert_close(model.embed_texts([["dog"]])[0], expected)
 
 
 def test_trainable_tower_is_not_cached_and_gets_gradients():
@@ -384,6 +431,44 @@ def test_spec_builds_a_clip_tower_only():
     assert isinstance(encoder, ClipTextEncoder) and encoder.dim == 512
     assert not any(name.startswith("visual") for name, _ in encoder.named_parameters())
     assert encoder(["dog"]).shape == (1, 512)
+
+
+def test_a_hub_tokenizer_that_cannot_be_fetched_names_the_model_and_the_fix(monkeypatch):
+    # SigLIP towers tokenize with a HuggingFace tokenizer; offline, the hub's raw OSError named neither
+    import open_clip
+
+    def offline(name, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", offline)
+    with pytest.raises(OSError, match=r"ViT-B-16-SigLIP \(HuggingFace 'timm/ViT-B-16-SigLIP'\).*network access"):
+        create_text_encoder("clip:ViT-B-16-SigLIP")
+
+
+def test_weights_that_cannot_be_fetched_name_the_tag_and_a_local_file(monkeypatch):
+    import open_clip
+
+    def offline(cfg, **kwargs):
+        raise FileNotFoundError("Failed to download file (open_clip_pytorch_model.bin)")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", offline)
+    encoder = ClipTextEncoder(text_cfg=SMALL_CFG, embed_dim=32, model_name="ViT-B-32")
+    with pytest.raises(OSError, match=r"ViT-B-32:openai.*network access.*clip:ViT-B-32:/path/to/weights"):
+        encoder.load_pretrained("openai")
+
+
+def test_a_sentence_transformers_spec_names_a_missing_folder_or_hub_model(monkeypatch, tmp_path):
+    import sentence_transformers
+
+    with pytest.raises(FileNotFoundError, match="no sentence-transformers model folder at .*missing"):
+        create_text_encoder(f"sentence-transformers:{tmp_path / 'missing'}")
+
+    def offline(name, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", offline)
+    with pytest.raises(OSError, match="'org/some-model'.*network access.*'minilm'"):
+        create_text_encoder("sentence-transformers:org/some-model")
 
 
 @pytest.mark.parametrize("spec", ["bert", "clip-vit", "sentence-transformers", "minilm:x"])

@@ -98,3 +98,27 @@ def test_dropping_boxes_for_lack_of_prompts_is_logged(caplog, monkeypatch):
         sample_texts(np.arange(6), class_texts_of(VOCAB), np.random.default_rng(0), num_texts=4)
         sample_texts(np.arange(6), class_texts_of(VOCAB), np.random.default_rng(0), num_texts=4)
     assert len(caplog.records) == 1 and "6 distinct classes or phrases, more than num_texts = 4" in caplog.text
+
+
+
+def test_a_blank_class_name_is_never_a_prompt_and_its_boxes_are_dropped(caplog, monkeypatch):
+    # ' ' embeds exactly like the padding prompt '': its boxes were trained present under it and absent
+    # under every padding prompt, silently
+    import cl_detect.data.text_sampling as text_sampling
+    monkeypatch.setattr(text_sampling, "_warned_about_blank_names", False)
+    class_texts = class_texts_of(Vocabulary(("dog", " ", "cat")))
+    with caplog.at_level("WARNING", logger="cl_detect.data.text_sampling"):
+        for seed in range(5):
+            out = sample_texts(np.array([1, 0, 1]), class_texts, np.random.default_rng(seed), num_texts=5)
+            assert sorted(out.texts) == ["", "", "", "cat", "dog"]
+            assert out.keep.tolist() == [False, True, False] and [out.texts[i] for i in out.labels] == ["dog"]
+    assert len(caplog.records) == 1 and "classes or phrases [1] have blank names [' ']" in caplog.text
+    assert equal_text_index([("a",), ("",), ("A",)]).tolist() == [0, -1, 0]
+
+
+def test_blank_synonyms_are_never_drawn():
+    class_texts = class_texts_of(Vocabulary(("dog",), synonyms=(("", "puppy", "  "),)))
+    assert class_texts == [("dog", "puppy")]
+    for seed in range(10):
+        out = sample_texts(np.array([0]), class_texts, np.random.default_rng(seed), num_texts=3, use_synonyms=True)
+        assert out.texts[out.labels[0]] in ("dog", "puppy")

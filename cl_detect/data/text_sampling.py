@@ -9,6 +9,9 @@ labels are remapped to positions in it, and it is padded with '' to
 per process). Texts that differ only in case or spacing ("A man", "a  man") are one
 prompt: the text encoders give them one embedding, so as two prompts one box would
 be trained as present under one and absent under the other. The first spelling is used.
+A blank name would embed like the padding prompt '', for the same reason: the
+boxes of a blank-named class or phrase are dropped (logged once per process), and
+blank synonyms are left out.
 
 Grounding records bring their own label space (their phrases): the positives
 are the phrases with a box, the negatives the same image's other phrases.
@@ -27,6 +30,7 @@ from cl_detect.data.records import Vocabulary
 PAD_TEXT = ""
 logger = logging.getLogger(__name__)
 _warned_about_dropped_boxes = False
+_warned_about_blank_names = False
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,9 @@ class SampledTexts:
 
 
 def class_texts_of(vocabulary: Vocabulary) -> list[tuple[str, ...]]:
-    """Per class, the name followed by its synonyms."""
+    """Per class, the name followed by its synonyms (blank ones left out: '' is the padding prompt)."""
     synonyms = vocabulary.synonyms or ((),) * len(vocabulary)
-    return [(name, *(s for s in extra if s != name)) for name, extra in zip(vocabulary.names, synonyms)]
+    return [(name, *(s for s in extra if s != name and s.strip())) for name, extra in zip(vocabulary.names, synonyms)]
 
 
 def unique_phrases(phrases: tuple[str, ...], labels: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
@@ -91,13 +95,15 @@ def sample_texts(labels: np.ndarray, class_texts: list[tuple[str, ...]], rng: np
                          f"remove those boxes")
     first_of = equal_text_index(class_texts) if equal_index is None else equal_index
     labels = first_of[labels]
-    positives = np.unique(labels)
+    if (labels < 0).any():
+        _log_blank_names(class_texts, first_of)
+    positives = np.unique(labels[labels >= 0])
     if len(positives) > num_texts:
         _log_dropped_boxes(len(positives), num_texts)
         positives = np.sort(rng.choice(positives, size=num_texts, replace=False))
     keep = np.isin(labels, positives)
 
-    candidates = np.setdiff1d(np.unique(first_of), positives)
+    candidates = np.setdiff1d(np.unique(first_of[first_of >= 0]), positives)
     num_negatives = min(num_texts - len(positives), len(candidates))
     negatives = rng.choice(candidates, size=num_negatives, replace=False) if num_negatives else candidates[:0]
     chosen = np.concatenate([positives, negatives]).astype(np.int64)
@@ -114,10 +120,21 @@ def sample_texts(labels: np.ndarray, class_texts: list[tuple[str, ...]], rng: np
 
 
 def equal_text_index(class_texts: list[tuple[str, ...]]) -> np.ndarray:
-    """Per class, the first class whose name is the same up to case and spacing (itself when unique)."""
+    """Per class, the first class whose name is the same up to case and spacing (itself when unique);
+    -1 for a blank name, which no prompt can stand for (`sample_texts` drops its boxes)."""
     first: dict[str, int] = {}
-    return np.array([first.setdefault(" ".join(names[0].lower().split()), i) for i, names in enumerate(class_texts)],
-                    np.int64)
+    return np.array([first.setdefault(key, i) if (key := " ".join(names[0].lower().split())) else -1
+                     for i, names in enumerate(class_texts)], np.int64)
+
+
+def _log_blank_names(class_texts: list[tuple[str, ...]], first_of: np.ndarray) -> None:
+    global _warned_about_blank_names
+    if not _warned_about_blank_names:
+        _warned_about_blank_names = True
+        blank = np.flatnonzero(first_of < 0).tolist()
+        logger.warning("classes or phrases %s have blank names %s: a blank prompt embeds like the padding prompt '', "
+                       "so their boxes are dropped from training (said once; name them in the dataset, "
+                       "`cl-detect data check` lists them)", blank[:10], [class_texts[i][0] for i in blank[:3]])
 
 
 def _log_dropped_boxes(num_positives: int, num_texts: int) -> None:

@@ -151,8 +151,13 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as err:  # not an OSError or ValueError: the CLI showed a traceback
+            raise ValueError(f"{path}: not a readable safetensors file ({err}); re-download it, or re-save it "
+                             "with safetensors.torch.save_file if a copy was interrupted") from err
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             is_torchscript = any(name.endswith("constants.pkl") for name in archive.namelist())

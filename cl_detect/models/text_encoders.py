@@ -34,10 +34,11 @@ logger = logging.getLogger(__name__)
 
 def weights_version(module: nn.Module) -> tuple[int, int]:
     """A token that changes whenever `module`'s weights do: every in-place write (optimizer step,
-    `load_state_dict`) bumps a tensor's version counter, and the count catches adapters being
-    added. Caches of a module's outputs key on it."""
+    `load_state_dict`) bumps a tensor's version counter, and the storage addresses catch adapters
+    being added and weights being replaced rather than written (`load_state_dict(assign=True)`,
+    `param.data = ...`, which keep the counter). Caches of a module's outputs key on it."""
     params = list(module.parameters())
-    return len(params), sum(p._version for p in params)
+    return hash(tuple(p.data_ptr() for p in params)), sum(p._version for p in params)
 
 
 class TextEncoder(nn.Module, abc.ABC):
@@ -148,7 +149,12 @@ class ClipTextEncoder(TextEncoder):
             if text_cfg.get("hf_model_name"):
                 raise ValueError(f"{model_name} uses a HuggingFace text model, not a CLIP text transformer; "
                                  "use the 'sentence-transformers:' spec or open_clip directly")
-            tokenizer = open_clip.get_tokenizer(model_name)
+            try:
+                tokenizer = open_clip.get_tokenizer(model_name)
+            except OSError as err:  # a HuggingFace tokenizer (SigLIP, ...) that is neither cached nor reachable
+                raise _not_downloadable(f"the tokenizer of open_clip model {model_name} "
+                                        f"(HuggingFace {text_cfg.get('hf_tokenizer_name')!r})", err,
+                                        "or use a model with CLIP's own tokenizer, e.g. clip:ViT-B-32") from err
         else:
             if embed_dim is None:
                 raise ValueError("embed_dim is required with text_cfg")
@@ -233,12 +239,18 @@ class ClipTextEncoder(TextEncoder):
             if cfg.get("quick_gelu", False) != self.quick_gelu:
                 raise ValueError(f"{self.model_name}:{pretrained} was trained with "
                                  f"quick_gelu={cfg.get('quick_gelu', False)}; pass that value")
-            path = Path(open_clip.download_pretrained(cfg))
-        layout, text_sd, left_out = _clip_keys.split_text_state_dict(_clip_keys.read_weights(path))
-        if layout == "hf":
-            report = self.load_hf_state_dict(text_sd)
-        else:
-            report = self.load_open_clip_state_dict(text_sd)
+            try:
+                path = Path(open_clip.download_pretrained(cfg))
+            except OSError as err:
+                raise _not_downloadable(f"the open_clip weights {self.model_name}:{pretrained}", err,
+                                        f"or name a local file: clip:{self.model_name}:/path/to/weights") from err
+        weights = _clip_keys.read_weights(path)  # its errors name the file
+        try:
+            layout, text_sd, left_out = _clip_keys.split_text_state_dict(weights)
+            load = self.load_hf_state_dict if layout == "hf" else self.load_open_clip_state_dict
+            report = load(text_sd)
+        except ValueError as err:
+            raise ValueError(f"{path}, loaded as the text tower of {self.model_name}: {err}") from err
         if left_out:
             report += f"; ignored {len(left_out)} non-text tensors"
         self.load_report = report
@@ -251,7 +263,8 @@ class ClipTextEncoder(TextEncoder):
                 raise ValueError(f"missing text tensor {key!r}")
             if tuple(source[key].shape) != tuple(reference.shape):
                 raise ValueError(f"shape mismatch for text tensor {key!r}: checkpoint "
-                                 f"{tuple(source[key].shape)}, model {tuple(reference.shape)}")
+                                 f"{tuple(source[key].shape)}, model {tuple(reference.shape)}; the weights are "
+                                 "of another architecture: name the model they were trained as")
 
     def load_open_clip_state_dict(self, state_dict: dict[str, torch.Tensor]) -> str:
         """Load open_clip-named text-tower tensors (extra keys such as `logit_scale` are ignored).
@@ -382,8 +395,17 @@ class SentenceTransformerEncoder(TextEncoder):
 
         source = default_minilm_path() if model_name_or_path is None else model_name_or_path
         is_local = Path(source).is_dir()
+        if not is_local and (Path(source).is_absolute() or str(source).startswith((".", "~"))):
+            raise FileNotFoundError(f"no sentence-transformers model folder at {source} (text encoder spec "
+                                    f"'sentence-transformers:{source}'); fix the path, or name a hub model")
         # A local folder must never fall back to the hub; hub names download only when the user names one.
-        model = SentenceTransformer(str(source), device=str(device), local_files_only=is_local)
+        try:
+            model = SentenceTransformer(str(source), device=str(device), local_files_only=is_local)
+        except OSError as err:
+            if is_local:
+                raise
+            raise _not_downloadable(f"the sentence-transformers model {source!r}", err,
+                                    "or name a local model folder, or use 'minilm' (shipped offline)") from err
         if random_init:
             from transformers import AutoModel
             backbone = model[0].auto_model
@@ -393,6 +415,7 @@ class SentenceTransformerEncoder(TextEncoder):
         self.model_name = str(source)
         self.random_init = random_init
         self._warned_truncation = False
+        self._warned_unknown = False
         self.model = model
         self.requires_grad_(False)
         self.eval()
@@ -404,6 +427,8 @@ class SentenceTransformerEncoder(TextEncoder):
         features = preprocess(texts)
         if not self._warned_truncation:
             self._warn_if_cut(texts, features)
+        if not self._warned_unknown:
+            self._warn_if_unknown(texts, features)
         features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
         return self.model(features)["sentence_embedding"]
 
@@ -416,6 +441,27 @@ class SentenceTransformerEncoder(TextEncoder):
         count = self.model.tokenizer
         cut = [(texts[i], n) for i in full if (n := len(count(texts[i], verbose=False)["input_ids"])) > limit]
         warn_prompts_cut(self, cut, len(texts), limit)
+
+    def _warn_if_unknown(self, texts: list[str], features: dict) -> None:
+        """WordPiece maps characters outside its vocabulary (emoji; Chinese, Thai, Hindi for MiniLM) to
+        [UNK]: such words are lost, and prompts made only of them all embed alike."""
+        unknown_id, ids = getattr(self.model.tokenizer, "unk_token_id", None), features.get("input_ids")
+        if unknown_id is None or ids is None:
+            return
+        unknown = (ids == unknown_id).any(dim=1).nonzero().flatten().tolist()
+        if unknown:
+            self._warned_unknown = True
+            logger.warning("%d of %d prompts hold words the tokenizer of %s does not know, e.g. %r: they read as "
+                           "[UNK], and prompts made only of such words embed alike; write them in a script it "
+                           "knows, or use an encoder whose tokenizer covers them (warned once per encoder)",
+                           len(unknown), len(texts), self.model_name, texts[unknown[0]][:200])
+
+
+def _not_downloadable(what: str, err: OSError, alternative: str) -> OSError:
+    """The error for a text model file that is neither in the local cache nor downloadable (offline)."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return OSError(f"cannot load {what}: it is not in the local HuggingFace cache and could not be downloaded "
+                   f"({reason}); run once with network access (and HF_HUB_OFFLINE unset) to cache it, {alternative}")
 
 
 def warn_prompts_cut(encoder: TextEncoder, cut: list[tuple[str, int]], total: int, context: int) -> None:
