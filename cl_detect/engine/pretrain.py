@@ -137,7 +137,9 @@ def build_model(config: PretrainConfig):
     torch.manual_seed(config.train.seed)
     text_encoder = create_text_encoder(spec)
     if config.detector is None and architecture is not None:  # the checkpoint's own architecture
-        detector = YOLOWorldDetector(dataclasses.replace(architecture, text_dim=text_encoder.dim))
+        # its backbone weights come from the checkpoint: timm's pretrained ones would be downloaded to be overwritten
+        detector = YOLOWorldDetector(dataclasses.replace(architecture, text_dim=text_encoder.dim,
+                                                         pretrained_backbone=False))
     else:
         kwargs = {"text_dim": text_encoder.dim, **config.detector_kwargs}
         detector = create_detector(config.detector or DEFAULT_DETECTOR, **kwargs)
