@@ -169,6 +169,24 @@ def test_compositions_that_cannot_work_fail_before_any_run(tmp_path):
     assert method_runs(["distill+replay", "mix"], config) == [["distill", "replay"], ["mix"]]
 
 
+def test_eval_compile_without_a_cpp_compiler_stops_before_any_data_is_read(tmp_path, monkeypatch):
+    # every run failed at its first evaluation, deep in torch._dynamo, after the base model had loaded
+    from torch._inductor import cpp_builder
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    from cl_detect.bench.experiment import run_experiment
+
+    def no_compiler():
+        raise InvalidCxxCompiler()
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    config = load_run_config(_write(tmp_path, {**MINIMAL, "eval": {"compile": True}, "train": {"device": "cpu"}}),
+                             defaults_path=None)
+    with pytest.raises(ValueError, match=r"needs a C\+\+ compiler.*eval.compile"):
+        run_experiment(config, ["finetune"], None, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_cuda_device_the_machine_lacks_stops_before_any_data_is_read(tmp_path, monkeypatch):
     # it stopped every run deep inside torch ("Found no NVIDIA driver"), a traceback, after loading
     from cl_detect.bench.experiment import run_experiment

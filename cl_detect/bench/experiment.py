@@ -30,8 +30,10 @@ from cl_detect.bench.protocol import load_protocol_data
 from cl_detect.bench.results import error_message
 from cl_detect.bench.runner import BaseModel, result_path, run_one
 from cl_detect.engine.config import check_device_available
+from cl_detect.engine.train import resolve_device
 from cl_detect.methods import list_methods
 from cl_detect.methods.registry import method_classes
+from cl_detect.models.fuse import check_cpp_compiler
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -123,6 +125,8 @@ def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: lis
                          f"sets the label")
     seeds = list(dict.fromkeys(config.seeds if seeds is None else seeds))
     check_device_available(config.train_config().device, f"protocol {config.name!r} train.device")
+    if config.eval.compile and resolve_device(config.train_config().device).type == "cpu":
+        check_cpp_compiler()  # else every run would fail at its first evaluation, after the base model loaded
     config = with_method_image_sizes(config, method_specs)
     prepare_protocol(config, log)
     save_resolved(config, Path(out) / config.name / "config.yaml")

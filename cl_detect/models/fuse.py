@@ -66,7 +66,7 @@ def compile_for_inference(detector: nn.Module, batch_size: int) -> Callable:
     (`fused_copy` gives both a fused and an eval-mode detector).
     """
     if next(detector.parameters()).device.type == "cpu":
-        _check_cpp_compiler()
+        check_cpp_compiler()
     compiled = torch.compile(detector, options={"freezing": True}, dynamic=False)
 
     def run(images: torch.Tensor, text: torch.Tensor):
@@ -84,7 +84,7 @@ def compile_for_inference(detector: nn.Module, batch_size: int) -> Callable:
     return run
 
 
-def _check_cpp_compiler() -> None:
+def check_cpp_compiler() -> None:
     """Inductor builds CPU kernels with a host C++ compiler; without one the first batch failed deep in
     torch._dynamo (InductorError, a traceback from `cl-detect`), after the data and model had loaded."""
     from torch._inductor.cpp_builder import get_cpp_compiler
