@@ -94,6 +94,9 @@ def test_voc_filename_without_its_extension_or_padded_finds_the_image(tmp_path, 
     (lambda d: d["images"][0].update(width="64px"), r"image id 1 \('img0\.png'\) has width '64px'"),
     (lambda d: d["categories"][0].pop("id"), r"categories\[0\] is \{'name': 'red box'\}"),
     (lambda d: d["categories"][0].pop("name"), r"categories\[0\] is \{'id': 1\}"),
+    # int() made 1.5 category 1 and parsed "2": ids of other classes
+    (lambda d: d["categories"][0].update(id=1.5), r"categories\[0\] is \{'id': 1.5, 'name': 'red box'"),
+    (lambda d: d["categories"][0].update(id="2"), r"categories\[0\] is \{'id': '2', 'name': 'red box'"),
     # matched no category, so the doctor called the box's class missing
     (lambda d: d["annotations"][0].update(category_id="1"), r"annotation 1 has category_id '1', a string"),
 ])
@@ -205,6 +208,7 @@ def test_coco_integer_iscrowd_flags_still_read(tmp_path):
 @pytest.mark.parametrize("written, named", [
     ("<xmin>12px</xmin>", "object 'dog' has <xmin>12px</xmin>, not a number"),
     ("<width>640 px</width>", "<size> has <width>640 px</width>, not a number"),
+    ("<width>nan</width>", "<size> has width nan and height 48.0; write them as whole numbers"),
 ])
 def test_voc_values_that_are_not_numbers_name_the_xml(tmp_path, written, named):
     """Not a bare ValueError from float(): the xml and the object are named."""

@@ -39,11 +39,10 @@ def vocabulary_from_categories(categories: list[dict], json_path: str | Path = "
 
 def _category_id(category: dict, number: int, json_path: str | Path) -> int:
     """The category's id; a category without an integer id or a name cannot be named by annotations."""
-    try:
-        if isinstance(category, dict) and "name" in category:
-            return int(category["id"])
-    except (KeyError, TypeError, ValueError):
-        pass
+    if isinstance(category, dict) and "name" in category:
+        number_id = _integer_id(category.get("id"))  # 1.5 was truncated to 1, "2" parsed: other classes' ids
+        if number_id is not None:
+            return number_id
     raise DatasetFormatError(
         f"{json_path}: categories[{number}] is {category!r}; every category needs an integer 'id' and a 'name' "
         f"(annotations name their class by that id); add the missing key")

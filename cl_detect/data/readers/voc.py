@@ -9,6 +9,7 @@ reports them instead of losing them.
 """
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -73,7 +74,11 @@ def parse_voc_xml(xml_path: Path, root: Path) -> tuple[dict, list[tuple[str, lis
     except ElementTree.ParseError as error:
         raise DatasetFormatError(f"{xml_path}: not valid xml ({error}); re-export the annotation") from error
     path = _image_path(root, xml_path, tree)
-    width, height = (int(_number(tree, tag, xml_path, "0", "<size>")) for tag in ("size/width", "size/height"))
+    width, height = (_number(tree, tag, xml_path, "0", "<size>") for tag in ("size/width", "size/height"))
+    if not (math.isfinite(width) and math.isfinite(height)):  # int() of them raised a bare ValueError
+        raise DatasetFormatError(f"{xml_path}: <size> has width {width} and height {height}; write them as whole "
+                                 f"numbers of pixels, or 0 to read them from the image")
+    width, height = int(width), int(height)
     if not width or not height:
         try:
             width, height = image_size(path)
