@@ -208,6 +208,7 @@ def _torch_bytes(obj) -> bytes:
     (pickle.dumps({"a": list(range(100))})[:40], "a pickle of 40 bytes .*truncated"),
 ], ids=["empty", "json", "binary", "text", "short_text", "bad_protocol", "truncated_zip", "zip_cut_in_data",
         "truncated_pickle"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch says so about the damaged files on purpose
 def test_unreadable_files_are_named(tmp_path, content, found):
     if content == "zip_half":
         whole = _torch_bytes({"x": torch.ones(64)})
