@@ -321,6 +321,18 @@ def test_a_training_text_tower_is_distilled_against_a_frozen_copy(vocabulary):
                                                  distill.teacher_text.state_dict().values()))
 
 
+@pytest.mark.parametrize("first", ["distill", "lora"])
+def test_the_text_teacher_copy_does_not_depend_on_the_order_of_the_hooks(first):
+    # listed first, distill asked before lora had added its per-task text adapter: no copy, so the teacher
+    # saw the student's drifting text
+    from _adapter_fixtures import VOCABULARY, tiny_model
+
+    lora = ("lora", {"parts": ["neck", "head", "text"], "per_task_adapters": True})
+    model = tiny_model([("distill", {}), lora] if first == "distill" else [lora, ("distill", {})])
+    model.hook("before_task", TaskContext(0, "t0", VOCABULARY))
+    assert model.method("distill").teacher_text is not None
+
+
 def test_a_frozen_text_tower_gets_no_teacher_copy():
     model = _calibrated(_distill_model())
     assert model.method("distill").teacher_text is None

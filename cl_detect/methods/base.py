@@ -92,6 +92,11 @@ class Method(nn.Module):
         itself included) as they are configured; called wherever a list is checked
         (`check_composition`: when a protocol is read and when a model is built)."""
 
+    def trains_text_tower(self) -> bool:
+        """Whether this trainer trains text-tower parameters in some task, including ones it adds only
+        at a task start (lora's per-task adapters), so that hooks running before it can tell."""
+        return False
+
     def setup(self, model: "ContinualModel") -> None:
         """Called once when the model is assembled (build teachers, inject adapters...)."""
 
@@ -211,8 +216,11 @@ class ContinualModel(nn.Module):
         return rows
 
     def text_tower_trains(self) -> bool:
-        """Whether any text-tower parameter trains now or later (progressive unfreezing included)."""
-        return any(name.startswith("text_encoder.") for name, _, _ in self.named_trainable_parameters())
+        """Whether any text-tower parameter trains now or later (progressive unfreezing included), or a
+        trainer says it will (`Method.trains_text_tower`: its parameters may not exist yet when a method
+        listed before it asks)."""
+        return any(m.trains_text_tower() for m in self.methods) or any(
+            name.startswith("text_encoder.") for name, _, _ in self.named_trainable_parameters())
 
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameter counts of the deployed model, each parameter counted once

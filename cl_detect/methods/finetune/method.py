@@ -37,6 +37,9 @@ class FinetuneMethod(Method):
             return False
         return self.epoch >= self.config.unfreeze_epochs.get(part, 0)
 
+    def trains_text_tower(self) -> bool:
+        return self.config.train_text_encoder
+
     def setup(self, model: ContinualModel) -> None:
         stem = "detector.backbone.stem."
         if self.config.frozen_backbone_stages and not any(n.startswith(stem) for n, _ in model.named_parameters()):

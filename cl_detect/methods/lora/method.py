@@ -58,6 +58,9 @@ class LoraMethod(Method):
     def _roots(self, model: nn.Module) -> dict[str, nn.Module]:
         return {"detector": model.detector, "text_encoder": model.text_encoder}
 
+    def trains_text_tower(self) -> bool:
+        return "text" in self.config.parts
+
     def setup(self, model: ContinualModel) -> None:
         # a plain reference, not a submodule: registering it would make the module tree cyclic
         object.__setattr__(self, "_model", model)
