@@ -169,3 +169,32 @@ def test_a_terminal_ctrl_c_while_the_run_processes_start_prints_no_traceback(tmp
         parent.kill()
     assert parent.returncode == 130
     assert "Traceback" not in errors and "interrupted: cl-detect run stopped by Ctrl-C" in errors
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="SIGINT is blocked during the submits on POSIX")
+def test_a_ctrl_c_during_the_submits_stops_the_runs(tmp_path, monkeypatch):
+    # held back while the runs were submitted, it was raised outside the handler that stops the runs:
+    # the command then waited for every run to train to its end
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cl_detect.bench import experiment
+    from cl_detect.bench.config import load_run_config
+
+    config, out = load_run_config(_tiny_protocol(tmp_path, epochs=1)), tmp_path / "res"
+    submit, stopped = ProcessPoolExecutor.submit, []
+
+    def submit_then_ctrl_c(pool, *args, **kwargs):
+        future = submit(pool, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # raised at once if another thread takes it, else when the block ends
+        return future
+
+    def recording_stop(pool, futures, stop):
+        stopped.append(len(futures))
+        return stop_runs(pool, futures, stop)
+
+    stop_runs = experiment._stop_runs
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit_then_ctrl_c)
+    monkeypatch.setattr(experiment, "_stop_runs", recording_stop)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run_experiment(config, ["zeroshot"], [0, 1], out, jobs=2, log=lambda line: None)
+    assert len(stopped) == 1 and stopped[0] >= 1  # the runs submitted so far were told to stop

@@ -142,11 +142,14 @@ def run_experiment(config: RunConfig, method_specs: list[str] | None, seeds: lis
     context = multiprocessing.get_context("spawn")  # no forked copies of torch thread pools
     stop = context.Event()
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=start_worker, initargs=(threads, stop)) as pool:
-        # the run processes start (on submit) with SIGINT blocked, so a Ctrl-C while they import torch
-        # is not a KeyboardInterrupt traceback in each; one that reaches this process meanwhile waits
-        with _sigint_blocked():
-            futures = [pool.submit(_run_pair, config, names, seed, out, options) for names, seed in pairs]
+        futures = []
         try:
+            # the run processes start (on submit) with SIGINT blocked, so a Ctrl-C while they import torch
+            # is not a KeyboardInterrupt traceback in each; one that reaches this process meanwhile is raised
+            # when the block ends, here, and stops the runs like any other
+            with _sigint_blocked():
+                for names, seed in pairs:
+                    futures.append(pool.submit(_run_pair, config, names, seed, out, options))
             wait(futures, return_when=FIRST_EXCEPTION)
         except KeyboardInterrupt:
             _stop_runs(pool, futures, stop)
