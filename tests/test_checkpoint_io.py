@@ -279,21 +279,10 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
 def test_a_checkpoint_of_a_timm_pretrained_backbone_loads_without_downloading(tmp_path, monkeypatch):
     """Its config keeps pretrained_backbone=True, so loading fetched timm's weights again (offline: a
     LocalEntryNotFoundError) only to overwrite them with the file's."""
-    import timm
+    from _timm_checkpoint import timm_pretrained_checkpoint
 
-    from cl_detect.models.checkpoint import save_model
-    detector = create_detector("yolo_world_v2_t", text_dim=384, backbone="timm:resnet18")
     weights = tmp_path / "model.pt"
-    save_model(weights, detector, "minilm-random")
-    data = torch.load(weights, weights_only=True)
-    torch.save({**data, "detector_config": {**data["detector_config"], "pretrained_backbone": True}}, weights)
-    create_model = timm.create_model
-
-    def no_download(*args, pretrained=False, **kwargs):
-        assert not pretrained, "downloaded timm weights the checkpoint holds"
-        return create_model(*args, pretrained=False, **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", no_download)
+    detector = timm_pretrained_checkpoint(weights, monkeypatch)
     loaded, _ = load_model(weights)
     for name, value in detector.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name

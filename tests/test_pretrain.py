@@ -135,25 +135,13 @@ def test_dataset_entries_take_an_image_list_and_max_images_as_protocol_entries_d
 def test_an_init_checkpoint_of_a_timm_pretrained_backbone_is_built_without_downloading(tmp_path, monkeypatch):
     # the stored config keeps pretrained_backbone=True: the detector fetched timm's weights (offline: an
     # error) only for transfer_weights to overwrite them with the checkpoint's
-    import timm
-
     from cl_detect.engine.pretrain import build_model
-    from cl_detect.models.checkpoint import save_model
-    from cl_detect.models.registry import create_detector
+
+    from _timm_checkpoint import timm_pretrained_checkpoint
 
     world = tiny_world(tmp_path)
-    start = create_detector("yolo_world_v2_t", text_dim=384, backbone="timm:resnet18")
     weights = tmp_path / "start.pt"
-    save_model(weights, start, "minilm-random")
-    data = torch.load(weights, weights_only=True)
-    torch.save({**data, "detector_config": {**data["detector_config"], "pretrained_backbone": True}}, weights)
-    create_model = timm.create_model
-
-    def no_download(*args, pretrained=False, **kwargs):
-        assert not pretrained, "downloaded timm weights the checkpoint holds"
-        return create_model(*args, pretrained=False, **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", no_download)
+    start = timm_pretrained_checkpoint(weights, monkeypatch)
     model, _, _ = build_model(load_config(_config(world, tmp_path, detector=None, text_encoder=None,
                                                   init_checkpoint=str(weights))))
     assert all(torch.equal(model.detector.state_dict()[name], value) for name, value in start.state_dict().items())
