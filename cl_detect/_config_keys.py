@@ -11,6 +11,16 @@ import numbers
 _SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
+def is_integer(value) -> bool:
+    """An int (numpy's included), not a bool: YAML reads `yes` as True, which is an int to Python."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """An int or float (numpy's included), not a bool and not a string such as "0.5"."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_keys_and_types(config_cls: type, data: dict | None, what: str) -> None:
     """Raise ValueError when `data` is not a mapping, naming the keys of `data` that `config_cls`
     has no field for, or a value whose type a plain `int` / `float` / `bool` / `str` field
@@ -53,7 +63,7 @@ def check_image_size(size, name: str = "image_size") -> None:
     The letterboxed input is square, so every level's map must halve evenly: at 500 the neck's
     upsampled 16x16 map meets a 15x15 one and fails deep in the network.
     """
-    is_int = isinstance(size, numbers.Integral) and not isinstance(size, bool)
+    is_int = is_integer(size)
     if is_int and size >= LARGEST_STRIDE and size % LARGEST_STRIDE == 0:
         return
     hint = ""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cl_detect._config_keys import is_number
 from cl_detect.data.records import Vocabulary
 
 
@@ -118,10 +119,6 @@ def _boxes_of_results(results: Sequence[Mapping]) -> np.ndarray:
         "(per-image xyxy boxes go in dicts with boxes, scores, labels instead)")
 
 
-def _is_score(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
 def _scores_of_results(results: Sequence[Mapping]) -> np.ndarray:
     """(N,) float64 from each entry's score; a ValueError names the first entry whose score is not a number."""
     scores = [r["score"] for r in results]
@@ -131,7 +128,7 @@ def _scores_of_results(results: Sequence[Mapping]) -> np.ndarray:
         column = None
     if column is not None and column.shape == (len(scores),) and column.dtype.kind in "iuf":
         return column.astype(np.float64)
-    bad = next((index for index, score in enumerate(scores) if not _is_score(score)), None)
+    bad = next((index for index, score in enumerate(scores) if not is_number(score)), None)
     if bad is not None:
         raise ValueError(
             f"COCO results entry {bad} has score {reprlib.repr(scores[bad])}, not a number; write each score as "

@@ -7,7 +7,6 @@ the image.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from cl_detect._config_keys import check_image_size
+from cl_detect._config_keys import check_image_size, is_integer
 from cl_detect.data.preprocess import LetterboxInfo, images_to_device, letterbox, load_image_bgr, to_uint8_tensor
 from cl_detect.engine._box_ops import decode_boxes, make_priors
 from cl_detect.models.fuse import compile_for_inference, fused_copy
@@ -146,17 +145,13 @@ def _as_bgr(image) -> np.ndarray:
                      f"got shape {image.shape}")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_settings(batch_size, score_thr, nms_pre, iou_thr, max_per_img) -> None:
     """Refuse settings that would fail deep inside (batch_size 0, a negative nms_pre) or drop detections
     silently (max_per_img=-1 kept all but the last, as a slice does)."""
     problems = [f"{name}={value!r} (want {want})" for name, value, ok, want in (
-        ("batch_size", batch_size, _is_int(batch_size) and batch_size >= 1, "an integer >= 1"),
-        ("nms_pre", nms_pre, _is_int(nms_pre) and nms_pre >= 1, "an integer >= 1"),
-        ("max_per_img", max_per_img, _is_int(max_per_img) and max_per_img >= 0, "an integer >= 0"),
+        ("batch_size", batch_size, is_integer(batch_size) and batch_size >= 1, "an integer >= 1"),
+        ("nms_pre", nms_pre, is_integer(nms_pre) and nms_pre >= 1, "an integer >= 1"),
+        ("max_per_img", max_per_img, is_integer(max_per_img) and max_per_img >= 0, "an integer >= 0"),
         ("score_thr", score_thr, 0 <= score_thr <= 1, "a score in [0, 1]"),
         ("iou_thr", iou_thr, 0 <= iou_thr <= 1, "an IoU in [0, 1]")) if not ok]
     if problems:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cl_detect._config_keys import is_number
+
 PART_PREFIXES = {
     "all": ("detector.",),
     "backbone": ("detector.backbone.",),
@@ -46,7 +48,7 @@ class FinetuneConfig:
             if set(table) - known:
                 raise ValueError(f"{name} keys must be among {sorted(known)}, got {sorted(table)}")
         # quoted numbers ("0.1") failed as a bare TypeError here, or at the first epoch for unfreeze_epochs
-        if not all(_is_number(v) and v >= 0 for v in self.lr_multipliers.values()):
+        if not all(is_number(v) and v >= 0 for v in self.lr_multipliers.values()):
             raise ValueError(f"lr_multipliers must be numbers >= 0, without quotes, got {self.lr_multipliers}")
         if not all(type(v) is int and v >= 0 for v in self.unfreeze_epochs.values()):
             raise ValueError(f"unfreeze_epochs must be whole epochs >= 0, without quotes, got {self.unfreeze_epochs}")
@@ -59,6 +61,3 @@ class FinetuneConfig:
             raise ValueError(f"unfreeze_epochs has {never}, which parts={self.parts!r} never trains; "
                              f"drop them or choose parts that include them")
 
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

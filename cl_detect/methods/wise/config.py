@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cl_detect._config_keys import is_number
+
 ANCHORS = ("base", "previous_task")
 
 
@@ -30,7 +32,7 @@ class WiseConfig:
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not isinstance(self.sweep, (list, tuple)) or not all(
-                isinstance(a, (int, float)) and not isinstance(a, bool) for a in self.sweep):
+                is_number(a) for a in self.sweep):
             raise ValueError(f"sweep must be a list of coefficients in [0, 1], without quotes, got {self.sweep!r}")
         self.sweep = [float(a) for a in self.sweep]
         if any(not 0 <= a <= 1 for a in self.sweep):
