@@ -100,14 +100,8 @@ def interpolate(model: ContinualModel, alpha: float, finetuned: State | None = N
     model.detector.load_state_dict(interpolate_states(wise.anchor, finetuned, alpha))
     if wise.text_anchor:
         finetuned_text = snapshot(model.text_encoder) if finetuned_text is None else finetuned_text
+        # the text caches key on the tower's weights_version, which load_state_dict changes
         model.text_encoder.load_state_dict(interpolate_states(wise.text_anchor, finetuned_text, alpha))
-        _clear_text_caches(model)
-
-
-def _clear_text_caches(model: ContinualModel) -> None:
-    model.clear_text_cache()
-    if hasattr(model.text_encoder, "clear_cache"):
-        model.text_encoder.clear_cache()
 
 
 def wise_sweep(model: ContinualModel, alphas: list[float], evaluate_fn: Callable[[ContinualModel], dict]
@@ -133,7 +127,6 @@ def wise_sweep(model: ContinualModel, alphas: list[float], evaluate_fn: Callable
         model.detector.load_state_dict(finetuned)
         if finetuned_text is not None:
             model.text_encoder.load_state_dict(finetuned_text)
-            _clear_text_caches(model)
     return rows
 
 
