@@ -452,7 +452,7 @@ def test_predict_cli_checks_the_device_before_loading_the_model(tmp_path, monkey
             "--out", str(tmp_path / "vis.png")]
     with pytest.raises(ValueError, match=r"--device is 'cuda', but this machine has 0 CUDA device"):
         main([*argv, "--device", "cuda"])
-    with pytest.raises(ValueError, match=r"--device must be cpu, cuda or cuda:N, got 'gpu'"):
+    with pytest.raises(ValueError, match=r"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
         main([*argv, "--device", "gpu"])
 
 

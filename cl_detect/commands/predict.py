@@ -61,13 +61,9 @@ def _default_device() -> str:
 def _checked_device(device: str) -> str:
     """`--device` when it names a device this machine has; torch failed after the model had loaded
     ("Found no NVIDIA driver", "Expected one of cpu, cuda, ... device type")."""
-    import torch
+    from cl_detect.engine.config import check_device_available, check_device_name
 
-    from cl_detect.engine.config import check_device_available
-    try:
-        torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
+    check_device_name(device, "--device")
     check_device_available(device, "--device", "`cl-detect predict --device cpu`")
     return device
 

@@ -102,12 +102,19 @@ class TrainConfig:
         if not 0 <= self.close_mosaic_epochs <= self.epochs:
             raise ValueError("close_mosaic_epochs must be between 0 and epochs")
         check_image_size(self.image_size)
-        if self.device != "auto":
-            import torch
-            try:
-                torch.device(self.device)
-            except (RuntimeError, ValueError):
-                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+        check_device_name(self.device, "device")
+
+
+def check_device_name(device: str, where: str) -> None:
+    """Raise ValueError unless `device` is 'auto' or a name torch reads ('cpu', 'cuda', 'cuda:N');
+    whether this machine has it is `check_device_available`'s question."""
+    if device == "auto":
+        return
+    import torch
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{where} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
 
 
 def check_device_available(device: str, where: str, fix: str = "`cl-detect run --device cpu`") -> None:
